@@ -49,7 +49,9 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def save_safetensors(path: str | os.PathLike[str], tensors: dict, metadata: dict | None = None) -> None:
+def save_safetensors(
+    path: str | os.PathLike[str], tensors: dict, metadata: dict | None = None
+) -> None:
     """Save a dict of tensors as safetensors, atomically (contiguous CPU copies are made)."""
     from safetensors.torch import save
 

@@ -36,9 +36,7 @@ class Registry(Generic[T]):
 
         def add(obj: T) -> T:
             if name in self._items:
-                raise ConfigError(
-                    f"{self.kind} {name!r} is already registered; pick another name"
-                )
+                raise ConfigError(f"{self.kind} {name!r} is already registered; pick another name")
             self._items[name] = obj
             return obj
 
