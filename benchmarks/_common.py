@@ -1,0 +1,56 @@
+"""Shared pieces of the benchmark scripts: machine description, docs sections, timing."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from pathlib import Path
+
+from prunekit._io import write_text
+from prunekit._utils import versions
+
+
+def machine() -> str:
+    """CPU model, cores and memory of this machine, for the record."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores{mem}"
+
+
+def versions_line() -> str:
+    v = versions()
+    return ", ".join(
+        f"{k} {v[k]}" for k in ("python", "prunekit", "torch", "torchvision", "numpy") if k in v
+    )
+
+
+def write_section(path: str | Path, name: str, body: str, *, title: str = "# Benchmarks\n") -> None:
+    """Replace (or append) the section ``name`` of a Markdown file, atomically.
+
+    Sections are delimited by ``<!-- name:start -->`` / ``<!-- name:end -->`` so
+    several benchmark scripts can share one page without overwriting each other.
+    """
+    path = Path(path)
+    text = path.read_text() if path.exists() else title
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    text = (
+        pattern.sub(lambda _: block, text)
+        if pattern.search(text)
+        else (text.rstrip() + "\n\n" + block + "\n")
+    )
+    write_text(path, text)
