@@ -1,0 +1,17 @@
+"""Recovery after a cut: the fine-tuning loop and the evaluation that judges it.
+
+Example:
+    >>> from prunekit.recovery import evaluate_accuracy, train
+    >>> losses = train(model, train_loader, epochs=10, lr=0.05)
+    >>> evaluate_accuracy(model, test_loader)
+"""
+
+from __future__ import annotations
+
+from .train import evaluate_accuracy as evaluate_accuracy
+from .train import list_lr_schedules as list_lr_schedules
+from .train import list_optimizers as list_optimizers
+from .train import predict as predict
+from .train import train as train
+
+__all__ = ["evaluate_accuracy", "list_lr_schedules", "list_optimizers", "predict", "train"]
