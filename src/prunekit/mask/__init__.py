@@ -5,5 +5,15 @@ from ._mask import bake as bake
 from ._mask import enforce as enforce
 from ._mask import get_mask as get_mask
 from ._mask import masked_params as masked_params
+from ._mask import pass_gradients as pass_gradients
+from ._mask import remove_mask as remove_mask
 
-__all__ = ["attach_mask", "bake", "enforce", "get_mask", "masked_params"]
+__all__ = [
+    "attach_mask",
+    "bake",
+    "enforce",
+    "get_mask",
+    "masked_params",
+    "pass_gradients",
+    "remove_mask",
+]

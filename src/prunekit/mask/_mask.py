@@ -13,6 +13,11 @@ model plus the ``*_mask`` buffers. Three things keep masked entries exactly zero
 
 ``bake`` removes buffers and hooks and keeps the zeros: the model is then an
 ordinary module again.
+
+For dynamic network surgery (masks that grow back) a mask can let gradients
+through (:func:`pass_gradients`): the optimizer then moves masked entries away
+from zero, and whoever turned that on must read the moved values and re-zero
+them before the next forward pass (the forward pre-hook does it otherwise).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ SUFFIX = "_mask"
 _NAMES_ATTR = "_pk_masked"  # tuple of parameter names masked on a module
 _HOOK_ATTR = "_pk_mask_hook"  # handle of the forward pre-hook
 _VERSIONS_ATTR = "_pk_mask_versions"  # parameter version counters at last masking
+_PASS_ATTR = "_pk_mask_pass_grad"  # parameter names whose gradients are not masked
 
 
 def get_mask(module: nn.Module, name: str) -> torch.Tensor | None:
@@ -69,6 +75,30 @@ def enforce(model: nn.Module) -> None:
         _mask_now(module, name)
 
 
+def remove_mask(module: nn.Module, name: str) -> None:
+    """Drop the mask of ``module.<name>`` (and its hooks when it was the last); keep the values."""
+    if get_mask(module, name) is None:
+        return
+    del module._buffers[name + SUFFIX]
+    names = tuple(n for n in getattr(module, _NAMES_ATTR, ()) if n != name)
+    setattr(module, _NAMES_ATTR, names)
+    setattr(module, _PASS_ATTR, getattr(module, _PASS_ATTR, frozenset()) - {name})
+    if not names:
+        _unhook(module)
+
+
+def pass_gradients(module: nn.Module, name: str, enabled: bool = True) -> None:
+    """Let gradients reach the masked entries of ``module.<name>`` (or stop them again).
+
+    The forward pass still sees masked entries as zero. Used by dynamic network
+    surgery (Guo et al. 2016), whose pruned weights keep being updated.
+    """
+    if get_mask(module, name) is None:
+        raise ValueError(f"{name} of {type(module).__name__} has no mask")
+    passing = getattr(module, _PASS_ATTR, frozenset())
+    setattr(module, _PASS_ATTR, passing | {name} if enabled else passing - {name})
+
+
 def bake(model: nn.Module) -> nn.Module:
     """Make the zeros permanent and remove all mask buffers and hooks; returns ``model``.
 
@@ -80,13 +110,17 @@ def bake(model: nn.Module) -> nn.Module:
         _mask_now(module, name)
         del module._buffers[name + SUFFIX]
     for module in model.modules():
-        handle = getattr(module, _HOOK_ATTR, None)
-        if handle is not None:
-            handle.remove()
-        for attr in (_NAMES_ATTR, _HOOK_ATTR, _VERSIONS_ATTR):
-            if attr in module.__dict__:
-                delattr(module, attr)
+        _unhook(module)
     return model
+
+
+def _unhook(module: nn.Module) -> None:
+    handle = getattr(module, _HOOK_ATTR, None)
+    if handle is not None:
+        handle.remove()
+    for attr in (_NAMES_ATTR, _HOOK_ATTR, _VERSIONS_ATTR, _PASS_ATTR):
+        if attr in module.__dict__:
+            delattr(module, attr)
 
 
 def _mask_now(module: nn.Module, name: str) -> None:
@@ -129,4 +163,6 @@ class _GradMask:
     def __call__(self, grad: torch.Tensor) -> torch.Tensor | None:
         module = self.module()
         mask = None if module is None else get_mask(module, self.name)
-        return None if mask is None else grad * mask
+        if mask is None or self.name in getattr(module, _PASS_ATTR, ()):
+            return None
+        return grad * mask

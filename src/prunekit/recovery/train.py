@@ -4,18 +4,28 @@ Optimizers and learning-rate schedules are looked up by name in small registries
 so a recipe names them as strings (``optimizer: adamw``, ``schedule: cosine``).
 Training is repeatable: with a loader from :func:`prunekit.data.make_loader` and
 the same ``seed``, two runs on the CPU give bit-identical losses and weights.
+
+Long runs can save a checkpoint after every epoch and resume from it after an
+interruption with bit-identical results. Under ``torchrun`` (a process group
+initialized, e.g. by :func:`init_distributed`), ``train`` wraps the model in
+DistributedDataParallel and gives each rank every ``world_size``-th batch, so a
+script runs unchanged on one or many processes; only rank 0 writes checkpoints.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._io import atomic_open
 from .._registry import Registry
 from ..errors import ConfigError, DataError
 
@@ -83,6 +93,8 @@ def train(
     desc: str = "train",
     after_step: Callable[[], None] | None = None,
     device: torch.device | str | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    state_objects: Mapping[str, Any] | None = None,
 ) -> list[float]:
     """Train ``model`` in place on ``(inputs, labels)`` batches.
 
@@ -107,9 +119,18 @@ def train(
         desc: progress bar label.
         after_step: called after every optimizer step (pruning re-applies masks here).
         device: where batches are sent (default: where the model's parameters are).
+        checkpoint: a file written (atomically, by rank 0 only) after every epoch
+            with the model, optimizer, learning-rate schedule, random states and the
+            loader's shuffling generator; when it exists at the start, training
+            resumes after its last epoch, and the result is what an uninterrupted
+            run gives.
+        state_objects: further objects with ``state_dict()`` / ``load_state_dict()``
+            saved in the checkpoint and restored before the model (a
+            :class:`prunekit.schedules.Pruner` driven by ``after_step``).
 
     Returns:
-        The mean training loss of each epoch (weighted by batch size).
+        The mean training loss of each epoch (weighted by batch size; averaged
+        over all ranks under torch.distributed), including epochs of a resumed run.
 
     Example:
         >>> losses = train(model, make_loader(splits.train, batch_size=64, shuffle=True),
@@ -122,27 +143,178 @@ def train(
         raise ConfigError("the model has no trainable parameters; nothing to train")
     if epochs == 0:
         return []
+    ranks = _Ranks.current()
     opt = make_optimizer(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = make_schedule(opt, epochs * _num_batches(loader))
+    sched = make_schedule(opt, epochs * ranks.batches(_num_batches(loader)))
     device = _device_of(model, device)
-    step = _Step(model, opt, loss_fn or nn.CrossEntropyLoss(), device, after_step)
+    saver = _Checkpoint(checkpoint, model, opt, sched, loader, state_objects, ranks, epochs)
     was_training = model.training
     losses: list[float] = []
     with torch.random.fork_rng(devices=_cuda_indices(device)):
         torch.manual_seed(seed)
+        losses = saver.resume()
+        net = ranks.wrap(model, device)
+        step = _Step(net, opt, loss_fn or nn.CrossEntropyLoss(), device, after_step)
         model.train()
         try:
-            for epoch in range(epochs):
+            for epoch in range(len(losses), epochs):
                 bar = tqdm(
-                    loader,
+                    ranks.shard(loader),
+                    total=ranks.batches(_num_batches(loader)),
                     desc=f"{desc} {epoch + 1}/{epochs}",
-                    disable=quiet,
+                    disable=quiet or not ranks.main,
                     leave=epoch == epochs - 1,
                 )
-                losses.append(_train_epoch(step, bar, sched, where=f"epoch {epoch + 1}"))
+                loss = _train_epoch(step, bar, sched, where=f"epoch {epoch + 1}")
+                losses.append(ranks.mean(*loss))
+                saver.save(losses)
         finally:
             model.train(was_training)
     return losses
+
+
+def init_distributed(backend: str | None = None) -> tuple[int, int]:
+    """Join the process group that ``torchrun`` describes in the environment.
+
+    Does nothing outside ``torchrun`` (no ``WORLD_SIZE`` > 1) or when a group
+    already exists. The backend defaults to NCCL when CUDA is available, else gloo.
+
+    Returns:
+        ``(rank, world_size)``; ``(0, 1)`` for a single process.
+
+    Example:
+        >>> rank, world = init_distributed()   # torchrun --nproc_per_node=2 script.py
+        >>> train(model, loader, epochs=3, lr=0.05)   # DDP on every rank
+    """
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return 0, 1
+    if not dist.is_initialized():
+        if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+            return 0, 1
+        dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def is_main_process() -> bool:
+    """True on rank 0 of a process group, and in a single process: the one that writes files."""
+    return _Ranks.current().main
+
+
+class _Ranks:
+    """This process's place in a torch.distributed group (rank 0 of 1 without one)."""
+
+    def __init__(self, rank: int, world: int) -> None:
+        self.rank, self.world, self.main = rank, world, rank == 0
+
+    @staticmethod
+    def current() -> _Ranks:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return _Ranks(dist.get_rank(), dist.get_world_size())
+        return _Ranks(0, 1)
+
+    def batches(self, total: int) -> int:
+        """Batches each rank takes per epoch (every rank takes the same number)."""
+        return total // self.world
+
+    def shard(self, loader: Iterable) -> Iterator:
+        """Batches ``rank, rank + world, ...``; the incomplete last round is dropped."""
+        if self.world == 1:
+            yield from loader
+            return
+        limit = self.batches(_num_batches(loader)) * self.world
+        for i, batch in enumerate(loader):
+            if i >= limit:
+                break
+            if i % self.world == self.rank:
+                yield batch
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if self.world == 1 or isinstance(model, DistributedDataParallel):
+            return model
+        ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+    def mean(self, total: float, count: int) -> float:
+        """The loss per example over all ranks."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            both = torch.tensor([total, float(count)], dtype=torch.float64)
+            if dist.get_backend() == "nccl":
+                both = both.cuda()
+            dist.all_reduce(both)
+            total, count = float(both[0]), int(both[1])
+        return total / count
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+class _Checkpoint:
+    """Save after each epoch (rank 0), resume at the start: everything a bit-exact resume needs."""
+
+    def __init__(self, path, model, opt, sched, loader, objects, ranks: _Ranks, epochs: int):
+        self.path = None if path is None else Path(path)
+        self.model, self.opt, self.sched, self.loader = model, opt, sched, loader
+        self.objects, self.ranks, self.epochs = dict(objects or {}), ranks, epochs
+        bad = [k for k, o in self.objects.items() if not hasattr(o, "load_state_dict")]
+        if bad:
+            raise ConfigError(f"state_objects {bad} have no state_dict()/load_state_dict()")
+
+    def save(self, losses: list[float]) -> None:
+        if self.path is None:
+            return
+        if self.ranks.main:
+            generator = _loader_generator(self.loader)
+            state = {
+                "epochs": self.epochs,
+                "losses": list(losses),
+                "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "lr_schedule": self.sched.state_dict(),
+                "rng": torch.get_rng_state(),
+                "loader_rng": None if generator is None else generator.get_state(),
+                "objects": {k: o.state_dict() for k, o in self.objects.items()},
+            }
+            with atomic_open(self.path) as f:
+                torch.save(state, f)
+        self.ranks.barrier()
+
+    def resume(self) -> list[float]:
+        """Load the checkpoint if there is one; the losses of the epochs already done."""
+        if self.path is None or not self.path.exists():
+            return []
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if state["epochs"] != self.epochs:
+            raise ConfigError(
+                f"checkpoint {self.path} belongs to a run of {state['epochs']} epochs, not "
+                f"{self.epochs}; resume with the same settings or delete the file"
+            )
+        for key, obj in self.objects.items():
+            obj.load_state_dict(state["objects"][key])
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["lr_schedule"])
+        torch.set_rng_state(state["rng"])
+        generator = _loader_generator(self.loader)
+        if generator is not None and state["loader_rng"] is not None:
+            generator.set_state(state["loader_rng"])
+        return list(state["losses"])
+
+
+def _loader_generator(loader: Iterable) -> torch.Generator | None:
+    """The generator that shuffles ``loader`` (a DataLoader's or a ``.generator``), if any."""
+    generator = getattr(loader, "generator", None)
+    return generator if isinstance(generator, torch.Generator) else None
 
 
 class _Step:
@@ -163,8 +335,8 @@ class _Step:
         return loss.detach()
 
 
-def _train_epoch(step: _Step, bar: Iterable, sched, *, where: str) -> float:
-    """Run one pass; the mean loss weighted by batch size."""
+def _train_epoch(step: _Step, bar: Iterable, sched, *, where: str) -> tuple[float, int]:
+    """Run one pass; the summed loss (weighted by batch size) and the number of examples."""
     total, count = 0.0, 0
     for i, (inputs, labels) in enumerate(_batches(bar)):
         loss = float(step(inputs, labels))
@@ -179,7 +351,7 @@ def _train_epoch(step: _Step, bar: Iterable, sched, *, where: str) -> float:
             bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
     if count == 0:
         raise DataError("the training loader yielded no batches; check the dataset and batch size")
-    return total / count
+    return total, count
 
 
 def predict(

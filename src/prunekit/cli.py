@@ -1,0 +1,161 @@
+"""The ``prunekit`` command: thin wrappers over the library, one function per subcommand.
+
+    prunekit run [RECIPE.yaml] [--out DIR] [--quiet] [--data-dir DIR]
+    prunekit zoo --source torchvision|timm|transformers|rnn [--ratio R] [--json FILE]
+
+A user mistake (a bad recipe, missing data) prints one sentence to stderr and exits
+with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .errors import PrunekitError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+# --- prunekit run -------------------------------------------------------------------
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="train, prune, fine-tune, measure and report, as a recipe says",
+        description="Run a pruning recipe end to end. Without a recipe, runs the built-in "
+        "quick start (8x8 digits, LeNet-300-100, 90%% sparsity).",
+    )
+    p.add_argument(
+        "recipe",
+        nargs="?",
+        default=None,
+        help="YAML recipe file, or the name of a built-in recipe (default: quickstart)",
+    )
+    p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<recipe name>)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset files")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .pipeline import run
+    from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    if args.data_dir is not None:
+        recipe.data.data_dir = str(args.data_dir)
+    out = Path(args.out or recipe.output.dir or Path("runs") / recipe.name)
+    result = run(recipe, out_dir=out, quiet=args.quiet)
+    print(_summary(result.metrics, result.out_dir, result.seconds))
+    return 0
+
+
+def _summary(metrics: dict, out: Path, seconds: float) -> str:
+    """Before/after lines: accuracy, sparsity, size; then where the outputs are."""
+    lines = []
+    for side in ("dense", "pruned"):
+        m = metrics[side]
+        size = m.get("sparse_size_bytes" if side == "pruned" else "size_bytes", 0)
+        lines.append(
+            f"{side:>6}: accuracy {100 * m['accuracy']:6.2f}%  sparsity {100 * m['sparsity']:5.1f}%"
+            f"  size {size / 1024:8.1f} KiB{' (sparse)' if side == 'pruned' else ''}"
+        )
+    lines.append(f"outputs in {out}/ (report.md, metrics.json) after {seconds:.1f} s")
+    return "\n".join(lines)
+
+
+# --- prunekit zoo -------------------------------------------------------------------
+
+
+def _add_zoo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "zoo",
+        help="structured-prune a family of architectures and verify every cut",
+        description="Trace, prune and verify every architecture of one model source; "
+        "exits with 1 when any model fails.",
+    )
+    p.add_argument("--source", required=True, help="torchvision, timm, transformers or rnn")
+    p.add_argument("--ratio", type=float, default=0.5, help="pruning ratio (default: 0.5)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON here")
+    p.add_argument("--names", nargs="+", metavar="NAME", help="only these models (or patterns)")
+    p.add_argument("--tool", default="prunekit", help="prunekit or a peer (torch-pruning)")
+    p.add_argument("--quiet", action="store_true", help="no line per model while running")
+    p.set_defaults(handler=_zoo)
+
+
+def _zoo(args: argparse.Namespace) -> int:
+    from .zoo import format_results, run_zoo
+
+    results = run_zoo(
+        args.source,
+        ratio=args.ratio,
+        names=args.names,
+        json_path=args.json,
+        progress=not args.quiet,
+        tool=args.tool,
+    )
+    print(format_results(results))
+    return 0 if all(r.passed for r in results) else 1
+
+
+# --- prunekit inspect ---------------------------------------------------------------
+# Wired by the structured-pruning work (prunekit.structured.inspect_model): add an
+# ``_add_inspect(sub)`` that registers the parser and its handler, and list it below.
+
+
+# Each entry adds one subcommand (its parser and its handler).
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_run, _add_zoo]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``prunekit`` command, with every subcommand."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="prunekit",
+        description="Prune PyTorch networks, recover the accuracy, and prove it with numbers.",
+    )
+    parser.add_argument("--version", action="version", version=f"prunekit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``prunekit`` console script; returns the exit status.
+
+    Example:
+        >>> main(["run", "--out", "runs/quick", "--quiet"])
+        0
+    """
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except PrunekitError as err:
+        print(f"prunekit: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as err:  # an output folder that cannot be written, a full disk
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"prunekit: error: {err.strerror or err}{where}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("prunekit: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _one_line(err: BaseException) -> str:
+    """An error's message on one line."""
+    return " ".join(str(err).split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

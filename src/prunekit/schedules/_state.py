@@ -1,0 +1,124 @@
+"""Masks and weights as plain data: snapshots, restores and cross-rank broadcasts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .. import mask as _mask
+from ..errors import ConfigError
+from ..mask._mask import SUFFIX
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel / DataParallel wrapper (else ``model``)."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    while isinstance(model, (DistributedDataParallel, DataParallel)):
+        model = model.module
+    return model
+
+
+def _qualified(module_name: str, param: str) -> str:
+    return f"{module_name}.{param}" if module_name else param
+
+
+def masks_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Qualified parameter name -> a copy of its mask, for every masked parameter."""
+    return {
+        _qualified(mod_name, name): _mask.get_mask(module, name).detach().clone()
+        for mod_name, module, name in _mask.masked_params(model)
+    }
+
+
+def set_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Make ``model``'s masks exactly ``masks``: attach those given, remove all others.
+
+    Raises:
+        ConfigError: a name is not a parameter of ``model`` or a shape differs;
+            checked before anything changes.
+    """
+    modules = dict(model.named_modules())
+    resolved = []
+    for qualified, mask in masks.items():
+        mod_name, _, param = qualified.rpartition(".")
+        module = modules.get(mod_name)
+        weight = getattr(module, param, None) if module is not None else None
+        if not isinstance(weight, torch.Tensor) or weight.shape != mask.shape:
+            raise ConfigError(
+                f"saved mask {qualified!r} does not fit this model; build the same model "
+                "(same architecture and layer names) before loading the state"
+            )
+        resolved.append((module, param, mask))
+    for mod_name, module, name in list(_mask.masked_params(model)):
+        if _qualified(mod_name, name) not in masks:
+            _mask.remove_mask(module, name)
+    for module, param, mask in resolved:
+        _mask.attach_mask(module, param, mask.clone())
+
+
+@dataclass
+class Snapshot:
+    """Weights, buffers and masks of a model at one moment."""
+
+    state: dict[str, torch.Tensor]
+    masks: dict[str, torch.Tensor]
+
+
+def snapshot(model: nn.Module) -> Snapshot:
+    """A deep copy of ``model``'s state dict and masks."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return Snapshot(state, masks_of(model))
+
+
+def restore(model: nn.Module, snap: Snapshot, *, keep_masks: bool = False) -> None:
+    """Put ``snap``'s weights and buffers back into ``model``.
+
+    With ``keep_masks`` the model's current masks stay (lottery-ticket rewinding:
+    old weights, new masks) and the restored weights are masked by them;
+    otherwise the snapshot's masks come back too.
+    """
+    if keep_masks:
+        current = masks_of(model)
+        suffix = SUFFIX
+        state = {k: v for k, v in snap.state.items() if not k.endswith(suffix)}
+        state.update({k + suffix: m for k, m in current.items()})
+        model.load_state_dict(state)
+        _mask.enforce(model)
+        return
+    set_masks(model, snap.masks)
+    model.load_state_dict(snap.state)
+    _mask.enforce(model)
+
+
+def broadcast_masks(model: nn.Module, *, src: int = 0) -> None:
+    """Copy every mask, and the weight it masks, from rank ``src`` to all ranks.
+
+    A no-op outside torch.distributed. Criteria that see data (gradient, taylor,
+    obd) or draw random numbers may give each rank its own masks; attaching a
+    mask zeroes the weight, so the weights are broadcast too, after which every
+    rank holds the same masks and the same weights. Every rank must hold the
+    same set of masked parameters.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    for _, module, name in list(_mask.masked_params(model)):
+        flat = _mask.get_mask(module, name).to(torch.uint8)
+        dist.broadcast(flat, src=src)
+        with torch.no_grad():
+            dist.broadcast(getattr(module, name).data, src=src)
+        _mask.attach_mask(module, name, flat.bool())
+
+
+def zero_fraction(weights: Iterable[torch.Tensor]) -> float:
+    """Fraction of exact zeros over ``weights``."""
+    total = zeros = 0
+    for w in weights:
+        total += w.numel()
+        zeros += int((w == 0).sum())
+    return zeros / total if total else 0.0

@@ -1,0 +1,231 @@
+"""The pruning plan: what to cut, as plain data that saves to JSON and replays on a fresh model."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import _io
+from ..errors import ConfigError
+
+FORMAT = "prunekit.plan/1"
+
+
+def encode_ranges(indices: list[int]) -> list[int]:
+    """Sorted indices as flat ``[start0, end0, start1, end1, ...]`` half-open runs."""
+    out: list[int] = []
+    for i in indices:
+        if out and out[-1] == i:
+            out[-1] = i + 1
+        else:
+            out += [i, i + 1]
+    return out
+
+
+def encode_indices(indices: list[int], size: int) -> list[int] | str:
+    """Sorted indices as half-open runs, or as a bit string when that is shorter.
+
+    The bit string is ``"bits:<size>:<base64 of the packed bits, big-endian>"``.
+    """
+    runs = encode_ranges(indices)
+    if size < 256 or len(runs) * 3 < size // 3:  # readable runs unless bits are far shorter
+        return runs
+    bits = bytearray((size + 7) // 8)
+    for i in indices:
+        bits[i >> 3] |= 0x80 >> (i & 7)
+    return f"bits:{size}:{base64.b64encode(bytes(bits)).decode('ascii')}"
+
+
+def decode_indices(value: list[int] | str) -> list[int]:
+    """Inverse of :func:`encode_indices`."""
+    if isinstance(value, str):
+        try:
+            tag, size, data = value.split(":", 2)
+            raw = base64.b64decode(data, validate=True)
+            n = int(size)
+        except ValueError:
+            raise ConfigError("a plan's bit string is damaged; save the plan again") from None
+        if tag != "bits" or len(raw) != (n + 7) // 8:
+            raise ConfigError("a plan's bit string is damaged; save the plan again")
+        return [i for i in range(n) if raw[i >> 3] & (0x80 >> (i & 7))]
+    return decode_ranges(value)
+
+
+def decode_ranges(runs: list[int]) -> list[int]:
+    """Inverse of :func:`encode_ranges`."""
+    if len(runs) % 2:
+        raise ConfigError("a plan's index runs must come in (start, end) pairs; "
+                          "the file is damaged")
+    return [i for s, e in zip(runs[::2], runs[1::2], strict=True) for i in range(s, e)]
+
+
+@dataclass
+class TensorCut:
+    """How one parameter or buffer shrinks.
+
+    Attributes:
+        shape: the shape before pruning (checked on replay).
+        kept: dimension -> kept indices along it (sorted).
+    """
+
+    shape: tuple[int, ...]
+    kept: dict[int, list[int]]
+
+    @property
+    def new_shape(self) -> tuple[int, ...]:
+        """The shape after pruning."""
+        return tuple(len(self.kept[d]) if d in self.kept else s for d, s in enumerate(self.shape))
+
+
+@dataclass
+class GroupCut:
+    """The decision for one group: which units stay, and where that shows.
+
+    Attributes:
+        id: the group's id in the graph it was planned on.
+        name: readable name (first producer).
+        size: units before.
+        kept: kept unit indices.
+        members: tensor name -> dimension -> kept positions for this group alone.
+        unchecked: why zero-out equivalence cannot hold for this group (empty: it can).
+        attrs: module attributes that follow this group's size (``groups``, ``num_heads``).
+    """
+
+    id: int
+    name: str
+    size: int
+    kept: list[int]
+    members: dict[str, dict[int, list[int]]]
+    unchecked: list[str] = field(default_factory=list)
+    attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def removed(self) -> int:
+        """Number of units removed."""
+        return self.size - len(self.kept)
+
+
+@dataclass
+class Plan:
+    """A structured pruning plan (see :func:`prunekit.plan`).
+
+    Attributes:
+        tensors: qualified name -> :class:`TensorCut` for every tensor whose shape changes.
+        attrs: module path -> attribute -> new value.
+        config: path of the module owning a Hugging Face config -> field -> new value.
+        aliases: extra names of tied tensors -> the first name.
+        groups: the decision per group (for verification and reports).
+        info: how the plan was made (criterion, ratio, model class, ...).
+        before: the values ``attrs`` and ``config`` replace (checked on replay, so a
+            model built differently from the original is refused); config entries
+            are under ``"config:<path>"``.
+    """
+
+    tensors: dict[str, TensorCut] = field(default_factory=dict)
+    attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    config: dict[str, dict[str, Any]] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+    groups: list[GroupCut] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+    before: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    # -- summary ------------------------------------------------------------------------
+    @property
+    def removed_units(self) -> int:
+        """Units removed over all groups."""
+        return sum(g.removed for g in self.groups)
+
+    def __repr__(self) -> str:
+        cut = [g for g in self.groups if g.removed]
+        return (f"Plan({len(cut)} groups cut, {self.removed_units} units removed, "
+                f"{len(self.tensors)} tensors reshaped)")
+
+    def subset(self, group_ids: set[int] | list[int]) -> Plan:
+        """A plan that makes only the cuts of the given groups (no config changes)."""
+        keep = set(group_ids)
+        groups = [g for g in self.groups if g.id in keep]
+        tensors: dict[str, TensorCut] = {}
+        attrs: dict[str, dict[str, Any]] = {}
+        for g in groups:
+            for module, values in g.attrs.items():
+                attrs.setdefault(module, {}).update(values)
+            for name, dims in g.members.items():
+                cut = tensors.setdefault(name, TensorCut(self.tensors[name].shape, {}))
+                for d, kept in dims.items():
+                    prev = cut.kept.get(d)
+                    cut.kept[d] = kept if prev is None else sorted(set(prev) & set(kept))
+        return Plan(tensors, attrs, {}, dict(self.aliases), groups, dict(self.info))
+
+    # -- serialization ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data (index lists as half-open runs)."""
+        return {
+            "format": FORMAT,
+            "info": self.info,
+            "tensors": {
+                n: {"shape": list(c.shape),
+                    "kept": {str(d): encode_indices(k, c.shape[d]) for d, k in c.kept.items()}}
+                for n, c in self.tensors.items()
+            },
+            "attrs": {m: {a: _jsonable(v) for a, v in d.items()} for m, d in self.attrs.items()},
+            "config": self.config,
+            "before": {m: {a: _jsonable(v) for a, v in d.items()} for m, d in self.before.items()},
+            "aliases": self.aliases,
+            "groups": [
+                {"id": g.id, "name": g.name, "size": g.size, "kept": encode_indices(g.kept, g.size),
+                 "unchecked": g.unchecked,
+                 "attrs": {m: {a: _jsonable(v) for a, v in d.items()} for m, d in g.attrs.items()},
+                 "members": {n: {str(d): "=" if k == g.kept else
+                                 encode_indices(k, self._dim_size(n, d))
+                                 for d, k in dims.items()}
+                             for n, dims in g.members.items()}}
+                for g in self.groups
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        """Rebuild a plan from :meth:`to_dict` data."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ConfigError(f"not a prunekit plan (expected format {FORMAT!r}); "
+                              "pass the plan.json that plan.save() wrote")
+        tensors = {
+            n: TensorCut(tuple(c["shape"]),
+                         {int(d): decode_indices(k) for d, k in c["kept"].items()})
+            for n, c in data["tensors"].items()
+        }
+        groups = []
+        for g in data.get("groups", []):
+            kept = decode_indices(g["kept"])
+            members = {n: {int(d): list(kept) if k == "=" else decode_indices(k)
+                           for d, k in dims.items()} for n, dims in g["members"].items()}
+            groups.append(GroupCut(g["id"], g["name"], g["size"], kept, members,
+                                   list(g.get("unchecked", [])), g.get("attrs", {})))
+        return cls(tensors, data.get("attrs", {}), data.get("config", {}),
+                   data.get("aliases", {}), groups, data.get("info", {}), data.get("before", {}))
+
+    def _dim_size(self, name: str, dim: int) -> int:
+        return self.tensors[name].shape[dim]
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the plan as JSON, atomically."""
+        _io.write_text(path, json.dumps(self.to_dict(), separators=(",", ":")) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Plan:
+        """Read a plan written by :meth:`save`."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"plan file {os.fspath(path)!r} does not exist") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"plan file {os.fspath(path)!r} is not valid JSON ({e})") from None
+        return cls.from_dict(data)
+
+
+def _jsonable(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v

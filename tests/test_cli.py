@@ -1,0 +1,131 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import prunekit.pipeline
+from prunekit.cli import main
+from prunekit.pipeline import RunResult
+from prunekit.recipe import load_recipe
+
+FAKE_METRICS = {
+    "dense": {"accuracy": 0.98, "sparsity": 0.0, "size_bytes": 200_000},
+    "pruned": {"accuracy": 0.97, "sparsity": 0.9, "sparse_size_bytes": 40_000},
+}
+
+
+@pytest.fixture
+def calls(monkeypatch, tmp_path):
+    """Replace the pipeline with a recorder; run in an empty working folder."""
+    seen = []
+
+    def fake_run(recipe, *, out_dir, quiet=False):
+        seen.append({"recipe": recipe, "out_dir": Path(out_dir), "quiet": quiet})
+        return RunResult(Path(out_dir), FAKE_METRICS, [], {}, 1.5)
+
+    monkeypatch.setattr(prunekit.pipeline, "run", fake_run)
+    monkeypatch.chdir(tmp_path)
+    return seen
+
+
+def test_run_without_a_recipe_uses_the_quick_start(calls, capsys):
+    assert main(["run"]) == 0
+    (call,) = calls
+    assert call["recipe"] == load_recipe(None)
+    assert call["out_dir"] == Path("runs/quickstart")
+    assert call["quiet"] is False
+    out = capsys.readouterr().out
+    assert "accuracy  98.00%" in out and "sparsity  90.0%" in out
+    assert "outputs in runs/quickstart/" in out
+
+
+def test_run_options_reach_the_pipeline(calls, tmp_path):
+    recipe = tmp_path / "exp.yaml"
+    recipe.write_text("prune:\n  sparsity: 0.7\n")
+    assert main(["run", str(recipe), "--out", "elsewhere", "--quiet", "--data-dir", "/data"]) == 0
+    (call,) = calls
+    assert call["recipe"].name == "exp" and call["recipe"].prune.sparsity == 0.7
+    assert call["recipe"].data.data_dir == "/data"
+    assert call["out_dir"] == Path("elsewhere") and call["quiet"] is True
+
+
+def test_output_dir_from_the_recipe(calls, tmp_path):
+    recipe = tmp_path / "exp.yaml"
+    recipe.write_text("output:\n  dir: from-recipe\n")
+    assert main(["run", str(recipe)]) == 0
+    assert calls[0]["out_dir"] == Path("from-recipe")
+
+
+def test_built_in_recipe_by_name(calls):
+    assert main(["run", "fashion_lenet300"]) == 0
+    assert calls[0]["recipe"].data.name == "fashion-mnist"
+    assert calls[0]["out_dir"] == Path("runs/fashion_lenet300")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("prune:\n  sparsty: 0.5\n", "unknown key 'prune.sparsty'; did you mean 'sparsity'?"),
+        ("prune:\n  sparsity: 1.5\n", "prune.sparsity is 1.5"),
+        ("prune:\n  scope: everywhere\n", "valid choices: layer, global, lamp"),
+    ],
+)
+def test_bad_recipe_exits_2_with_one_line(calls, tmp_path, capsys, text, expected):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(text)
+    assert main(["run", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("prunekit: error: ") and expected in err
+    assert err.count("\n") == 1
+    assert calls == []
+
+
+def test_missing_recipe_file_exits_2(calls, capsys):
+    assert main(["run", "no-such-recipe.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "recipe file no-such-recipe.yaml does not exist" in err and err.count("\n") == 1
+
+
+def test_data_error_exits_2(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("PRUNEKIT_DATA", raising=False)
+    monkeypatch.setattr("prunekit.data.datasets.FASHION_MNIST_SYSTEM_DIR", tmp_path / "none")
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "fashion_lenet300", "--data-dir", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "dataset 'fashion-mnist' not found" in err and "--data-dir" in err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_console_script_module_bad_recipe_has_no_traceback(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("train:\n  epochs: many\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "prunekit.cli", "run", str(recipe)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("prunekit: error:") and "train.epochs" in proc.stderr
+
+
+def test_real_run_prints_the_summary(tmp_path, capsys, monkeypatch):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(
+        "train: {epochs: 1}\nprune: {sparsity: 0.6}\nfinetune: {epochs: 0}\n"
+        "measure: {latency_runs: 1, batch_sizes: [1, 4]}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(recipe), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((tmp_path / "runs" / "tiny" / "metrics.json").read_text())
+    assert f"accuracy {100 * metrics['pruned']['accuracy']:6.2f}%" in out
+    assert "sparsity  60.0%" in out and "outputs in runs/tiny/" in out
+
+
+def test_missing_subcommand_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
