@@ -191,3 +191,16 @@ def test_assignment_is_validated():
     recipe = Recipe()
     with pytest.raises(ValueError):
         recipe.prune.sparsity = 1.5
+
+
+def test_top_level_recipes_mirror_the_packaged_ones():
+    from pathlib import Path
+
+    import prunekit
+
+    packaged = Path(prunekit.__file__).parent / "recipes"
+    top = Path(__file__).resolve().parents[1] / "recipes"
+    names = sorted(p.name for p in packaged.glob("*.yaml"))
+    assert names and names == sorted(p.name for p in top.glob("*.yaml"))
+    for name in names:
+        assert (top / name).read_text() == (packaged / name).read_text(), name

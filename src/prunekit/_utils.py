@@ -46,10 +46,15 @@ def versions() -> dict[str, str]:
         "torch": torch.__version__,
         "numpy": np.__version__,
     }
-    for mod in ("torchvision", "sklearn", "safetensors", "pydantic", "yaml"):
+    from importlib.metadata import PackageNotFoundError, version
+
+    # Read from package metadata: importing torchvision just for its version costs seconds.
+    for key, dist in (("torchvision", "torchvision"), ("sklearn", "scikit-learn"),
+                      ("safetensors", "safetensors"), ("pydantic", "pydantic"),
+                      ("yaml", "PyYAML")):
         try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # optional or version-less: leave it out
+            out[key] = version(dist)
+        except PackageNotFoundError:  # optional: leave it out
             pass
     out["machine"] = f"{platform.machine()} {platform.system()}, {torch.get_num_threads()} threads"
     return out

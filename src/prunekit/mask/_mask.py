@@ -128,7 +128,7 @@ def _mask_now(module: nn.Module, name: str) -> None:
     mask = get_mask(module, name)
     if param.device.type != "meta":
         with torch.no_grad():
-            param.mul_(mask)
+            param.masked_fill_(~mask, 0.0)  # +0.0, where mul_ would leave -0.0
     if _needs_grad_hook(param):
         param.register_hook(_GradMask(module, name))
     getattr(module, _VERSIONS_ATTR)[name] = param._version

@@ -15,3 +15,11 @@ from .train import predict as predict
 from .train import train as train
 
 __all__ = ["evaluate_accuracy", "list_lr_schedules", "list_optimizers", "predict", "train"]
+from .bn import list_bn_modes as list_bn_modes
+from .bn import recalibrate_bn as recalibrate_bn
+from .distill import Distiller as Distiller
+from .distill import distill_train as distill_train
+from .distill import distillation_loss as distillation_loss
+from .reconstruct import reconstruct as reconstruct
+from .train import init_distributed as init_distributed
+from .train import is_main_process as is_main_process
