@@ -129,3 +129,13 @@ def test_missing_subcommand_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as info:
         main([])
     assert info.value.code == 2
+
+
+def test_inspect_reports_groups_and_bad_sources_exit_2(capsys):
+    from prunekit.cli import main
+
+    assert main(["inspect", "lenet5"]) == 0
+    out = capsys.readouterr().out
+    assert "61,706 parameters" in out and "prunable" in out
+    assert main(["inspect", "nosuch:model"]) == 2
+    assert "unknown model source" in capsys.readouterr().err

@@ -106,12 +106,34 @@ def _zoo(args: argparse.Namespace) -> int:
 
 
 # --- prunekit inspect ---------------------------------------------------------------
-# Wired by the structured-pruning work (prunekit.structured.inspect_model): add an
-# ``_add_inspect(sub)`` that registers the parser and its handler, and list it below.
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="dry run: prunable groups, what cannot be pruned and why, params, MACs",
+        description="Trace a model and report its groups of coupled dimensions, what cannot "
+        "be pruned and why, its parameters and MACs. Nothing is changed.",
+    )
+    p.add_argument("model", help="a prunekit model (lenet5) or SOURCE:NAME "
+                   "(torchvision:resnet18, transformers:llama, rnn:char_lm)")
+    p.add_argument("--all", action="store_true", help="also list trivially blocked groups")
+    p.set_defaults(handler=_inspect)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .structured import inspect_model
+    from .zoo.lookup import resolve_model
+
+    model, inputs = resolve_model(args.model)
+    print(inspect_model(model, inputs, trivial=args.all))
+    return 0
 
 
 # Each entry adds one subcommand (its parser and its handler).
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_run, _add_zoo]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_run, _add_zoo, _add_inspect
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
