@@ -15,10 +15,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 # Reinstall when pyproject.toml changed since the last install.
-if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ scripts/constraints.txt -nt "$STAMP" ]; then
   echo "setup: installing prunekit and its test extras into .venv (first time: a few minutes)"
   .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
-  .venv/bin/python -m pip install --quiet -e ".[test]" 2>&1 | grep -v "is ignored" || true
+  .venv/bin/python -m pip install --quiet -c scripts/constraints.txt -e ".[test]" 2>&1 | grep -v "is ignored" || true
   .venv/bin/python -c "import prunekit, torch" # fail loudly if the install did not work
   touch "$STAMP"
 fi
