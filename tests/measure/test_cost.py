@@ -106,6 +106,8 @@ def test_attention_macs_match_flop_counter_on_the_ops_it_counts():
     b, t, d = 2, 7, 16
     sdpa = ours.pop("aten._scaled_dot_product_flash_attention_for_cpu")
     assert sdpa == b * t * t * d * 2  # q @ k^T and scores @ v over all heads
+    # torch >= 2.15's flop_counter counts CPU flash attention too: it must agree
+    assert theirs.pop("aten._scaled_dot_product_flash_attention_for_cpu", sdpa) == sdpa
     assert ours == theirs
     projections = b * t * (3 * d * d + d * d) + b * t * (2 * d * d * 2)
     assert sum(ours.values()) == projections
