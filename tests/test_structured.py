@@ -107,6 +107,29 @@ def test_plan_round_trip_gives_the_same_outputs(zoo, tmp_path):
             torch.testing.assert_close(a, b)
 
 
+class _VersionedBN(nn.BatchNorm2d):
+    """Refuses a state dict without its version, as torchvision's MNASNet does."""
+
+    _version = 2
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
+        if local_metadata.get("version") != 2:
+            raise ValueError(f"version should be 2, got {local_metadata.get('version')}")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
+
+
+def test_load_pruned_gives_modules_the_versions_they_check(tmp_path):
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 3), _VersionedBN(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+
+    model, x = build().eval(), torch.randn(2, 3, 8, 8)
+    plan = S.prune(model, x, ratio=0.5)
+    plan_path, weights_path = S.save_pruned(model, plan, tmp_path / "versioned")
+    fresh = S.load_pruned(build().eval(), plan_path, weights_path)
+    torch.testing.assert_close(fresh(x), model(x))
+
+
 def test_plan_json_has_names_dims_and_kept_indices(zoo, tmp_path):
     case = zoo("mlp")
     plan = S.plan(S.trace(case.model, case.inputs), ratio=0.5)

@@ -17,6 +17,7 @@ import copy
 import math
 import os
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -588,13 +589,18 @@ def load_pruned(
     if weights is None:
         return model
     state = dict(weights) if isinstance(weights, Mapping) else _read_safetensors(weights)
-    expected = set(model.state_dict())
+    own = model.state_dict()
+    expected = set(own)
     missing = sorted(expected - set(state) - set(plan.aliases))
     unexpected = sorted(set(state) - expected)
     if missing or unexpected:
         raise ConfigError(f"weights do not match the pruned model (missing {missing[:5]}, "
                           f"unexpected {unexpected[:5]}); pass the weights saved with this plan")
     on_meta = any(t.device.type == "meta" for t in model.parameters())
+    # safetensors keeps no per-module versions; modules that check theirs while loading
+    # (torchvision's MNASNet) get those of the freshly built model, which the weights match.
+    state = OrderedDict(state)
+    state._metadata = getattr(own, "_metadata", None)  # type: ignore[attr-defined]
     model.load_state_dict(state, strict=False, assign=on_meta)
     return model
 
