@@ -5,8 +5,8 @@ DeiT-S sizes: 12 layers, 6 heads, width 384) are pruned with prunekit to 1/2 and
 dense MACs, the target given to ``pk.prune(..., target={"macs": f})`` (or, with
 ``--search bisect``, a uniform ratio bisected against the counted MACs). Each network is timed
 at batch 1 and 32 with 2 threads, and the table reports the speed-up next to the MAC
-reduction. Random weights: latency does not depend on their values. Writes
-docs/structured_latency.md, a section for docs/benchmarks.md.
+reduction. Random weights: latency does not depend on their values. Writes the section
+"structured-latency" of docs/benchmarks.md.
 
     .venv/bin/python benchmarks/structured_latency.py                 # ~10-15 min on 2 cores
     .venv/bin/python benchmarks/structured_latency.py --quick         # smoke run, batch 1 only
@@ -26,11 +26,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from _common import machine, versions_line
+from _common import machine, versions_line, write_section
 from torch import nn
 
 import prunekit as pk
-from prunekit._io import write_json, write_text
+from prunekit._io import write_json
 from prunekit.measure import count_macs, count_params, measure_latency
 from prunekit.zoo.sources import ZooModel
 
@@ -216,7 +216,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--search", choices=("engine", "bisect"), default="engine",
                    help="reach the MAC target with pk.prune(target=...) or by bisecting a ratio")
     p.add_argument("--quick", action="store_true", help="batch 1, 5 runs: a smoke test")
-    p.add_argument("--out", type=Path, default=Path("docs/structured_latency.md"))
+    p.add_argument("--docs", type=Path, default=Path("docs/benchmarks.md"),
+                   help="Markdown file whose section 'structured-latency' is (re)written")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.quick:
@@ -231,8 +232,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = [row for name in args.models for row in bench_model(name, args)]
     if args.json:
         write_json(args.json, [asdict(r) for r in rows])
-    write_text(args.out, render(rows, args, started))
-    print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    write_section(args.docs, "structured-latency", render(rows, args, started))
+    print(f"wrote {args.docs} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
 
 if __name__ == "__main__":
