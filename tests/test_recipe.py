@@ -48,7 +48,8 @@ def test_unknown_key_names_the_path_the_closest_key_and_the_valid_keys():
 def test_unknown_top_level_key_lists_the_sections():
     message = error_of({"fintune": {"epochs": 3}})
     assert "'fintune'" in message and "did you mean 'finetune'" in message
-    assert "seed, data, model, train, prune, finetune, measure, output" in message
+    assert ("seed, data, model, train, penalty, prune, schedule, recovery, finetune, sweep, "
+            "measure, output") in message
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,15 @@ before any training, with one sentence that names the key path and the valid cho
 Every section is optional; what a recipe leaves out takes the value of the built-in
 quick start (``prunekit run`` with no recipe).
 
+The sections, in the order a run uses them: ``data``, ``model``, ``train`` (the
+baseline), ``penalty`` (sparse training before the cut), ``prune`` (what is cut and
+how much: masks with ``pk.sparsify``, or channels with ``pk.prune``), ``schedule``
+(when: one-shot, gradual, iterative, dynamic network surgery, lottery ticket),
+``recovery`` (reconstruction, batch-norm recalibration, distillation), ``finetune``,
+``sweep`` (several amounts from one baseline), ``measure``, ``output``. Combinations
+that make no sense (a gradual channel cut, a floor without a validation split) are
+refused with the key path and the way out.
+
 Example:
     >>> recipe = parse_recipe({"prune": {"sparsity": 0.8}}, name="mine")
     >>> recipe.prune.sparsity, recipe.data.name
@@ -23,15 +32,17 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     Strict,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -50,6 +61,10 @@ __all__ = [
 QUICKSTART = "quickstart"
 SELECTORS = ("sparsity", "threshold", "percentile", "std_k")
 DEFAULT_SPARSITY = 0.9
+DEFAULT_RATIO = 0.5
+STRUCTURED = ("channel",)
+TARGET_KEYS = ("macs", "params")
+SWEEP_KEYS = ("sparsity", "ratio", *TARGET_KEYS)
 
 
 def _not_bool(value: Any) -> Any:
@@ -82,13 +97,29 @@ def _registry_name(kind: str, value: str, names: list[str], *, plural: str = "")
     raise ValueError(f"unknown {kind} {value!r}; {hint}valid {valid}: {', '.join(names)}")
 
 
+class KeyProblem(ValueError):
+    """A cross-field check that failed, naming the key (relative to the section) to fix."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 class DataConfig(_Section):
-    """Which dataset, where its files are, and the loaders' batch sizes."""
+    """Which dataset, where its files are, how much of it, and the loaders' batch sizes.
+
+    ``train_samples`` / ``test_samples`` keep a seeded random subset (for runs that must
+    stay short); ``val_fraction`` holds out that part of the training split as a
+    validation split (needed by ``schedule.floor``, which must not look at the test split).
+    """
 
     name: str = "digits"
     data_dir: str | None = None
     batch_size: Int = Field(64, ge=1)
     eval_batch_size: Int = Field(512, ge=1)
+    train_samples: Int | None = Field(None, ge=1)
+    test_samples: Int | None = Field(None, ge=1)
+    val_fraction: Float = Field(0.0, ge=0, le=0.5)
 
     @field_validator("name")
     @classmethod
@@ -152,12 +183,56 @@ class FinetuneConfig(_OptimConfig):
     lr: Float = Field(0.02, gt=0)
 
 
-class PruneConfig(_Section):
-    """One-shot unstructured, neuron or N:M pruning (the options of ``prunekit.sparsify``).
+class TargetConfig(_Section):
+    """A structured cut's budget: the fraction of ``macs`` or of ``params`` to remove."""
 
-    Exactly one of ``sparsity``, ``threshold``, ``percentile`` and ``std_k`` says how
-    much to cut, or ``pattern`` alone ("2:4"); with none of them, ``sparsity`` is
-    the quick start's 0.9.
+    macs: Float | None = Field(None, ge=0, lt=1)
+    params: Float | None = Field(None, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> TargetConfig:
+        given = [k for k in TARGET_KEYS if getattr(self, k) is not None]
+        if len(given) != 1:
+            not_given = " and ".join(given) or "none"
+            raise ValueError(f"give exactly one of macs or params, not {not_given}")
+        return self
+
+    @property
+    def key(self) -> str:
+        """``"macs"`` or ``"params"``."""
+        return next(k for k in TARGET_KEYS if getattr(self, k) is not None)
+
+
+# Keys of the prune section that belong to one family of granularities only.
+MASK_ONLY = (*SELECTORS, "pattern", "exclude")
+CHANNEL_ONLY = ("ratio", "target", "ignore", "max_ratio", "round_to")
+# Defaults that differ by family: masks follow pk.sparsify's quick start, channels pk.plan.
+_FAMILY_DEFAULTS = {
+    "mask": {"criterion": "magnitude", "scope": "global", "exclude": []},
+    "channel": {"criterion": "l2", "scope": "layer", "ignore": [], "max_ratio": 0.9, "round_to": 1},
+}
+
+
+def granularity_family(granularity: str) -> str:
+    """``"channel"`` for structured granularities (shapes shrink), ``"mask"`` for the others."""
+    return "channel" if granularity in STRUCTURED else "mask"
+
+
+class PruneConfig(_Section):
+    """What is cut and how much.
+
+    Masks (``granularity`` ``weight`` or ``neuron``, the options of ``prunekit.sparsify``):
+    exactly one of ``sparsity``, ``threshold``, ``percentile`` and ``std_k``, or
+    ``pattern`` alone ("2:4"); with none of them, ``sparsity`` is the quick start's 0.9.
+
+    Channels (``granularity: channel``, the options of ``prunekit.prune``): the network
+    is rebuilt smaller. ``ratio`` (fraction of each group's channels, default 0.5) or
+    ``target`` (``{macs: f}`` / ``{params: f}``, the fraction to remove), ``criterion``
+    among the group criteria, ``scope`` ``layer`` or ``global``, ``max_ratio``,
+    ``round_to``, ``ignore`` (module name patterns whose outputs keep their size).
+
+    ``protect_output`` keeps the classifier (the last prunable layer) whole: no weight
+    of it is masked, and with channels its inputs are not cut either.
     """
 
     sparsity: Float | None = Field(None, ge=0, lt=1)
@@ -166,18 +241,16 @@ class PruneConfig(_Section):
     std_k: Float | None = None
     criterion: str = "magnitude"
     scope: Literal["layer", "global", "lamp"] = "global"
-    granularity: Literal["weight", "neuron"] = "weight"
+    granularity: Literal["weight", "neuron", "channel"] = "weight"
     pattern: str | None = None
-    exclude: list[str] = Field(default_factory=list)
+    exclude: list[str] | None = None
+    ratio: Float | None = Field(None, ge=0, lt=1)
+    target: TargetConfig | None = None
+    ignore: list[str] | None = None
+    max_ratio: Float | None = Field(None, gt=0, lt=1)
+    round_to: Int | None = Field(None, ge=1)
     protect_output: Bool = False
     calibration_batches: Int = Field(8, ge=1)
-
-    @field_validator("criterion")
-    @classmethod
-    def _known_criterion(cls, value: str) -> str:
-        from .importance import list_criteria
-
-        return _registry_name("criterion", value, list_criteria(), plural="criteria")
 
     @field_validator("pattern")
     @classmethod
@@ -189,13 +262,28 @@ class PruneConfig(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _default_amount(cls, data: Any) -> Any:
-        if isinstance(data, dict) and all(data.get(k) is None for k in (*SELECTORS, "pattern")):
-            return {**data, "sparsity": DEFAULT_SPARSITY}
+    def _defaults(cls, data: Any) -> Any:
+        """Fill the family's defaults (criterion, scope, ...) and the default amount."""
+        if not isinstance(data, dict):
+            return data
+        family = granularity_family(str(data.get("granularity", "weight")))
+        data = {**_FAMILY_DEFAULTS[family], **{k: v for k, v in data.items() if v is not None}}
+        if family == "mask" and not any(k in data for k in (*SELECTORS, "pattern")):
+            data["sparsity"] = DEFAULT_SPARSITY
+        if family == "channel" and "ratio" not in data and "target" not in data:
+            data["ratio"] = DEFAULT_RATIO
         return data
 
     @model_validator(mode="after")
-    def _one_amount(self) -> PruneConfig:
+    def _consistent(self) -> PruneConfig:
+        family = granularity_family(self.granularity)
+        other, own = (CHANNEL_ONLY, "mask") if family == "mask" else (MASK_ONLY, "channel")
+        for key in other:
+            if getattr(self, key) not in (None, []):
+                raise KeyProblem(key, _wrong_family(key, self.granularity, own))
+        self._check_criterion(family)
+        if family == "channel":
+            return self._check_channel()
         given = [key for key in (*SELECTORS, "pattern") if getattr(self, key) is not None]
         if len(given) != 1:
             raise ValueError(
@@ -203,6 +291,280 @@ class PruneConfig(_Section):
                 f"not {' and '.join(given) or 'none'}"
             )
         return self
+
+    def _check_criterion(self, family: str) -> None:
+        from .importance import list_criteria
+        from .importance.group import list_group_criteria
+
+        names = list_group_criteria() if family == "channel" else list_criteria()
+        try:
+            _registry_name("criterion", self.criterion, names, plural="criteria")
+        except ValueError as err:
+            raise KeyProblem("criterion", f"{err} (granularity {self.granularity})") from None
+
+    def _check_channel(self) -> PruneConfig:
+        if self.scope == "lamp":
+            raise KeyProblem(
+                "scope", "scope lamp is for masks; with granularity channel use layer or "
+                "global (criterion lamp ranks channel groups LAMP-normalized)"
+            )
+        if self.ratio is not None and self.target is not None:
+            raise KeyProblem("target", "give either ratio or target, not both")
+        return self
+
+    @property
+    def structured(self) -> bool:
+        """Whether this cut rebuilds the network smaller (channel granularity)."""
+        return granularity_family(self.granularity) == "channel"
+
+    @property
+    def amount(self) -> tuple[str, Any]:
+        """(key, value) of how much is cut: ``("sparsity", 0.9)``, ``("macs", 0.5)`` ..."""
+        if self.target is not None:
+            return self.target.key, getattr(self.target, self.target.key)
+        for key in (*SELECTORS, "pattern", "ratio"):
+            if getattr(self, key) is not None:
+                return key, getattr(self, key)
+        raise AssertionError("a validated prune section always has an amount")
+
+    def with_amount(self, key: str, value: float) -> PruneConfig:
+        """A copy that cuts ``value`` of ``key`` (``sparsity``, ``ratio``, ``macs``, ``params``)."""
+        cleared = dict.fromkeys((*SELECTORS, "pattern", "ratio", "target"))
+        data = {**self.model_dump(), **cleared}
+        if key in TARGET_KEYS:
+            data["target"] = {key: value}
+        else:
+            data[key] = value
+        return PruneConfig.model_validate(data)
+
+
+def _wrong_family(key: str, granularity: str, family: str) -> str:
+    """Why ``key`` does not apply to ``granularity``, and the key to use instead."""
+    if family == "mask":
+        return (
+            f"{key} is an option of structured pruning (granularity channel); granularity "
+            f"{granularity} masks weights: use sparsity / threshold / percentile / std_k / "
+            "pattern and exclude"
+        )
+    return (
+        f"{key} is an option of masks (granularity weight or neuron); granularity {granularity} "
+        "removes channels: use ratio or target {macs: f} / {params: f}, and ignore"
+    )
+
+
+# --- the schedule: when to cut ------------------------------------------------------------
+
+
+class OneShotSchedule(_Section):
+    """Cut once after the baseline, then recover and fine-tune (the default)."""
+
+    kind: Literal["oneshot"] = "oneshot"
+
+
+class GradualSchedule(_Section):
+    """Prune gradually during fine-tuning (``prunekit.Pruner``): AGP or polynomial decay.
+
+    ``start`` and ``end`` are fine-tuning epochs (fractions allowed): the sparsity rises
+    from ``initial`` at ``start`` to the prune section's sparsity at ``end``, with a cut
+    every ``frequency`` optimizer steps (Zhu & Gupta 2017).
+    """
+
+    kind: Literal["gradual"]
+    curve: Literal["agp", "polynomial"] = "agp"
+    exponent: Float | None = Field(None, gt=0)
+    initial: Float = Field(0.0, ge=0, lt=1)
+    start: Float = Field(0.0, ge=0)
+    end: Float = Field(gt=0)
+    frequency: Int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _shape(self) -> GradualSchedule:
+        if self.end <= self.start:
+            raise KeyProblem("end", f"epoch {self.end} must come after start ({self.start})")
+        if self.curve == "agp" and self.exponent not in (None, 3.0):
+            raise KeyProblem("exponent", "agp is cubic by definition; use curve: polynomial")
+        return self
+
+
+class IterativeSchedule(_Section):
+    """Rounds of cut then fine-tune (``prunekit.schedules.prune_iteratively``).
+
+    Round ``k`` of ``rounds`` cuts to ``1 - (1 - s)^(k / rounds)`` (``geometric``: the
+    same fraction of what is left each round) or ``s * k / rounds`` (``linear``), ``s``
+    being the prune section's amount; each round is followed by recovery and the
+    ``finetune`` section. With ``floor``, the first round whose accuracy on the
+    validation split (``data.val_fraction``) falls below it is undone and the run stops.
+    """
+
+    kind: Literal["iterative"]
+    rounds: Int = Field(3, ge=1)
+    spacing: Literal["geometric", "linear"] = "geometric"
+    floor: Float | None = Field(None, ge=0, le=1)
+
+
+class SurgerySchedule(_Section):
+    """Dynamic network surgery during fine-tuning: masks prune and splice back.
+
+    Guo, Yao & Chen 2016 (``prunekit.schedules.Surgery``): per-layer thresholds from the
+    prune section's sparsity, ``margin`` between the prune and splice thresholds,
+    revision probability ``(1 + gamma * t) ** -power`` every ``frequency`` steps, until
+    epoch ``stop`` of fine-tuning (default: its end). Then the masks are settled at
+    exactly the target sparsity (the largest weights of each layer, spliced ones
+    included) and frozen; the rest of fine-tuning trains with them fixed.
+    """
+
+    kind: Literal["surgery"]
+    margin: Float = Field(0.2, ge=0)
+    gamma: Float = Field(1e-4, ge=0)
+    power: Float = Field(1.0, ge=0)
+    frequency: Int = Field(1, ge=1)
+    stop: Float | None = Field(None, gt=0)
+
+
+class LotterySchedule(_Section):
+    """Lottery ticket: iterative magnitude pruning with weight rewinding.
+
+    Frankle & Carbin 2019 (``prunekit.schedules.lottery_ticket``): each round prunes
+    ``rate`` of the remaining weights, rewinds the survivors to the baseline's weights
+    after ``rewind`` optimizer steps (0: the initialization) and trains again with the
+    ``train`` section, until the prune section's sparsity; then ``finetune`` runs.
+    """
+
+    kind: Literal["lottery"]
+    rate: Float = Field(0.2, gt=0, lt=1)
+    rewind: Int = Field(0, ge=0)
+
+
+# kind -> section; the pipeline has one runner per kind (prunekit._stages).
+SCHEDULE_KINDS: dict[str, type[_Section]] = {
+    "oneshot": OneShotSchedule,
+    "gradual": GradualSchedule,
+    "iterative": IterativeSchedule,
+    "surgery": SurgerySchedule,
+    "lottery": LotterySchedule,
+}
+# Schedules that cut at discrete moments, after which reconstruction and BN recalibration help.
+DISCRETE_CUTS = ("oneshot", "iterative")
+
+
+def _schedule_kind(value: Any) -> str | None:
+    kind = value.get("kind", "oneshot") if isinstance(value, dict) else getattr(value, "kind", None)
+    return kind if kind in SCHEDULE_KINDS else None
+
+
+ScheduleConfig = Annotated[
+    Union[tuple(Annotated[cls, Tag(kind)] for kind, cls in SCHEDULE_KINDS.items())],  # noqa: UP007
+    Discriminator(
+        _schedule_kind,
+        custom_error_type="schedule_kind",
+        custom_error_message="unknown schedule kind",
+    ),
+]
+
+
+# --- recovery and sparse training ---------------------------------------------------------
+
+
+class DistillConfig(_Section):
+    """Distil from the dense baseline while fine-tuning (Hinton et al. 2014)."""
+
+    temperature: Float = Field(4.0, gt=0)
+    alpha: Float = Field(0.9, ge=0, le=1)
+
+
+class ReconstructConfig(_Section):
+    """Least-squares reconstruction of each layer's outputs right after a cut (ThiNet)."""
+
+    batches: Int = Field(8, ge=1)
+    ridge: Float = Field(1e-4, ge=0)
+
+
+class BNRecalibrationConfig(_Section):
+    """Recompute batch-norm statistics on training batches after a cut."""
+
+    batches: Int = Field(20, ge=1)
+    mode: str = "exact"
+
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, value: str) -> str:
+        from .recovery import list_bn_modes
+
+        return _registry_name("mode", value, list_bn_modes())
+
+
+class RecoveryConfig(_Section):
+    """Recovery after each cut, in this order: ``reconstruct``, ``bn_recalibration``,
+    then fine-tuning, which distils from the dense model when ``distill`` is given.
+    A method is on when its section is present (``bn_recalibration: {}`` for defaults).
+    """
+
+    reconstruct: ReconstructConfig | None = None
+    bn_recalibration: BNRecalibrationConfig | None = None
+    distill: DistillConfig | None = None
+
+
+class PenaltyConfig(_Section):
+    """Sparse training before the cut: a group penalty added to the loss.
+
+    ``kind`` ``bn_scale`` (network slimming, Liu et al. 2017) or ``group_lasso`` (Wen et
+    al. 2016), times ``strength``. With ``epochs: 0`` the penalty joins the baseline
+    training; otherwise an extra phase of ``epochs`` at ``lr`` (the ``train`` section's
+    optimizer) follows the baseline.
+    """
+
+    kind: str = "bn_scale"
+    strength: Float = Field(1e-4, ge=0)
+    exclude: list[str] = Field(default_factory=list)
+    epochs: Int = Field(0, ge=0)
+    lr: Float = Field(0.01, gt=0)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_penalty(cls, value: str) -> str:
+        from .schedules import list_penalties
+
+        return _registry_name("penalty", value, list_penalties(), plural="penalties")
+
+
+class SweepConfig(_Section):
+    """Several amounts, each pruned from the same baseline and measured.
+
+    Exactly one list: ``sparsity`` (masks), or ``ratio`` / ``macs`` / ``params``
+    (channels), increasing. The prune section's amount, when given, must be one of
+    them and names the point reported as ``pruned``; otherwise that is the last point.
+    """
+
+    sparsity: list[Float] | None = None
+    ratio: list[Float] | None = None
+    macs: list[Float] | None = None
+    params: list[Float] | None = None
+
+    @model_validator(mode="after")
+    def _one_list(self) -> SweepConfig:
+        given = [k for k in SWEEP_KEYS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of {', '.join(SWEEP_KEYS)}, not {' and '.join(given) or 'none'}"
+            )
+        values = self.values
+        if len(values) < 2:
+            raise KeyProblem(given[0], f"a sweep needs at least two values, got {values}")
+        if any(not 0 <= v < 1 for v in values):
+            raise KeyProblem(given[0], f"every value must be a fraction in [0, 1), got {values}")
+        if any(b <= a for a, b in zip(values, values[1:], strict=False)):
+            raise KeyProblem(given[0], f"values must increase, got {values}")
+        return self
+
+    @property
+    def key(self) -> str:
+        """Which amount is swept: ``sparsity``, ``ratio``, ``macs`` or ``params``."""
+        return next(k for k in SWEEP_KEYS if getattr(self, k) is not None)
+
+    @property
+    def values(self) -> list[float]:
+        """The swept values, in order."""
+        return list(getattr(self, self.key))
 
 
 class MeasureConfig(_Section):
@@ -222,7 +584,8 @@ class OutputConfig(_Section):
 
 
 class Recipe(_Section):
-    """A whole run: data, model, baseline training, pruning, fine-tuning, measuring, output.
+    """A whole run: data, model, baseline, sparse training, pruning and its schedule,
+    recovery, fine-tuning, an optional sweep, measuring, output.
 
     ``versions`` is written by ``prunekit run`` into the resolved ``recipe.yaml`` as a
     record of the libraries used; it does not change how a recipe runs.
@@ -233,8 +596,12 @@ class Recipe(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    penalty: PenaltyConfig | None = None
     prune: PruneConfig = Field(default_factory=PruneConfig)
+    schedule: ScheduleConfig = Field(default_factory=OneShotSchedule)
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    sweep: SweepConfig | None = None
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     versions: dict[str, str] | None = None
@@ -248,6 +615,187 @@ class Recipe(_Section):
                 f"folder runs/<name>), got {value!r}"
             )
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sweep_names_the_amount(cls, data: Any) -> Any:
+        """With a sweep and no amount in ``prune``, the last point is the one reported."""
+        if not isinstance(data, dict) or not isinstance(data.get("sweep"), dict):
+            return data
+        lists = [(k, v) for k, v in data["sweep"].items() if k in SWEEP_KEYS and v]
+        prune = data.get("prune") or {}
+        amounts = (*SELECTORS, "pattern", "ratio", "target")
+        if len(lists) != 1 or not isinstance(lists[0][1], list) or not isinstance(prune, dict):
+            return data
+        if any(prune.get(k) is not None for k in amounts):
+            return data
+        key, values = lists[0]
+        family = granularity_family(str(prune.get("granularity", "weight")))
+        if (key == "sparsity") != (family == "mask"):
+            return data  # the sweep check names the mismatch
+        extra = {"target": {key: values[-1]}} if key in TARGET_KEYS else {key: values[-1]}
+        return {**data, "prune": {**prune, **extra}}
+
+    @model_validator(mode="after")
+    def _combinations(self) -> Recipe:
+        for check in _RECIPE_CHECKS:
+            check(self)
+        return self
+
+    def points(self) -> list[PruneConfig]:
+        """The prune section of every point: the sweep's, or the prune section alone."""
+        if self.sweep is None:
+            return [self.prune]
+        return [self.prune.with_amount(self.sweep.key, v) for v in self.sweep.values]
+
+    @property
+    def designated(self) -> int:
+        """Index (in :meth:`points`) of the point reported as ``pruned``."""
+        if self.sweep is None:
+            return 0
+        return self.sweep.values.index(self.prune.amount[1])
+
+
+# --- combinations that make no sense: each check names the key to change -------------------
+
+
+def _check_sweep(r: Recipe) -> None:
+    if r.sweep is None:
+        return
+    key, family = r.sweep.key, granularity_family(r.prune.granularity)
+    if (key == "sparsity") != (family == "mask"):
+        use = "ratio, macs or params" if family == "channel" else "sparsity"
+        raise KeyProblem(f"sweep.{key}", f"prune.granularity {r.prune.granularity} sweeps {use}")
+    amount, value = r.prune.amount
+    if amount != key or value not in r.sweep.values:
+        where = f"prune.target.{amount}" if amount in TARGET_KEYS else f"prune.{amount}"
+        raise KeyProblem(
+            where,
+            f"with a sweep over {key}, the prune section's amount names the point reported as "
+            f"pruned: make it one of sweep.{key} {r.sweep.values}, or leave it out (the last)",
+        )
+
+
+def _check_schedule_fits_prune(r: Recipe) -> None:
+    kind, prune = r.schedule.kind, r.prune
+    if prune.structured and kind not in DISCRETE_CUTS:
+        raise KeyProblem(
+            "schedule.kind",
+            f"schedule {kind} grows masks during training and cannot rebuild a network "
+            f"smaller step by step; with prune.granularity {prune.granularity} use kind "
+            "oneshot or iterative (several smaller cuts), or granularity weight",
+        )
+    if kind != "oneshot" and not prune.structured and prune.sparsity is None:
+        key = prune.amount[0]
+        raise KeyProblem(
+            f"prune.{key}",
+            f"schedule {kind} needs a target sparsity: give prune.sparsity instead of "
+            f"prune.{key}, or use schedule kind oneshot",
+        )
+
+
+def _check_surgery(r: Recipe) -> None:
+    if r.schedule.kind != "surgery":
+        return
+    wanted = {"granularity": "weight", "scope": "layer", "criterion": "magnitude"}
+    for key, value in wanted.items():
+        if getattr(r.prune, key) != value:
+            raise KeyProblem(
+                f"prune.{key}",
+                f"dynamic network surgery prunes single weights by magnitude against per-layer "
+                f"thresholds (Guo et al. 2016); set prune.{key}: {value}",
+            )
+    _needs_finetuning(r, "schedule.kind", "dynamic network surgery runs during fine-tuning")
+    stop = r.schedule.stop
+    if stop is not None and stop > r.finetune.epochs:
+        epochs = r.finetune.epochs
+        raise KeyProblem("schedule.stop", f"epoch {stop} is past the end of fine-tuning ({epochs})")
+
+
+def _check_gradual(r: Recipe) -> None:
+    if r.schedule.kind != "gradual":
+        return
+    _needs_finetuning(r, "schedule.kind", "gradual pruning runs during fine-tuning")
+    if r.schedule.end > r.finetune.epochs:
+        raise KeyProblem(
+            "schedule.end",
+            f"epoch {r.schedule.end} is past the end of fine-tuning ({r.finetune.epochs} "
+            "epochs); the schedule must reach the target before fine-tuning ends",
+        )
+
+
+def _check_iterative(r: Recipe) -> None:
+    if r.schedule.kind != "iterative" or r.schedule.floor is None:
+        return
+    if r.prune.structured:
+        raise KeyProblem(
+            "schedule.floor",
+            "a floor undoes the round that falls below it by restoring the previous weights, "
+            "which cannot bring back removed channels; drop schedule.floor or use granularity "
+            "weight",
+        )
+    if r.data.val_fraction == 0:
+        raise KeyProblem(
+            "schedule.floor",
+            "the floor is checked on a validation split, never on the test split; set "
+            "data.val_fraction (e.g. 0.1)",
+        )
+
+
+def _check_lottery(r: Recipe) -> None:
+    if r.schedule.kind != "lottery":
+        return
+    if r.model.checkpoint is not None:
+        raise KeyProblem(
+            "model.checkpoint",
+            "a lottery ticket rewinds to the baseline's initialization (or an early step), "
+            "which a checkpoint does not hold; drop model.checkpoint to train the baseline",
+        )
+    if r.train.epochs == 0:
+        raise KeyProblem("train.epochs", "a lottery ticket trains every round with the train "
+                         "section; give it epochs > 0")
+
+
+def _check_recovery(r: Recipe) -> None:
+    kind = r.schedule.kind
+    for key in ("reconstruct", "bn_recalibration"):
+        if getattr(r.recovery, key) is not None and kind not in DISCRETE_CUTS:
+            raise KeyProblem(
+                f"recovery.{key}",
+                f"repairs the network right after a cut; schedule {kind} has no such moment "
+                "(weights keep training while the masks change); use it with kind oneshot or "
+                "iterative, or drop it",
+            )
+    if r.recovery.distill is not None:
+        _needs_finetuning(r, "recovery.distill", "distillation is the fine-tuning loss")
+
+
+def _check_penalty(r: Recipe) -> None:
+    if r.penalty is None or r.penalty.epochs > 0:
+        return
+    if r.model.checkpoint is not None or r.train.epochs == 0:
+        raise KeyProblem(
+            "penalty.epochs",
+            "0 adds the penalty to the baseline training, but the baseline is not trained "
+            "here; give penalty.epochs > 0 for an extra sparse-training phase",
+        )
+
+
+def _needs_finetuning(r: Recipe, key: str, why: str) -> None:
+    if r.finetune.epochs == 0:
+        raise KeyProblem(key, f"{why}, but finetune.epochs is 0; give it epochs > 0")
+
+
+_RECIPE_CHECKS = (
+    _check_sweep,
+    _check_schedule_fits_prune,
+    _check_surgery,
+    _check_gradual,
+    _check_iterative,
+    _check_lottery,
+    _check_recovery,
+    _check_penalty,
+)
 
 
 # --- loading and dumping ------------------------------------------------------------
@@ -357,17 +905,28 @@ def _describe(error: Any) -> str:
     loc = tuple(error["loc"])
     path = _key_path(loc) or "the recipe"
     kind = error["type"]
+    problem = error.get("ctx", {}).get("error")
+    if isinstance(problem, KeyProblem):
+        return f"{_join(_key_path(loc), problem.key)}: {problem}"
     if kind == "extra_forbidden":
         return _unknown_key(loc)
+    if kind == "schedule_kind":
+        return _bad_kind(path, error["input"])
     if kind == "model_type":
         keys = ", ".join(_section_at(loc).model_fields)
         return f"{path} must be a mapping with keys {keys}, got {error['input']!r}"
+    if kind == "missing":
+        return f"{path} is required{_kind_note(loc[:-1])}"
     message = str(error["msg"]).removeprefix("Value error, ")
     if kind == "literal_error":
         return f"{path} is {error['input']!r}, not a valid choice; {_choices(message, error)}"
     if kind == "value_error" and not message.startswith("Input should"):
         return f"{path}: {message}"
     return f"{path} is {error['input']!r}: {message[0].lower()}{message[1:]}"
+
+
+def _join(section: str, key: str) -> str:
+    return f"{section}.{key}" if section else key
 
 
 def _choices(message: str, error: Any) -> str:
@@ -378,27 +937,78 @@ def _choices(message: str, error: Any) -> str:
     return f"{hint}valid choices: {', '.join(expected)}" if expected else message
 
 
+def _bad_kind(path: str, value: Any) -> str:
+    """The message for a schedule that is not a mapping or names an unknown kind."""
+    kinds = list(SCHEDULE_KINDS)
+    if not isinstance(value, dict):
+        return f"{path} must be a mapping with a kind ({', '.join(kinds)}), got {value!r}"
+    close = difflib.get_close_matches(str(value.get("kind")), kinds, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return (
+        f"{path}.kind is {value.get('kind')!r}, not a valid choice; {hint}"
+        f"valid choices: {', '.join(kinds)}"
+    )
+
+
 def _unknown_key(loc: tuple[Any, ...]) -> str:
     """The message for a key that the section at ``loc[:-1]`` does not have."""
     keys = list(_section_at(loc[:-1]).model_fields)
-    where = _key_path(loc[:-1]) or "the top level"
+    where = (_key_path(loc[:-1]) or "the top level") + _kind_note(loc[:-1])
     path = _key_path(loc)
     close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     return f"unknown key {path!r}; {hint}valid keys of {where}: {', '.join(keys)}"
 
 
+def _kind_note(loc: tuple[Any, ...]) -> str:
+    """`` (kind gradual)`` when ``loc`` leads into one member of a tagged union."""
+    tag = _walk(loc)[2]
+    return f" (kind {tag})" if tag else ""
+
+
 def _key_path(loc: tuple[Any, ...]) -> str:
-    """``prune.exclude[2]`` from ``("prune", "exclude", 2)``."""
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    """``prune.exclude[2]`` from ``("prune", "exclude", 2)``; union tags are left out."""
+    parts = _walk(loc)[0]
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
 
 
 def _section_at(loc: tuple[Any, ...]) -> type[BaseModel]:
     """The section model that a key path leads to (the Recipe itself for an empty path)."""
+    return _walk(loc)[1]
+
+
+def _walk(loc: tuple[Any, ...]) -> tuple[list[Any], type[BaseModel], str]:
+    """Follow a pydantic error location through the sections.
+
+    Returns the key path without the tags of tagged unions (``("schedule", "gradual",
+    "end")`` is ``schedule.end``), the section the path leads to, and the last tag seen.
+    """
     model: type[BaseModel] = Recipe
+    parts: list[Any] = []
+    members: dict[str, type[BaseModel]] = {}
+    tag = ""
     for part in loc:
+        if len(members) > 1 and part in members:
+            model, tag, members = members[part], str(part), {}
+            continue
+        parts.append(part)
         field = model.model_fields.get(str(part))
-        annotation = getattr(field, "annotation", None)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
-    return model
+        members = _sections_of(field.annotation) if field is not None else {}
+        if len(members) == 1:
+            model, tag = next(iter(members.values())), ""
+    return parts, model, tag
+
+
+def _sections_of(annotation: Any) -> dict[str, type[BaseModel]]:
+    """Section models an annotation holds: ``{"": M}`` for ``M`` or ``M | None``, and
+    ``{tag: M, ...}`` for a tagged union."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return {"": annotation}
+    out: dict[str, type[BaseModel]] = {}
+    for arg in get_args(annotation):
+        meta: list[Any] = []
+        if get_origin(arg) is Annotated:
+            arg, *meta = get_args(arg)
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            out[next((m.tag for m in meta if isinstance(m, Tag)), "")] = arg
+    return out
