@@ -54,6 +54,37 @@ def test_parameters_not_used_in_forward_are_kept():
     assert not _group(graph, "spare.weight", 0).prunable
 
 
+class _LazyPositions(nn.Module):
+    """Rebuilds a non-persistent buffer for each input length, as timm's ConViT does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos = nn.Linear(3, 4)
+        self.hidden, self.out = nn.Linear(4, 16), nn.Linear(16, 2)
+        self.register_buffer("rel", torch.zeros(1, 1, 3), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rel.shape[1] != x.shape[1]:
+            self.rel = torch.linspace(0, 1, x.shape[1] * 3).reshape(1, x.shape[1], 3)
+        h = self.pos(self.rel).expand(x.shape[0], -1, -1) + x  # (B, T, 4)
+        return self.out(F.relu(self.hidden(h)))
+
+
+def test_non_persistent_buffers_are_never_cut_and_plans_replay_on_fresh_models(tmp_path):
+    from prunekit.structured import load_pruned, prune, save_pruned
+
+    model, x = _LazyPositions(), torch.randn(2, 5, 4)
+    model(x)  # the buffer now has the input's length, a fresh model's does not
+    graph = trace(model, x)
+    blocked = _group(graph, "pos.weight", 1)  # the buffer's last dim feeds pos's inputs
+    assert any("rel" in r and "non-persistent" in r for r in blocked.blocked)
+    plan = prune(model, x, ratio=0.5)
+    assert "rel" not in plan.tensors and "hidden.weight" in plan.tensors
+    plan_path, weights_path = save_pruned(model, plan, tmp_path / "lazy")
+    fresh = load_pruned(_LazyPositions(), plan_path, weights_path)
+    torch.testing.assert_close(fresh(x), model(x))
+
+
 def test_transposed_convolution_couples_its_input_channels_with_the_producer():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.ConvTranspose2d(8, 6, 3),
                           nn.ReLU(), nn.Conv2d(6, 2, 1))

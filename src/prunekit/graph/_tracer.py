@@ -473,6 +473,7 @@ def _block_unused(graph: Graph, tracer: Tracer, model: nn.Module) -> None:
 
 def _seed_tensors(graph: Graph, tracer: Tracer, model: nn.Module) -> None:
     seen: dict[int, str] = {}
+    computed = _non_persistent_buffers(model)
     named = [(n, t, True) for n, t in model.named_parameters(remove_duplicate=False)]
     named += [(n, t, False) for n, t in model.named_buffers(remove_duplicate=False)]
     for name, t, is_param in named:
@@ -486,7 +487,23 @@ def _seed_tensors(graph: Graph, tracer: Tracer, model: nn.Module) -> None:
         if not (t.is_floating_point() or t.is_complex()):
             for a in axes:
                 ax.mark(a, f"integer buffer {name}")
+        elif name in computed:
+            for a in axes:
+                ax.mark(a, f"buffer {name} is made by the model's code, not loaded (non-persistent)")
         graph.param_axes[name] = axes
         graph.param_shapes[name] = tuple(t.shape)
         graph.is_param[name] = is_param
         tracer.seed(t, axes)
+
+
+def _non_persistent_buffers(model: nn.Module) -> set[str]:
+    """Qualified names of buffers left out of the state dict: caches the model's code computes.
+
+    Their shapes come from code (timm's ConViT rebuilds ``rel_indices`` for each input
+    size), so a cut of them could not be replayed on a freshly built model.
+    """
+    return {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules(remove_duplicate=False)
+        for name in getattr(module, "_non_persistent_buffers_set", ())
+    }
