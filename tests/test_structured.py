@@ -332,6 +332,27 @@ def test_verify_lists_groups_normalized_over_the_cut_as_unchecked(zoo):
     assert result.checked
 
 
+class _StdConv(nn.Conv2d):
+    """Weight standardization written as a batch norm of the weight, as timm's StdConv2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = torch.nn.functional.batch_norm(self.weight.reshape(1, self.out_channels, -1),
+                                           None, None, training=True, momentum=0.0, eps=1e-6)
+        return self._conv_forward(x, w.reshape_as(self.weight), self.bias)
+
+
+def test_verify_lists_groups_feeding_a_standardized_weight_as_unchecked():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), _StdConv(8, 8, 3), nn.ReLU(),
+                          nn.Conv2d(8, 2, 1)).eval()
+    x, original = torch.randn(2, 3, 9, 9), copy.deepcopy(model)
+    plan = S.prune(model, x, ratio=0.5)
+    result = S.verify(original, model, plan, x)
+    assert result.ok, result.message
+    assert any("batch norm statistics" in " ".join(r) for r in result.unchecked.values())
+    assert "0.weight:0" in result.unchecked  # the group cut at the standardized conv's input
+
+
 def test_trace_on_meta_device_plans_and_applies_without_weights(zoo):
     with torch.device("meta"):
         model = zoo("residual").model.to("meta")

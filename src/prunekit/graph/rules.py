@@ -649,14 +649,33 @@ def _channel_norm(call: Call, x: torch.Tensor, tensors: Sequence[Any]) -> list[A
              "aten.miopen_batch_norm", "aten._batch_norm_with_update",
              "aten._batch_norm_no_update")
 def batch_norm(call: Call) -> None:
-    """Batch norm normalizes each channel on its own: everything per channel is coupled."""
+    """Batch norm normalizes each channel on its own: everything per channel is coupled.
+
+    With batch statistics (training mode, or weight standardization written as a batch
+    norm of the reshaped weight, as timm's StdConv2d does), the statistics run over every
+    other dimension: cutting units there changes them, so those dimensions are unchecked.
+    """
     x = call.args[0]
     xa = _channel_norm(call, x, call.args[1:5])
+    if _uses_batch_statistics(call):
+        for d, a in enumerate(xa):
+            if d != 1:
+                call.unchecked(a, "batch norm statistics over the dimension")
     outs = call.outs()
     call.set(outs[0], xa)
     for o in outs[1:]:
         if o.dim() == 1 and x.dim() > 1 and o.numel() == x.shape[1]:
             call.set(o, [xa[1]])
+
+
+def _uses_batch_statistics(call: Call) -> bool:
+    """Whether a batch-norm operator normalizes with the statistics of its input."""
+    if call.name.endswith(("_no_training", "_no_update")):
+        return False
+    if call.name.endswith("_with_update"):
+        return True
+    flags = [a for a in call.args[1:] if isinstance(a, bool)]  # the first is `training`
+    return bool(flags and flags[0])
 
 
 @register_op("aten.native_layer_norm", "aten.layer_norm")
