@@ -6,12 +6,16 @@ import torch
 from safetensors.torch import load_file
 
 import prunekit._io
+import prunekit._stages
 import prunekit.pipeline
 from prunekit.errors import ConfigError
 from prunekit.measure import load_sparse
 from prunekit.pipeline import OUTPUT_FILES, run
 from prunekit.recipe import load_recipe, parse_recipe
+from prunekit.report import SWEEP_CHARTS
 
+# What a one-shot, unstructured run without a sweep writes.
+MASK_RUN_FILES = tuple(n for n in OUTPUT_FILES if n not in ("plan.json", *SWEEP_CHARTS.values()))
 DESIGN_KEYS = {"accuracy", "f1_macro", "params", "nonzero_params", "macs", "latency_ms",
                "size_bytes"}
 MORE_KEYS = {"precision_macro", "recall_macro", "effective_macs", "latency_ms_batch8",
@@ -41,14 +45,14 @@ def finished(tmp_path_factory):
 
 def test_writes_every_output_file(finished):
     names = sorted(p.name for p in finished.out_dir.iterdir())
-    assert names == sorted(OUTPUT_FILES)  # no temp files left behind
-    assert set(finished.files) == set(OUTPUT_FILES)
+    assert names == sorted(MASK_RUN_FILES)  # no temp files left behind
+    assert set(finished.files) == set(MASK_RUN_FILES)
 
 
 def test_metrics_json_has_the_design_keys(finished):
     metrics = json.loads((finished.out_dir / "metrics.json").read_text())
-    assert set(metrics) == {"dense", "pruned"}
-    for side in metrics.values():
+    assert set(metrics) == {"dense", "pruned", "run"}
+    for side in (metrics["dense"], metrics["pruned"]):
         assert DESIGN_KEYS | MORE_KEYS <= set(side)
         assert 0.0 <= side["accuracy"] <= 1.0
     assert metrics == json.loads(json.dumps(finished.metrics))
@@ -96,8 +100,8 @@ def test_report_has_the_tables_and_the_chart(finished):
 
 def test_checkpoint_reuses_the_baseline_and_repeats_the_run(finished, tmp_path, monkeypatch):
     calls = []
-    original = prunekit.pipeline.train
-    monkeypatch.setattr(prunekit.pipeline, "train", lambda *a, **k: calls.append(k["desc"])
+    original = prunekit._stages.train
+    monkeypatch.setattr(prunekit._stages, "train", lambda *a, **k: calls.append(k["desc"])
                         or original(*a, **k))
     checkpoint = str(finished.out_dir / "dense.safetensors")
     again = run(parse_recipe(tiny(model={"checkpoint": checkpoint})), out_dir=tmp_path, quiet=True)
@@ -123,7 +127,7 @@ def test_prune_settings_that_do_not_fit_fail_before_training(tmp_path, monkeypat
     def no_training(*args, **kwargs):
         raise AssertionError("trained before checking the prune settings")
 
-    monkeypatch.setattr(prunekit.pipeline, "train", no_training)
+    monkeypatch.setattr(prunekit._stages, "train", no_training)
     (tmp_path / "metrics.json").write_text("{}")  # an earlier run's, kept on a rejected recipe
     recipe = parse_recipe(tiny(prune={"exclude": ["classifier"]}))
     with pytest.raises(ConfigError, match="exclude pattern 'classifier' matches no"):

@@ -1,12 +1,19 @@
 """``prunekit run``: a recipe from data to a measured, pruned network and its report.
 
-The steps: seed everything; load the data; build the model; train the baseline (or
-load ``model.checkpoint``); evaluate and measure it; prune one-shot with
-:func:`prunekit.sparsify`; fine-tune with the masks in place; bake; evaluate and
-measure again; save. Every file is written atomically, and ``metrics.json`` (the
-mark of a finished run) comes last, after ``report.md``: a run that stops half way
-leaves no ``metrics.json``, and the outputs of an earlier run in the same folder are
-removed before anything new is written, so old and new files never mix.
+The steps: seed everything; load the data; build the model; check every setting that
+depends on the model on throwaway copies (so a recipe that does not fit fails before
+any training); train the baseline (or load ``model.checkpoint``), with the sparsity
+penalty if the recipe has one; evaluate and measure it; then for each point (one, or
+one per value of a ``sweep``), on a copy of the baseline: cut, repair and fine-tune
+as the recipe's schedule says (:mod:`prunekit._stages`), bake the masks, evaluate and
+measure; save; report.
+
+Every file is written atomically, and ``metrics.json`` (the mark of a finished run)
+comes last, after ``report.md``: a run that stops half way leaves no ``metrics.json``,
+and the outputs of an earlier run in the same folder are removed before anything new
+is written, so old and new files never mix. A sweep writes each point into
+``points/<NN>_<key>-<value>/`` (weights, plan, charts, and that point's
+``metrics.json`` last); the top-level weights are those of the designated point.
 
 Example:
     >>> from prunekit.recipe import load_recipe
@@ -19,8 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,29 +36,52 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import _stages
 from ._io import save_safetensors, write_json, write_text
+from ._stages import Context, Job, Outcome
 from ._targets import find_targets
-from ._utils import seed_everything, versions
-from .data import Splits, load_dataset, make_loader
+from ._utils import seed_everything
+from .data import load_dataset
 from .errors import ConfigError
-from .mask import bake
 from .measure import classification_metrics, measure_cost, save_sparse
 from .models import build_model
 from .recipe import PruneConfig, Recipe, dump_recipe
-from .recovery import predict, train
-from .report import CHART_NAME, plot_layer_sparsity, render_report
-from .sparsify import sparsify, sparsity_of
+from .recovery import predict
+from .report import (
+    CHART_NAME,
+    SCHEDULE_CHART,
+    SWEEP_CHARTS,
+    plot_layer_sparsity,
+    plot_schedule,
+    plot_sweep,
+    render_report,
+)
+from .sparsify import sparsity_of
 
-__all__ = ["OUTPUT_FILES", "RunResult", "layer_table", "run"]
+__all__ = ["OUTPUT_FILES", "POINT_FILES", "POINTS_DIR", "RunResult", "layer_table", "run"]
 
-# Every file a run writes, in the order it writes them: metrics.json last.
+# Every file a run may write at the top of its folder, in the order it writes them:
+# metrics.json last. plan.json is for structured runs, the sweep charts for sweeps.
 OUTPUT_FILES = (
     "recipe.yaml",
     "dense.safetensors",
     "pruned.safetensors",
     "pruned.sparse.safetensors",
-    "sparsity.png",
+    "plan.json",
+    CHART_NAME,
+    SCHEDULE_CHART,
+    *SWEEP_CHARTS.values(),
     "report.md",
+    "metrics.json",
+)
+# The files of one sweep point, in points/<NN>_<key>-<value>/; metrics.json last.
+POINTS_DIR = "points"
+POINT_FILES = (
+    "pruned.safetensors",
+    "pruned.sparse.safetensors",
+    "plan.json",
+    CHART_NAME,
+    SCHEDULE_CHART,
     "metrics.json",
 )
 
@@ -62,7 +92,8 @@ class RunResult:
 
     Attributes:
         out_dir: the output folder.
-        metrics: ``{"dense": {...}, "pruned": {...}}``, as written to ``metrics.json``.
+        metrics: ``{"dense": {...}, "pruned": {...}, "run": {...}}`` (and ``"points"``
+            for a sweep), as written to ``metrics.json``.
         layers: per-layer rows of the pruned model (name, shape, params,
             nonzero_params, sparsity).
         files: output name -> path, for every file written.
@@ -70,33 +101,23 @@ class RunResult:
     """
 
     out_dir: Path
-    metrics: dict[str, dict[str, Any]]
+    metrics: dict[str, Any]
     layers: list[dict[str, Any]]
     files: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
 
 
 @dataclass
-class _Context:
-    """What the steps of one run share."""
+class _Point:
+    """One pruned network of a run, measured."""
 
-    recipe: Recipe
-    out: Path
-    splits: Splits
-    quiet: bool
-    versions: dict[str, str] = field(default_factory=versions)
-
-    def say(self, message: str) -> None:
-        """A progress line on stderr, unless quiet."""
-        if not self.quiet:
-            print(f"prunekit: {message}", file=sys.stderr, flush=True)
-
-    def loader(self, split: str, *, train: bool) -> torch.utils.data.DataLoader:
-        """A seeded loader over the train or test split."""
-        data = self.recipe.data
-        size = data.batch_size if train else data.eval_batch_size
-        dataset = getattr(self.splits, split)
-        return make_loader(dataset, batch_size=size, shuffle=train, seed=self.recipe.seed)
+    label: str
+    setting: dict[str, float]
+    model: nn.Module | None
+    metrics: dict[str, Any]
+    outcome: Outcome
+    layers: list[dict[str, Any]]
+    folder: str | None = None
 
 
 def run(recipe: Recipe, *, out_dir: str | os.PathLike[str], quiet: bool = False) -> RunResult:
@@ -111,47 +132,80 @@ def run(recipe: Recipe, *, out_dir: str | os.PathLike[str], quiet: bool = False)
     Returns:
         The metrics, the per-layer table and the paths of the files written:
         ``recipe.yaml``, ``dense.safetensors``, ``pruned.safetensors``,
-        ``pruned.sparse.safetensors``, ``sparsity.png``, ``report.md``, ``metrics.json``.
+        ``pruned.sparse.safetensors``, ``plan.json`` (structured runs),
+        ``sparsity.png``, ``schedule.png``, the sweep charts (sweeps), ``report.md``,
+        ``metrics.json``; a sweep also writes ``points/*/``.
 
     Raises:
-        ConfigError: the recipe does not fit the model (an exclude pattern that
-            matches nothing, an N:M pattern that does not divide a layer, a checkpoint
-            of another shape); raised before any training.
+        ConfigError: the recipe does not fit the model (an exclude or ignore pattern
+            that matches nothing, an N:M pattern that does not divide a layer, a
+            checkpoint of another shape, BN recalibration without batch norm); raised
+            before any training.
         DataError: the dataset cannot be found or read.
     """
     start = time.perf_counter()
     seed_everything(recipe.seed)
-    ctx = _Context(recipe, Path(out_dir), _load_data(recipe), quiet)
+    ctx = _context(recipe, Path(out_dir), quiet)
     model = _build(ctx)
-    _preflight(model, recipe.prune)
+    example = ctx.splits.train.tensors[0][:8]  # (8, C, H, W): tracing and verification
+    _stages.preflight(model, ctx, example)
     if recipe.model.checkpoint is not None:
         _load_checkpoint(model, recipe.model.checkpoint, ctx)
     _clear_outputs(ctx.out)
     files = {"recipe.yaml": _save_recipe(ctx)}
-    files["dense.safetensors"] = _baseline(model, ctx)
+    rewind = _stages.rewind_keeper(model, recipe)
+    files["dense.safetensors"] = _baseline(model, ctx, rewind)
     dense = _evaluate(model, ctx, "dense")
-    _prune(model, ctx)
-    _finetune(model, ctx)
-    bake(model)
-    pruned = _evaluate(model, ctx, "pruned")
-    metrics = {"dense": dense, "pruned": pruned}
-    layers = layer_table(model)
-    files.update(_save_pruned(model, ctx))
-    files.update(_save_report(metrics, layers, ctx))
+    job = Job(ctx, recipe.prune, teacher=model, example=example,
+              rewind=rewind.state if rewind else None)
+    points = [_point(model, job, prune, i, dense) for i, prune in enumerate(recipe.points())]
+    chosen = points[recipe.designated]
+    files.update(_save_pruned(chosen, ctx.out, ctx))
+    metrics = {"dense": dense, "pruned": chosen.metrics, "run": chosen.outcome.to_dict()}
+    if recipe.sweep is not None:
+        metrics["points"] = [_point_entry(p) for p in points]
+    files.update(_save_report(metrics, chosen.layers, ctx))
     files["metrics.json"] = _write(ctx.out / "metrics.json", write_json, metrics)
     seconds = time.perf_counter() - start
     ctx.say(f"done in {seconds:.1f} s; outputs in {ctx.out}")
-    return RunResult(ctx.out, metrics, layers, files, seconds)
+    return RunResult(ctx.out, metrics, chosen.layers, files, seconds)
 
 
 # --- steps --------------------------------------------------------------------------
 
 
-def _load_data(recipe: Recipe) -> Splits:
-    return load_dataset(recipe.data.name, data_dir=recipe.data.data_dir, seed=recipe.seed)
+def _context(recipe: Recipe, out: Path, quiet: bool) -> Context:
+    """Load the data (subsets and validation split as the recipe says) into a Context."""
+    d = recipe.data
+    splits = load_dataset(d.name, data_dir=d.data_dir, seed=recipe.seed)
+    train = _subset(splits.train, d.train_samples, recipe.seed, "data.train_samples")
+    test = _subset(splits.test, d.test_samples, recipe.seed + 1, "data.test_samples")
+    val = None
+    if d.val_fraction > 0:
+        x, y = train.tensors
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(recipe.seed + 2))
+        held = max(1, round(d.val_fraction * len(y)))
+        val = torch.utils.data.TensorDataset(x[order[:held]], y[order[:held]])
+        train = torch.utils.data.TensorDataset(x[order[held:]], y[order[held:]])
+    splits = dataclasses.replace(splits, train=train, test=test)
+    return Context(recipe, out, splits, quiet, val=val)
 
 
-def _build(ctx: _Context) -> nn.Module:
+def _subset(
+    dataset: torch.utils.data.TensorDataset, samples: int | None, seed: int, key: str
+) -> torch.utils.data.TensorDataset:
+    """A seeded random subset of ``samples`` examples (all of them for None)."""
+    if samples is None:
+        return dataset
+    x, y = dataset.tensors
+    if samples > len(y):
+        raise ConfigError(f"{key} is {samples} but the split has {len(y)} examples; lower it")
+    keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:samples]
+    keep = keep.sort().values
+    return torch.utils.data.TensorDataset(x[keep], y[keep])
+
+
+def _build(ctx: Context) -> nn.Module:
     return build_model(
         ctx.recipe.model.name,
         input_shape=ctx.splits.input_shape,
@@ -159,49 +213,52 @@ def _build(ctx: _Context) -> nn.Module:
     )
 
 
-def _sparsify_options(prune: PruneConfig) -> dict[str, Any]:
-    """The recipe's prune section as keyword arguments of :func:`prunekit.sparsify`."""
-    options = prune.model_dump(exclude={"calibration_batches"})
-    options["exclude"] = tuple(options["exclude"])
-    return options
-
-
-def _preflight(model: nn.Module, prune: PruneConfig) -> None:
-    """Try the prune settings on a throwaway copy, so a bad one fails before training.
-
-    Uses the magnitude criterion (no data needed); the real criterion's name was
-    checked when the recipe was read.
-    """
-    options = {**_sparsify_options(prune), "criterion": "magnitude"}
-    try:
-        sparsify(copy.deepcopy(model), **options)
-    except ConfigError as err:
-        raise ConfigError(f"prune settings do not fit the model: {err}") from None
-
-
 def _clear_outputs(out: Path) -> None:
-    """Remove an earlier run's outputs, completion marks first."""
+    """Remove an earlier run's outputs, completion marks first (points' folders too)."""
     for name in reversed(OUTPUT_FILES):
         with contextlib.suppress(FileNotFoundError):
             (out / name).unlink()
+    points = out / POINTS_DIR
+    if not points.is_dir():
+        return
+    for folder in sorted(points.iterdir()):
+        if not folder.is_dir():
+            continue
+        for name in reversed(POINT_FILES):
+            with contextlib.suppress(FileNotFoundError):
+                (folder / name).unlink()
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    with contextlib.suppress(OSError):
+        points.rmdir()
 
 
-def _save_recipe(ctx: _Context) -> Path:
+def _save_recipe(ctx: Context) -> Path:
     return _write(
         ctx.out / "recipe.yaml", write_text, dump_recipe(ctx.recipe, versions=ctx.versions)
     )
 
 
-def _baseline(model: nn.Module, ctx: _Context) -> Path:
-    """Train the baseline (unless it came from ``model.checkpoint``); save ``dense.safetensors``."""
-    if ctx.recipe.model.checkpoint is None:
-        _train(model, ctx, ctx.recipe.train, desc="baseline")
+def _baseline(model: nn.Module, ctx: Context, keeper: Any) -> Path:
+    """Train the baseline (unless it came from ``model.checkpoint``), with the sparsity
+    penalty when the recipe adds it there; then the extra sparse-training phase if any;
+    save ``dense.safetensors``."""
+    r = ctx.recipe
+    if r.model.checkpoint is None:
+        during = r.penalty is not None and r.penalty.epochs == 0
+        loss_fn = _stages.penalty_loss(model, r) if during else None
+        _stages.train_phase(model, ctx, r.train, desc="baseline", loss_fn=loss_fn,
+                            after_step=keeper)
+    if r.penalty is not None and r.penalty.epochs > 0:
+        phase = r.train.model_copy(update={"epochs": r.penalty.epochs, "lr": r.penalty.lr})
+        _stages.train_phase(model, ctx, phase, desc=f"sparse training ({r.penalty.kind})",
+                            loss_fn=_stages.penalty_loss(model, r))
     path = ctx.out / "dense.safetensors"
     save_safetensors(path, model.state_dict(), metadata=_file_metadata(ctx, "dense"))
     return path
 
 
-def _load_checkpoint(model: nn.Module, checkpoint: str, ctx: _Context) -> None:
+def _load_checkpoint(model: nn.Module, checkpoint: str, ctx: Context) -> None:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -224,46 +281,28 @@ def _load_checkpoint(model: nn.Module, checkpoint: str, ctx: _Context) -> None:
         ) from None
 
 
-def _train(model: nn.Module, ctx: _Context, phase: Any, *, desc: str) -> None:
-    if phase.epochs:
-        ctx.say(f"{desc}: {phase.epochs} epochs of {phase.optimizer}, lr {phase.lr}")
-    train(
-        model,
-        ctx.loader("train", train=True),
-        epochs=phase.epochs,
-        lr=phase.lr,
-        optimizer=phase.optimizer,
-        momentum=phase.momentum,
-        weight_decay=phase.weight_decay,
-        schedule=phase.schedule,
-        seed=ctx.recipe.seed,
-        quiet=ctx.quiet,
-        desc=desc,
-    )
+def _point(
+    dense_model: nn.Module, job: Job, prune: PruneConfig, index: int, dense: dict[str, Any]
+) -> _Point:
+    """Prune a copy of the baseline with one prune section; measure it; for a sweep,
+    save it in its own folder."""
+    ctx = job.ctx
+    seed_everything(ctx.recipe.seed)
+    model = copy.deepcopy(dense_model)
+    outcome = _stages.prune_and_recover(model, dataclasses.replace(job, prune=prune))
+    key, value = prune.amount
+    label = f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
+    metrics = _evaluate(model, ctx, f"pruned ({label})" if ctx.recipe.sweep else "pruned")
+    point = _Point(label, {key: value}, model, metrics, outcome, layer_table(model))
+    if ctx.recipe.sweep is not None:
+        point.folder = f"{POINTS_DIR}/{index + 1:02d}_{key}-{value:g}"
+        _save_point(point, dense, ctx)
+        if index != ctx.recipe.designated:
+            point.model = None  # only the designated point's weights are needed later
+    return point
 
 
-def _prune(model: nn.Module, ctx: _Context) -> None:
-    prune = ctx.recipe.prune
-    ctx.say(f"pruning: {_amount(prune)}, {prune.criterion}, {prune.scope}, {prune.granularity}")
-    sparsify(
-        model,
-        **_sparsify_options(prune),
-        data=ctx.loader("train", train=True),
-        batches=prune.calibration_batches,
-        seed=ctx.recipe.seed,
-    )
-
-
-def _finetune(model: nn.Module, ctx: _Context) -> None:
-    """Fine-tune with the masks in place (they keep pruned weights at zero by themselves)."""
-    _train(model, ctx, ctx.recipe.finetune, desc="fine-tune")
-
-
-def _bake(model: nn.Module) -> None:
-    bake(model)
-
-
-def _evaluate(model: nn.Module, ctx: _Context, label: str) -> dict[str, Any]:
+def _evaluate(model: nn.Module, ctx: Context, label: str) -> dict[str, Any]:
     """Quality on the test split, then cost (params, MACs, latency, bytes) and sparsity."""
     ctx.say(f"evaluating and measuring the {label} model")
     y_true, y_pred = predict(model, ctx.loader("test", train=False))
@@ -310,28 +349,60 @@ def layer_table(model: nn.Module) -> list[dict[str, Any]]:
 # --- saving -------------------------------------------------------------------------
 
 
-def _save_pruned(model: nn.Module, ctx: _Context) -> dict[str, Path]:
-    """Baked pruned weights, dense safetensors and the sparse encoding."""
-    state = model.state_dict()
+def _save_pruned(point: _Point, folder: Path, ctx: Context) -> dict[str, Path]:
+    """Pruned weights (dense safetensors and the sparse encoding), and for a structured
+    run ``plan.json`` beside them: ``pk.load_pruned(fresh, plan, weights)`` rebuilds it."""
+    state = point.model.state_dict()
     meta = _file_metadata(ctx, "pruned")
-    dense_path = ctx.out / "pruned.safetensors"
-    sparse_path = ctx.out / "pruned.sparse.safetensors"
+    dense_path = folder / "pruned.safetensors"
+    sparse_path = folder / "pruned.sparse.safetensors"
     save_safetensors(dense_path, state, metadata=meta)
     save_sparse(state, sparse_path, metadata=meta)
-    return {"pruned.safetensors": dense_path, "pruned.sparse.safetensors": sparse_path}
+    files = {"pruned.safetensors": dense_path, "pruned.sparse.safetensors": sparse_path}
+    if point.outcome.plan is not None:
+        files["plan.json"] = folder / "plan.json"
+        point.outcome.plan.save(files["plan.json"])
+    return files
+
+
+def _save_point(point: _Point, dense: dict[str, Any], ctx: Context) -> None:
+    """One sweep point's folder: weights, plan, charts, then its metrics.json."""
+    folder = ctx.out / point.folder
+    _save_pruned(point, folder, ctx)
+    _save_charts(point.metrics, point.outcome.to_dict(), point.layers, folder, ctx, point.label)
+    metrics = {"dense": dense, "pruned": point.metrics, "run": point.outcome.to_dict()}
+    _write(folder / "metrics.json", write_json, metrics)
+
+
+def _point_entry(point: _Point) -> dict[str, Any]:
+    """A sweep point in the top-level metrics.json."""
+    return {"label": point.label, "setting": point.setting, "folder": point.folder,
+            "pruned": point.metrics, "run": point.outcome.to_dict()}
+
+
+def _save_charts(
+    pruned: dict[str, Any], details: dict[str, Any], layers: list[dict[str, Any]],
+    folder: Path, ctx: Context, label: str = "",
+) -> dict[str, Path]:
+    """``sparsity.png`` (per layer) and ``schedule.png`` (the schedule over its steps)."""
+    title = f"{ctx.recipe.name}{f' ({label})' if label else ''}"
+    plot_layer_sparsity(layers, folder / CHART_NAME, target=pruned["sparsity"],
+                        title=f"{title}: per-layer sparsity")
+    plot_schedule(details["schedule"], folder / SCHEDULE_CHART, title=f"{title}: schedule")
+    return {CHART_NAME: folder / CHART_NAME, SCHEDULE_CHART: folder / SCHEDULE_CHART}
 
 
 def _save_report(
-    metrics: dict[str, dict[str, Any]], layers: list[dict[str, Any]], ctx: _Context
+    metrics: dict[str, Any], layers: list[dict[str, Any]], ctx: Context
 ) -> dict[str, Path]:
-    """``sparsity.png`` and then ``report.md``."""
-    chart = ctx.out / CHART_NAME
-    plot_layer_sparsity(
-        layers,
-        chart,
-        target=metrics["pruned"]["sparsity"],
-        title=f"{ctx.recipe.name}: per-layer sparsity",
-    )
+    """The charts, then ``report.md``."""
+    files = _save_charts(metrics["pruned"], metrics["run"], layers, ctx.out, ctx)
+    if "points" in metrics:
+        for x, name in SWEEP_CHARTS.items():
+            axis = "MACs" if x == "macs" else "sparsity"
+            plot_sweep(metrics["points"], metrics["dense"], ctx.out / name, x=x,
+                       title=f"{ctx.recipe.name}: accuracy vs {axis}")
+            files[name] = ctx.out / name
     text = render_report(
         metrics,
         layers,
@@ -342,10 +413,11 @@ def _save_report(
         settings=_settings(ctx),
         chart=CHART_NAME,
     )
-    return {CHART_NAME: chart, "report.md": _write(ctx.out / "report.md", write_text, text)}
+    files["report.md"] = _write(ctx.out / "report.md", write_text, text)
+    return files
 
 
-def _settings(ctx: _Context) -> dict[str, str]:
+def _settings(ctx: Context) -> dict[str, str]:
     """What was run, in words, for the report."""
     r, splits = ctx.recipe, ctx.splits
     baseline = (
@@ -354,31 +426,62 @@ def _settings(ctx: _Context) -> dict[str, str]:
         else f"trained {r.train.epochs} epochs ({r.train.optimizer}, lr {r.train.lr}, "
         f"{r.train.schedule})"
     )
-    return {
-        "data": f"{r.data.name} ({len(splits.train):,} train / {len(splits.test):,} test, "
+    val = f" / {len(ctx.val):,} validation" if ctx.val is not None else ""
+    out = {
+        "data": f"{r.data.name} ({len(splits.train):,} train{val} / {len(splits.test):,} test, "
         f"input {'x'.join(map(str, splits.input_shape))}, {splits.num_classes} classes)",
         "model": r.model.name,
         "baseline": baseline,
-        "pruning": f"one-shot, {_amount(r.prune)}, criterion {r.prune.criterion}, "
-        f"scope {r.prune.scope}, granularity {r.prune.granularity}"
-        + (f", excluded {', '.join(r.prune.exclude)}" if r.prune.exclude else "")
-        + (", output layer kept dense" if r.prune.protect_output else ""),
-        "fine-tuning": f"{r.finetune.epochs} epochs ({r.finetune.optimizer}, "
-        f"lr {r.finetune.lr}, {r.finetune.schedule})",
-        "measurement": f"latency median of {r.measure.latency_runs} runs on "
-        f"{r.measure.threads} CPU threads",
     }
+    if r.penalty is not None:
+        out["sparse training"] = _penalty_words(r)
+    out["pruning"] = _prune_words(r.prune)
+    out["schedule"] = _schedule_words(r)
+    if any(v is not None for v in r.recovery.model_dump().values()):
+        out["recovery"] = _recovery_words(r)
+    out["fine-tuning"] = (f"{r.finetune.epochs} epochs ({r.finetune.optimizer}, "
+                          f"lr {r.finetune.lr}, {r.finetune.schedule})")
+    if r.sweep is not None:
+        out["sweep"] = f"{r.sweep.key} {', '.join(f'{v:g}' for v in r.sweep.values)}"
+    out["measurement"] = (f"latency median of {r.measure.latency_runs} runs on "
+                          f"{r.measure.threads} CPU threads")
+    return out
 
 
-def _amount(prune: PruneConfig) -> str:
-    """How much a prune section cuts, in words: ``sparsity 0.9`` or ``pattern 2:4``."""
-    for key in ("sparsity", "threshold", "percentile", "std_k", "pattern"):
-        if getattr(prune, key) is not None:
-            return f"{key} {getattr(prune, key)}"
-    return "nothing"
+def _prune_words(p: PruneConfig) -> str:
+    key, value = p.amount
+    amount = f"target {key} {value}" if key in ("macs", "params") else f"{key} {value}"
+    text = f"{amount}, criterion {p.criterion}, scope {p.scope}, granularity {p.granularity}"
+    if p.structured:
+        text += f", max ratio {p.max_ratio}, round to {p.round_to}"
+        text += f", ignored {', '.join(p.ignore)}" if p.ignore else ""
+    else:
+        text += f", excluded {', '.join(p.exclude)}" if p.exclude else ""
+    return text + (", output layer kept whole" if p.protect_output else "")
 
 
-def _file_metadata(ctx: _Context, stage: str) -> dict[str, str]:
+def _schedule_words(r: Recipe) -> str:
+    fields = r.schedule.model_dump(exclude={"kind"}, exclude_none=True)
+    options = ", ".join(f"{k} {v}" for k, v in fields.items())
+    return f"{r.schedule.kind}" + (f" ({options})" if options else "")
+
+
+def _recovery_words(r: Recipe) -> str:
+    parts = []
+    for name, config in r.recovery:
+        if config is not None:
+            options = ", ".join(f"{k} {v}" for k, v in config.model_dump().items())
+            parts.append(f"{name.replace('_', ' ')} ({options})")
+    return ", then ".join(parts)
+
+
+def _penalty_words(r: Recipe) -> str:
+    p = r.penalty
+    when = "during baseline training" if p.epochs == 0 else f"{p.epochs} extra epochs, lr {p.lr}"
+    return f"{p.kind} penalty, strength {p.strength}, {when}"
+
+
+def _file_metadata(ctx: Context, stage: str) -> dict[str, str]:
     """safetensors header metadata: what the weights are."""
     r = ctx.recipe
     return {

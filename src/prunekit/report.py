@@ -1,16 +1,22 @@
-"""Run reports: a Markdown page with before/after and per-layer tables, and a sparsity chart.
+"""Run reports: a Markdown page with before/after and per-layer tables, and charts.
 
 Everything here is a pure function of a run's numbers: the ``metrics`` dict that
-``prunekit run`` writes to ``metrics.json`` (``{"dense": {...}, "pruned": {...}}``)
-and a per-layer table, a list of rows such as::
+``prunekit run`` writes to ``metrics.json`` (``{"dense": {...}, "pruned": {...}}``,
+with ``"run"``: what the schedule did, and ``"points"`` for a sweep) and a per-layer
+table, a list of rows such as::
 
     {"name": "fc1.weight", "shape": [300, 64], "params": 19200,
      "nonzero_params": 1920, "sparsity": 0.9}
+
+Charts: per-layer sparsity; the schedule's value over the steps (or rounds) that were
+run with the sparsity measured at the cuts; for sweeps, accuracy vs sparsity and
+accuracy vs MACs. matplotlib is imported inside the plotting functions (Agg canvas).
 
 Example:
     >>> text = render_report(metrics, layers, title="quickstart", seed=0,
     ...                      versions=versions(), command="prunekit run")
     >>> plot_layer_sparsity(layers, "runs/quickstart/sparsity.png")
+    >>> plot_schedule(metrics["run"]["schedule"], "runs/quickstart/schedule.png")
 """
 
 from __future__ import annotations
@@ -22,10 +28,22 @@ from typing import Any
 
 from ._io import write_bytes
 
-__all__ = ["LAYER_KEYS", "plot_layer_sparsity", "render_report"]
+__all__ = [
+    "CHART_NAME",
+    "LAYER_KEYS",
+    "SCHEDULE_CHART",
+    "SWEEP_CHARTS",
+    "plot_layer_sparsity",
+    "plot_schedule",
+    "plot_sweep",
+    "render_report",
+]
 
 LAYER_KEYS = ("name", "shape", "params", "nonzero_params", "sparsity")
 CHART_NAME = "sparsity.png"
+SCHEDULE_CHART = "schedule.png"
+# x axis -> file name of the sweep charts.
+SWEEP_CHARTS = {"sparsity": "accuracy_vs_sparsity.png", "macs": "accuracy_vs_macs.png"}
 
 Fmt = Callable[[Any], str]
 
@@ -75,7 +93,7 @@ _ROWS: list[tuple[str, str, Fmt, Callable[[float, float], str]]] = [
 
 
 def render_report(
-    metrics: Mapping[str, Mapping[str, Any]],
+    metrics: Mapping[str, Any],
     layers: Sequence[Mapping[str, Any]],
     *,
     title: str,
@@ -84,12 +102,17 @@ def render_report(
     command: str,
     settings: Mapping[str, Any] | None = None,
     chart: str | None = CHART_NAME,
+    schedule_chart: str | None = SCHEDULE_CHART,
+    sweep_charts: Mapping[str, str] | None = None,
 ) -> str:
     """The Markdown text of a run's report.
 
     Args:
         metrics: ``{"dense": {...}, "pruned": {...}}`` as in ``metrics.json``; rows
-            whose key is missing on either side are left out.
+            whose key is missing on either side are left out. With ``"run"`` (what the
+            schedule did) the report has a schedule section, and structure and recovery
+            sections when there were structured cuts or repairs; with ``"points"`` a
+            sweep section.
         layers: the pruned model's per-layer rows (keys :data:`LAYER_KEYS`).
         title: the run's name (the recipe name).
         seed: the run's seed.
@@ -97,15 +120,29 @@ def render_report(
         command: the command line that reproduces the run.
         settings: what was run, shown as a list (data, model, criterion, ...).
         chart: file name of the per-layer sparsity chart beside the report, or None.
+        schedule_chart: file name of the schedule chart, or None.
+        sweep_charts: x axis -> file name of the sweep charts (default
+            :data:`SWEEP_CHARTS`).
 
     Returns:
-        Markdown: summary, before/after table, per-layer table, chart, how to reproduce.
+        Markdown: summary, before/after table, schedule, structure, recovery, sweep,
+        per-layer table, chart, how to reproduce.
     """
     dense, pruned = metrics["dense"], metrics["pruned"]
+    details = metrics.get("run") or {}
     parts = [f"# prunekit run: {title}", _summary(dense, pruned)]
     if settings:
         parts.append("\n".join(f"- {key}: {value}" for key, value in settings.items()))
     parts += ["## Before and after", _before_after(dense, pruned)]
+    if "schedule" in details:
+        parts += ["## Schedule", _schedule_section(details, schedule_chart)]
+    if details.get("cuts"):
+        parts += ["## Structure", _structure_section(details["cuts"])]
+    if any(details.get("recovery") or []):
+        parts += ["## Recovery", _recovery_section(details["recovery"])]
+    if metrics.get("points"):
+        charts = SWEEP_CHARTS if sweep_charts is None else sweep_charts
+        parts += ["## Sweep", _sweep_section(metrics["points"], dense, charts)]
     parts += ["## Per-layer sparsity", _layer_table(layers)]
     if chart:
         parts.append(f"![per-layer sparsity]({chart})")
@@ -114,15 +151,33 @@ def render_report(
 
 
 def _summary(dense: Mapping[str, Any], pruned: Mapping[str, Any]) -> str:
-    """One sentence: sparsity, accuracy before -> after, size gain."""
-    text = (
-        f"Pruned to {_pct(pruned['sparsity'])} sparsity: accuracy {_pct(dense['accuracy'])} "
-        f"-> {_pct(pruned['accuracy'])} ({_points(dense['accuracy'], pruned['accuracy'])})"
+    """One sentence: sparsity (or parameters and MACs removed), accuracy, size gain."""
+    accuracy = (
+        f"accuracy {_pct(dense['accuracy'])} -> {_pct(pruned['accuracy'])} "
+        f"({_points(dense['accuracy'], pruned['accuracy'])})"
     )
+    if _shrunk(dense, pruned):
+        text = f"Removed {_pct(_removed(dense, pruned, 'params'))} of the parameters"
+        if dense.get("macs"):
+            text += f" and {_pct(_removed(dense, pruned, 'macs'))} of the MACs"
+        text += f": {accuracy}"
+        if pruned.get("size_bytes"):
+            text += f", {dense['size_bytes'] / pruned['size_bytes']:.1f}x smaller on disk"
+        return text + "."
+    text = f"Pruned to {_pct(pruned['sparsity'])} sparsity: {accuracy}"
     if "size_bytes" in dense and "sparse_size_bytes" in pruned and pruned["sparse_size_bytes"]:
         gain = dense["size_bytes"] / pruned["sparse_size_bytes"]
         text += f", {gain:.1f}x smaller on disk in the sparse encoding"
     return text + "."
+
+
+def _shrunk(dense: Mapping[str, Any], pruned: Mapping[str, Any]) -> bool:
+    """Whether the pruned network is physically smaller (a structured cut)."""
+    return "params" in dense and "params" in pruned and pruned["params"] < dense["params"]
+
+
+def _removed(dense: Mapping[str, Any], pruned: Mapping[str, Any], key: str) -> float:
+    return 1.0 - pruned[key] / dense[key] if dense.get(key) else 0.0
 
 
 def _before_after(dense: Mapping[str, Any], pruned: Mapping[str, Any]) -> str:
@@ -166,6 +221,110 @@ def _layer_table(layers: Sequence[Mapping[str, Any]]) -> str:
             )
         )
     return _table(rows)
+
+
+def _schedule_section(details: Mapping[str, Any], chart: str | None) -> str:
+    """What the schedule did: one sentence, the rounds (if any), the chart."""
+    schedule = details["schedule"]
+    curve = dict(schedule["curve"])
+    name = curve.pop("name")
+    options = ", ".join(f"{k} {_short(v)}" for k, v in curve.items())
+    measured = schedule.get("measured") or []
+    unit = "rounds" if schedule["unit"] == "round" else "optimizer steps"
+    text = f"Schedule `{name}` ({options}) over {schedule['steps']:,} {unit}"
+    if measured:
+        text += f"; {schedule['quantity']} measured after the last cut: {_pct(measured[-1][1])}"
+    parts = [text + "."]
+    if details.get("rounds"):
+        parts.append(_rounds_table(details["rounds"]))
+    if chart:
+        parts.append(f"![schedule]({chart})")
+    return "\n\n".join(parts)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_short(v) for v in value) + "]"
+    return str(value)
+
+
+def _rounds_table(rounds: Sequence[Mapping[str, Any]]) -> str:
+    """One row per round: target, measured, accuracy (on which split), kept or undone."""
+    quantity = rounds[0].get("quantity", "sparsity")
+    split = rounds[0].get("split", "test")
+    rows = [("round", "target", quantity, f"accuracy ({split})", "kept"),
+            ("---:", "---:", "---:", "---:", "---")]
+    for r in rounds:
+        accuracy = "-" if r.get("accuracy") is None else _pct(r["accuracy"])
+        kept = "yes" if r.get("kept", True) else "no: below the floor, undone"
+        rows.append((str(r["round"]), _pct(r["target"]), _pct(r.get("measured", r["sparsity"])),
+                     accuracy, kept))
+    return _table(rows)
+
+
+def _structure_section(cuts: Sequence[Mapping[str, Any]]) -> str:
+    """The structured cuts: groups, parameters and MACs before and after, verification."""
+    rows = [("cut", "groups cut", "units removed", "parameters", "MACs", "verify"),
+            ("---:", "---:", "---:", "---:", "---:", "---")]
+    for i, c in enumerate(cuts, start=1):
+        verify = c["verify"]
+        rows.append((
+            str(i), str(c["groups_cut"]), _count(c["units_removed"]),
+            f"{_count(c['params_before'])} -> {_count(c['params_after'])}",
+            f"{_count(c['macs_before'])} -> {_count(c['macs_after'])}",
+            ("passed: " if verify["ok"] else "FAILED: ") + verify["message"],
+        ))
+    groups = [("cut", "group", "units", "kept"), ("---:", "---", "---:", "---:")]
+    for i, c in enumerate(cuts, start=1):
+        groups += [(str(i), f"`{g['name']}`", str(g["size"]), str(g["kept"])) for g in c["groups"]]
+    return _table(rows) + "\n\nGroups cut (channels of coupled layers, removed together):\n\n" + \
+        _table(groups)
+
+
+def _recovery_section(recovery: Sequence[Mapping[str, Any]]) -> str:
+    """What each repair did after each cut."""
+    rows = [("cut", "repair", "result"), ("---:", "---", "---")]
+    for i, done in enumerate(recovery, start=1):
+        for name, result in done.items():
+            if "error_before" in result:
+                text = (f"{result['layers']} layers, relative output error "
+                        f"{result['error_before']:.4f} -> {result['error_after']:.4f}")
+            else:
+                text = f"{result['layers']} batch-norm layers"
+            rows.append((str(i), name.replace("_", " "), text))
+    return _table(rows)
+
+
+def _sweep_section(
+    points: Sequence[Mapping[str, Any]], dense: Mapping[str, Any], charts: Mapping[str, str]
+) -> str:
+    """One row per point, then the accuracy charts."""
+    x_label, x_of = _sweep_x(points, dense)
+    rows = [("point", x_label, "accuracy", "F1 (macro)", "parameters", "non-zero", "MACs",
+             "latency, batch 1"), ("---", "---:", "---:", "---:", "---:", "---:", "---:", "---:")]
+    for p in [{"label": "dense", "pruned": dense}, *points]:
+        m = p["pruned"]
+        rows.append((p["label"], _pct(x_of(m)), _pct(m["accuracy"]), _pct(m["f1_macro"]),
+                     _count(m["params"]), _count(m["nonzero_params"]), _count(_macs(m)),
+                     _ms(m["latency_ms"])))
+    images = [f"![accuracy vs {x}]({name})" for x, name in charts.items()]
+    return "\n\n".join([_table(rows), *images])
+
+
+def _sweep_x(
+    points: Sequence[Mapping[str, Any]], dense: Mapping[str, Any]
+) -> tuple[str, Callable[[Mapping[str, Any]], float]]:
+    """The sweep's x axis: sparsity, or for structured sweeps the parameters removed."""
+    if any(_shrunk(dense, p["pruned"]) for p in points):
+        return "parameters removed", lambda m: _removed(dense, m, "params")
+    return "sparsity", lambda m: float(m["sparsity"])
+
+
+def _macs(m: Mapping[str, Any]) -> float:
+    """MACs of the non-zero weights (the dense count where that is missing)."""
+    return m.get("effective_macs", m.get("macs", 0))
 
 
 def _versions(versions: Mapping[str, str]) -> str:
@@ -216,6 +375,96 @@ def plot_layer_sparsity(
     ax.set_ylim(0, 105)
     ax.set_ylabel("sparsity (%)")
     ax.set_title(title, fontsize=10)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    write_bytes(path, buffer.getvalue())
+
+
+def plot_schedule(
+    schedule: Mapping[str, Any], path: str | os.PathLike[str], *, title: str = "Schedule"
+) -> None:
+    """Write a chart (PNG) of a schedule over the steps that were run, atomically.
+
+    The line is the schedule's pure function ``sparsity_at(step)`` at every step
+    (or round) from 0 to ``schedule["steps"]``; the dots are the values measured at
+    the cuts.
+
+    Args:
+        schedule: ``metrics["run"]["schedule"]``: ``curve`` (``Schedule.to_dict()``),
+            ``unit`` (``step`` or ``round``), ``steps``, ``quantity`` (what was
+            measured), ``measured`` (``[x, value]`` pairs).
+        path: where the PNG goes.
+        title: the chart's title.
+    """
+    from .schedules import make_schedule
+
+    curve = make_schedule(**schedule["curve"])
+    total = max(int(schedule["steps"]), 1)
+    xs = sorted({round(i * total / 400) for i in range(401)})
+    measured = schedule.get("measured") or []
+    fig, ax = _figure(6.0, 3.6)
+    ax.step(xs, [100 * v for v in curve.curve(xs)], where="post", color="#4c72b0",
+            label=f"schedule: {curve.name}")
+    if measured:
+        ax.plot([m[0] for m in measured], [100 * m[1] for m in measured], "o", color="#c44e52",
+                markersize=4, label=f"measured {schedule['quantity']}")
+    unit = "round" if schedule["unit"] == "round" else "optimizer step of fine-tuning"
+    ax.set_xlabel(unit)
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=10)
+    _save(fig, path)
+
+
+def plot_sweep(
+    points: Sequence[Mapping[str, Any]],
+    dense: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    *,
+    x: str = "sparsity",
+    title: str = "Accuracy",
+) -> None:
+    """Write a chart (PNG) of a sweep's accuracy against sparsity or MACs, atomically.
+
+    Args:
+        points: ``metrics["points"]``: each with ``label`` and ``pruned`` metrics.
+        dense: the dense model's metrics, drawn as the reference point.
+        path: where the PNG goes.
+        x: ``"sparsity"`` (for structured sweeps: the fraction of parameters removed)
+            or ``"macs"`` (MACs of the non-zero weights).
+        title: the chart's title.
+    """
+    if x == "sparsity":
+        label, x_of = _sweep_x(points, dense)
+        xs = [100 * x_of(p["pruned"]) for p in points]
+        dense_x, x_label = 0.0, f"{label} (%)"
+    elif x == "macs":
+        xs = [_macs(p["pruned"]) for p in points]
+        dense_x, x_label = _macs(dense), "MACs per example (non-zero weights)"
+    else:
+        raise ValueError(f"x must be 'sparsity' or 'macs', got {x!r}")
+    ys = [100 * p["pruned"]["accuracy"] for p in points]
+    fig, ax = _figure(5.5, 3.6)
+    ax.plot(xs, ys, "o-", color="#4c72b0", label="pruned")
+    for xv, yv, p in zip(xs, ys, points, strict=True):
+        ax.annotate(p["label"], (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.plot([dense_x], [100 * dense["accuracy"]], "s", color="#c44e52", label="dense")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    _save(fig, path)
+
+
+def _figure(width: float, height: float) -> tuple[Any, Any]:
+    from matplotlib.figure import Figure  # optional heavy import, Agg canvas, no pyplot state
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     write_bytes(path, buffer.getvalue())

@@ -1,0 +1,117 @@
+"""Structured plans as recipes use them: several cuts as one plan, and the classifier's guard.
+
+An iterative structured run cuts a network several times, each plan made on the
+network the previous one left. :func:`compose` folds them into one plan that maps
+the original network straight to the final one, so that ``plan.json`` replays on a
+freshly built model with ``pk.load_pruned`` like the plan of a single cut.
+
+Example:
+    >>> first = pk.prune(model, x, ratio=0.25)
+    >>> second = pk.prune(model, x, ratio=0.25)
+    >>> pk.load_pruned(fresh, compose(first, second), model.state_dict())
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._targets import find_targets
+from .surgery import Plan
+from .surgery.plan import GroupCut, TensorCut
+
+__all__ = ["classifier_feeders", "compose", "out_index"]
+
+
+def compose(first: Plan, second: Plan) -> Plan:
+    """One plan doing ``first`` then ``second`` (made on the network ``first`` left).
+
+    Kept indices are mapped back to the original tensors; attributes take the last
+    value and are checked against the first plan's ``before`` values on replay. The
+    groups of ``second`` are listed after those of ``first``, their members' indices
+    mapped to the original tensors (their ``size`` and ``kept`` stay those of the
+    second cut).
+    """
+    tensors = dict(first.tensors)
+    for name, cut in second.tensors.items():
+        tensors[name] = _then(first.tensors.get(name), cut)
+    offset = 1 + max((g.id for g in first.groups), default=-1)
+    groups = [*first.groups, *(_mapped(g, first, offset) for g in second.groups)]
+    cuts = [*first.info.get("cuts", [first.info]), second.info]
+    return Plan(
+        tensors=tensors,
+        attrs=_merged(first.attrs, second.attrs),
+        config=_merged(first.config, second.config),
+        aliases={**first.aliases, **second.aliases},
+        groups=groups,
+        info={**second.info, "cuts": cuts},
+        before=_merged(second.before, first.before),
+    )
+
+
+def _then(first: TensorCut | None, second: TensorCut) -> TensorCut:
+    """The cut of one tensor by ``first`` (None: untouched) and then ``second``."""
+    if first is None:
+        return TensorCut(tuple(second.shape), {d: list(k) for d, k in second.kept.items()})
+    kept = {d: list(k) for d, k in first.kept.items()}
+    for d, idx in second.kept.items():
+        kept[d] = [first.kept[d][i] for i in idx] if d in first.kept else list(idx)
+    return TensorCut(tuple(first.shape), kept)
+
+
+def _mapped(group: GroupCut, first: Plan, offset: int) -> GroupCut:
+    """``group`` of a later plan with its members' indices in the original tensors."""
+    members = {}
+    for name, dims in group.members.items():
+        earlier = first.tensors.get(name)
+        members[name] = {
+            d: [earlier.kept[d][i] for i in k] if earlier and d in earlier.kept else list(k)
+            for d, k in dims.items()
+        }
+    return GroupCut(group.id + offset, group.name, group.size, list(group.kept), members,
+                    list(group.unchecked), dict(group.attrs))
+
+
+def _merged(
+    a: Mapping[str, Mapping[str, Any]], b: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Per-module dicts merged; ``b``'s values win."""
+    return {m: {**a.get(m, {}), **b.get(m, {})} for m in dict.fromkeys([*a, *b])}
+
+
+def out_index(model: nn.Module, plan: Plan) -> dict[str, list[int]]:
+    """Linear / Conv2d layer -> the original output indices it kept, for layers whose
+    outputs ``plan`` cut (``prunekit.recovery.reconstruct``'s ``out_index``)."""
+    out = {}
+    for name, module in model.named_modules():
+        cut = plan.tensors.get(f"{name}.weight")
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and cut is not None and 0 in cut.kept:
+            out[name] = list(cut.kept[0])
+    return out
+
+
+def classifier_feeders(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
+    """Modules whose outputs are the classifier's inputs: ignoring them keeps it whole.
+
+    The classifier is the last prunable layer (as for ``pk.sparsify(protect_output=True)``).
+    ``pk.plan(ignore=...)`` keeps an ignored module's outputs; the classifier's inputs
+    are cut together with the layers that produce them (for a ResNet, every layer of the
+    last stage's residual stream), so those are what must be ignored.
+    """
+    from .structured import trace
+    from .surgery.surgeons import input_dims
+
+    head = find_targets(model)[-1].module_name
+    graph = trace(model, example_inputs)
+    feeders: set[str] = set()
+    for group in graph.groups:
+        if not any(m.module == head for m in group.members):
+            continue
+        for m in group.members:
+            module = model.get_submodule(m.module)
+            if m.module != head and m.dim not in input_dims(module, m.name.rpartition(".")[2]):
+                feeders.add(m.module)
+    return sorted(feeders)

@@ -1,0 +1,730 @@
+"""The stages of ``prunekit run`` between the dense baseline and the measurement.
+
+A recipe's ``prune`` section picks a *cut* (masks with :func:`prunekit.sparsify`, or
+channels with :func:`prunekit.prune`), its ``schedule`` section a *runner* that decides
+when the cut happens, and its ``recovery`` section the *repairs* made right after a
+cut and the loss of fine-tuning. Each is looked up by name in a small registry, so a
+new schedule kind is one registered function here plus its section in
+:mod:`prunekit.recipe`. Everything calls the library; nothing here is an algorithm.
+
+Example:
+    >>> outcome = prune_and_recover(model, Job(ctx, recipe.prune, teacher=dense, ...))
+    >>> outcome.schedule["measured"][-1]
+    [1, 0.9]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from ._registry import Registry
+from ._utils import versions
+from .data import Splits, make_loader
+from .errors import ConfigError
+from .recipe import PruneConfig, Recipe
+from .recovery import predict, train
+
+__all__ = [
+    "CUTS",
+    "Context",
+    "Job",
+    "Outcome",
+    "REPAIRS",
+    "RUNNERS",
+    "RewindKeeper",
+    "penalty_loss",
+    "preflight",
+    "prune_and_recover",
+    "train_phase",
+]
+
+
+# --- what a run shares ------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """What the steps of one run share: the recipe, the output folder, the data."""
+
+    recipe: Recipe
+    out: Any
+    splits: Splits
+    quiet: bool
+    val: torch.utils.data.Dataset | None = None
+    versions: dict[str, str] = field(default_factory=versions)
+
+    def say(self, message: str) -> None:
+        """A progress line on stderr, unless quiet."""
+        if not self.quiet:
+            print(f"prunekit: {message}", file=sys.stderr, flush=True)
+
+    def loader(self, split: str, *, train: bool) -> torch.utils.data.DataLoader:
+        """A seeded loader over the ``train``, ``val`` or ``test`` split."""
+        data = self.recipe.data
+        size = data.batch_size if train else data.eval_batch_size
+        dataset = self.val if split == "val" else getattr(self.splits, split)
+        return make_loader(dataset, batch_size=size, shuffle=train, seed=self.recipe.seed)
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one epoch over the training split."""
+        return math.ceil(len(self.splits.train) / self.recipe.data.batch_size)
+
+    def accuracy(self, model: nn.Module, split: str) -> float:
+        """Top-1 accuracy of ``model`` on a split."""
+        y_true, y_pred = predict(model, self.loader(split, train=False))
+        return float((y_true == y_pred).mean())
+
+
+def train_phase(
+    model: nn.Module,
+    ctx: Context,
+    phase: Any,
+    *,
+    desc: str,
+    loss_fn: Callable | None = None,
+    after_step: Callable[[], None] | None = None,
+) -> int:
+    """Train with a recipe's ``train`` or ``finetune`` section; returns the steps taken."""
+    if phase.epochs:
+        ctx.say(f"{desc}: {phase.epochs} epochs of {phase.optimizer}, lr {phase.lr}")
+    loader = ctx.loader("train", train=True)
+    train(
+        model,
+        loader,
+        epochs=phase.epochs,
+        lr=phase.lr,
+        optimizer=phase.optimizer,
+        momentum=phase.momentum,
+        weight_decay=phase.weight_decay,
+        schedule=phase.schedule,
+        loss_fn=loss_fn,
+        seed=ctx.recipe.seed,
+        quiet=ctx.quiet,
+        desc=desc,
+        after_step=after_step,
+    )
+    return phase.epochs * len(loader)
+
+
+def penalty_loss(model: nn.Module, recipe: Recipe) -> Callable | None:
+    """The recipe's sparsity penalty as a ``loss_fn`` (cross-entropy plus the penalty)."""
+    from .schedules import SparsityPenalty
+
+    p = recipe.penalty
+    if p is None:
+        return None
+    return SparsityPenalty(model, kind=p.kind, strength=p.strength, exclude=p.exclude).loss()
+
+
+class RewindKeeper:
+    """Keeps the baseline's weights after ``step`` optimizer steps (lottery rewinding).
+
+    Pass it as the baseline training's ``after_step``; step 0 is the initialization.
+    """
+
+    def __init__(self, model: nn.Module, step: int) -> None:
+        self.model, self.step, self.count = model, step, 0
+        self.state = _copy_state(model) if step == 0 else None
+
+    def __call__(self) -> None:
+        self.count += 1
+        if self.count == self.step:
+            self.state = _copy_state(self.model)
+
+
+def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@dataclass
+class Job:
+    """One point of a run: a prune section and what its schedule needs.
+
+    Attributes:
+        ctx: the run's context.
+        prune: this point's prune section (its amount may come from a sweep).
+        teacher: the dense baseline, never changed (distillation, reconstruction).
+        example: a few training inputs, (N, C, H, W), for tracing and verification.
+        rewind: lottery tickets: the baseline's weights at the rewind step.
+    """
+
+    ctx: Context
+    prune: PruneConfig
+    teacher: nn.Module
+    example: torch.Tensor
+    rewind: dict[str, torch.Tensor] | None = None
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.ctx.recipe
+
+
+@dataclass
+class Outcome:
+    """What a schedule did, as plain data for ``metrics.json`` and the report.
+
+    Attributes:
+        schedule: the schedule as data (``curve``: ``Schedule.to_dict()``, ``unit``:
+            ``step`` or ``round``, ``steps``: how many were run, ``quantity``: what is
+            measured, ``measured``: ``[x, value]`` pairs at the cuts).
+        rounds: per round (iterative, lottery): target, measured, accuracy, kept.
+        cuts: structured cuts: groups cut, params and MACs before and after, verify.
+        recovery: what each repair did, one entry per cut.
+        plan: the structured plan from the dense network to the pruned one.
+    """
+
+    schedule: dict[str, Any] = field(default_factory=dict)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    cuts: list[dict[str, Any]] = field(default_factory=list)
+    recovery: list[dict[str, Any]] = field(default_factory=list)
+    plan: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-able part (the plan is saved on its own as ``plan.json``)."""
+        out: dict[str, Any] = {"schedule": self.schedule}
+        for key in ("rounds", "cuts", "recovery"):
+            if any(getattr(self, key)):  # recovery holds one (maybe empty) entry per cut
+                out[key] = getattr(self, key)
+        return out
+
+
+# --- cuts: how the prune section removes weights ----------------------------------------
+
+
+class Cut(Protocol):
+    """A prune section made callable: ``cut(model, amount)`` brings the model to a
+    cumulative amount (a :class:`prunekit.schedules.PruneMethod`); :meth:`once` cuts
+    the section's own amount; :meth:`measure` is the quantity schedules plot."""
+
+    quantity: str
+    final: float | None
+    log: list[float]
+    before: nn.Module | None
+
+    def __call__(self, model: nn.Module, amount: float) -> Any: ...
+
+    def once(self, model: nn.Module) -> None: ...
+
+    def measure(self, model: nn.Module) -> float: ...
+
+    def finish(self, model: nn.Module) -> None: ...
+
+    def out_index(self, model: nn.Module) -> dict[str, list[int]]: ...
+
+
+CUTS: Registry[Callable[[nn.Module, Job], Cut]] = Registry("granularity")
+
+
+class MaskCut:
+    """Masks with :func:`prunekit.sparsify` (granularity ``weight`` or ``neuron``)."""
+
+    quantity = "sparsity"
+
+    def __init__(self, model: nn.Module, job: Job, *, keep_before: bool = False) -> None:
+        p, ctx = job.prune, job.ctx
+        self.prune, self.keep_before = p, keep_before
+        self.final = p.sparsity
+        self.options = dict(
+            criterion=p.criterion,
+            scope=p.scope,
+            granularity=p.granularity,
+            exclude=tuple(p.exclude or ()),
+            protect_output=p.protect_output,
+            data=ctx.loader("train", train=True),
+            batches=p.calibration_batches,
+            seed=ctx.recipe.seed,
+        )
+        self.log: list[float] = []
+        self.before: nn.Module | None = None
+
+    def __call__(self, model: nn.Module, amount: float) -> None:
+        from .schedules import MaskPruning
+
+        self._keep(model)
+        MaskPruning(**self.options)(model, amount)
+        self.log.append(self.measure(model))
+
+    def once(self, model: nn.Module) -> None:
+        from .sparsify import sparsify
+
+        self._keep(model)
+        key, value = self.prune.amount
+        sparsify(model, **{key: value}, **self.options)
+        self.log.append(self.measure(model))
+
+    def measure(self, model: nn.Module) -> float:
+        from .sparsify import sparsity_of
+
+        return sparsity_of(model)
+
+    def finish(self, model: nn.Module) -> None:
+        from .mask import bake
+
+        bake(model)
+
+    def out_index(self, model: nn.Module) -> dict[str, list[int]]:
+        return {}
+
+    def _keep(self, model: nn.Module) -> None:
+        self.before = copy.deepcopy(model) if self.keep_before else None
+
+
+class ChannelCut:
+    """Channels removed with :func:`prunekit.prune`; every cut verified with
+    :func:`prunekit.verify`, and successive cuts composed into one plan."""
+
+    quantity = "params removed"
+
+    def __init__(self, model: nn.Module, job: Job, *, keep_before: bool = False) -> None:
+        from ._plans import classifier_feeders
+
+        p, ctx = job.prune, job.ctx
+        self.key, self.final = p.amount
+        self.example, self.keep_before = job.example, keep_before
+        ignore = list(p.ignore or ())
+        if p.protect_output:
+            ignore += classifier_feeders(model, job.example)
+        self.options = dict(
+            criterion=p.criterion,
+            scope=p.scope,
+            max_ratio=p.max_ratio,
+            round_to=p.round_to,
+            ignore=ignore,
+            data=ctx.loader("train", train=True),
+            batches=p.calibration_batches,
+            seed=ctx.recipe.seed,
+        )
+        self.dense = self._cost(model)
+        self.done = 0.0
+        self.plan: Any = None
+        self.last: Any = None
+        self.cuts: list[dict[str, Any]] = []
+        self.log: list[float] = []
+        self.before: nn.Module | None = None
+
+    def __call__(self, model: nn.Module, amount: float) -> None:
+        import prunekit as pk
+
+        from ._plans import compose
+
+        before = copy.deepcopy(model)
+        start = self._cost(model)
+        plan = pk.prune(model, self.example, **self._step(start, amount), **self.options)
+        result = pk.verify(before, model, plan, self.example)
+        self.cuts.append(self._summary(plan, start, self._cost(model), result))
+        self.plan = plan if self.plan is None else compose(self.plan, plan)
+        self.last, self.done = plan, amount
+        self.before = before if self.keep_before else None
+        self.log.append(self.measure(model))
+
+    def once(self, model: nn.Module) -> None:
+        self(model, self.final)
+
+    def measure(self, model: nn.Module) -> float:
+        return 1.0 - self._cost(model)["params"] / self.dense["params"]
+
+    def finish(self, model: nn.Module) -> None:
+        return None
+
+    def out_index(self, model: nn.Module) -> dict[str, list[int]]:
+        from ._plans import out_index
+
+        return out_index(model, self.last)
+
+    def _step(self, now: dict[str, int], amount: float) -> dict[str, Any]:
+        """This cut's options: what is left to remove, as a fraction of the current model."""
+        if self.key == "ratio":
+            return {"ratio": 1.0 - (1.0 - amount) / (1.0 - self.done)}
+        left = now[self.key] / self.dense[self.key]  # fraction of the dense cost still there
+        return {"target": {self.key: max(0.0, 1.0 - (1.0 - amount) / left)}}
+
+    def _cost(self, model: nn.Module) -> dict[str, int]:
+        from .measure import count_macs, count_params
+
+        return {"params": count_params(model), "macs": count_macs(model, self.example[:1]).dense}
+
+    def _summary(self, plan: Any, start: dict, end: dict, result: Any) -> dict[str, Any]:
+        cut = [g for g in plan.groups if g.removed]
+        return {
+            "groups_cut": len(cut),
+            "units_removed": plan.removed_units,
+            "params_before": start["params"],
+            "params_after": end["params"],
+            "macs_before": start["macs"],
+            "macs_after": end["macs"],
+            "groups": [{"name": g.name, "size": g.size, "kept": len(g.kept)} for g in cut],
+            "verify": {"ok": bool(result.ok), "max_abs_diff": float(result.max_abs_diff),
+                       "message": result.message},
+        }
+
+
+CUTS.register("weight")(MaskCut)
+CUTS.register("neuron")(MaskCut)
+CUTS.register("channel")(ChannelCut)
+
+
+def make_cut(model: nn.Module, job: Job) -> Cut:
+    """The cut of the job's prune section; it keeps the pre-cut model when a repair needs it."""
+    keep = job.recipe.recovery.reconstruct is not None
+    return CUTS.get(job.prune.granularity)(model, job, keep_before=keep)
+
+
+# --- repairs right after a cut, and the fine-tuning loss -------------------------------------
+
+
+Repair = Callable[[nn.Module, Job, Cut, Any], Any]
+REPAIRS: dict[str, Repair] = {}  # in the order they run
+
+
+def _repair(name: str) -> Callable[[Repair], Repair]:
+    def add(fn: Repair) -> Repair:
+        REPAIRS[name] = fn
+        return fn
+
+    return add
+
+
+@_repair("reconstruct")
+def _reconstruct(model: nn.Module, job: Job, cut: Cut, config: Any) -> dict[str, Any]:
+    """Least-squares reconstruction of every layer against the model before the cut."""
+    from .recovery import reconstruct
+
+    errors = reconstruct(
+        model,
+        cut.before,
+        job.ctx.loader("train", train=True),
+        batches=config.batches,
+        ridge=config.ridge,
+        out_index=cut.out_index(model),
+    )
+    cut.before = None
+
+    def mean(key: str) -> float:
+        return sum(e[key] for e in errors.values()) / max(len(errors), 1)
+
+    return {"layers": len(errors), "error_before": mean("before"), "error_after": mean("after")}
+
+
+@_repair("bn_recalibration")
+def _recalibrate(model: nn.Module, job: Job, cut: Cut, config: Any) -> dict[str, Any]:
+    """Batch-norm statistics recomputed on training batches."""
+    from .recovery import recalibrate_bn
+
+    loader = job.ctx.loader("train", train=True)
+    return {"layers": recalibrate_bn(model, loader, batches=config.batches, mode=config.mode)}
+
+
+def repair(model: nn.Module, job: Job, cut: Cut) -> dict[str, Any]:
+    """Run the recipe's repairs (reconstruct, then BN recalibration) after a cut."""
+    done = {}
+    for name, fn in REPAIRS.items():
+        config = getattr(job.recipe.recovery, name)
+        if config is not None:
+            job.ctx.say(f"recovery: {name.replace('_', ' ')}")
+            done[name] = fn(model, job, cut, config)
+    return done
+
+
+@contextlib.contextmanager
+def _finetune_loss(model: nn.Module, job: Job) -> Iterator[Callable | None]:
+    """Distillation from the dense baseline when the recipe asks for it, else plain CE."""
+    from .recovery import Distiller
+
+    d = job.recipe.recovery.distill
+    if d is None:
+        yield None
+        return
+    with Distiller(model, job.teacher, temperature=d.temperature, alpha=d.alpha) as loss_fn:
+        yield loss_fn
+
+
+def finetune(
+    model: nn.Module, job: Job, *, after_step: Callable[[], None] | None = None,
+    desc: str = "fine-tune",
+) -> int:
+    """The ``finetune`` section, with the distillation loss if any; returns the steps."""
+    with _finetune_loss(model, job) as loss_fn:
+        return train_phase(model, job.ctx, job.recipe.finetune, desc=desc, loss_fn=loss_fn,
+                           after_step=after_step)
+
+
+# --- schedules: when the cut happens ----------------------------------------------------------
+
+
+Runner = Callable[[nn.Module, Job], tuple[Outcome, Cut]]
+RUNNERS: Registry[Runner] = Registry("schedule kind")
+
+
+def prune_and_recover(model: nn.Module, job: Job) -> Outcome:
+    """Cut, repair and fine-tune ``model`` in place as the recipe's schedule says."""
+    kind = job.recipe.schedule.kind
+    job.ctx.say(f"pruning: {_describe_amount(job.prune)}, schedule {kind}")
+    outcome, cut = RUNNERS.get(kind)(model, job)
+    cut.finish(model)
+    outcome.cuts = getattr(cut, "cuts", [])
+    outcome.plan = getattr(cut, "plan", None)
+    return outcome
+
+
+def _describe_amount(prune: PruneConfig) -> str:
+    key, value = prune.amount
+    return f"{key} {value}, {prune.criterion}, {prune.scope}, {prune.granularity}"
+
+
+def _trace(curve: Any, steps: int, measured: list, *, unit: str, quantity: str) -> dict:
+    """The schedule as data for metrics.json and the plot (JSON types only)."""
+    data = {k: list(v) if isinstance(v, tuple) else v for k, v in curve.to_dict().items()}
+    return {"curve": data, "unit": unit, "steps": steps, "quantity": quantity,
+            "measured": measured}
+
+
+@RUNNERS.register("oneshot")
+def _oneshot(model: nn.Module, job: Job) -> tuple[Outcome, Cut]:
+    """Cut once, repair, fine-tune."""
+    from .schedules import OneShot
+
+    cut = make_cut(model, job)
+    cut.once(model)
+    outcome = Outcome(recovery=[repair(model, job, cut)])
+    steps = finetune(model, job)
+    final = cut.final if cut.final is not None else cut.log[-1]
+    outcome.schedule = _trace(OneShot(final=final), steps, [[0, cut.log[-1]]], unit="step",
+                              quantity=cut.quantity)
+    return outcome, cut
+
+
+@RUNNERS.register("gradual")
+def _gradual(model: nn.Module, job: Job) -> tuple[Outcome, Cut]:
+    """AGP / polynomial during fine-tuning, through :class:`prunekit.Pruner`."""
+    from .schedules import Pruner, make_schedule
+
+    s, spe = job.recipe.schedule, job.ctx.steps_per_epoch()
+    start = round(s.start * spe)
+    options = dict(final=job.prune.sparsity, initial=s.initial, start=start,
+                   end=max(round(s.end * spe), start + 1), frequency=s.frequency)
+    if s.exponent is not None and s.curve == "polynomial":
+        options["exponent"] = s.exponent
+    curve = make_schedule(s.curve, **options)
+    cut = make_cut(model, job)
+    pruner = Pruner(model, curve, method=cut)
+    measured = [[0, cut.measure(model)]]
+
+    def after_step() -> None:
+        reached = pruner.sparsity
+        pruner.step()
+        if pruner.sparsity != reached:
+            measured.append([pruner.step_count, cut.log[-1]])
+
+    steps = finetune(model, job, after_step=after_step)
+    return Outcome(schedule=_trace(curve, steps, measured, unit="step",
+                                   quantity=cut.quantity)), cut
+
+
+def _round_targets(final: float, rounds: int, spacing: str) -> list[float]:
+    """Cumulative targets of iterative rounds, the last exactly ``final``."""
+    if spacing == "linear":
+        values = [final * k / rounds for k in range(1, rounds)]
+    else:  # the same fraction of what is left, each round
+        values = [1.0 - (1.0 - final) ** (k / rounds) for k in range(1, rounds)]
+    return [*values, final]
+
+
+@RUNNERS.register("iterative")
+def _iterative(model: nn.Module, job: Job) -> tuple[Outcome, Cut]:
+    """Rounds of cut, repair, fine-tune via :func:`prunekit.schedules.prune_iteratively`."""
+    from .schedules import Steps, prune_iteratively
+
+    s, ctx = job.recipe.schedule, job.ctx
+    cut = make_cut(model, job)
+    curve = Steps(sparsities=tuple(_round_targets(cut.final, s.rounds, s.spacing)), start=1)
+    outcome = Outcome()
+    split = "val" if s.floor is not None else "test"
+
+    def finetune_round(m: nn.Module) -> None:
+        outcome.recovery.append(repair(m, job, cut))
+        finetune(m, job, desc=f"fine-tune, round {len(cut.log)} of {s.rounds}")
+
+    history = prune_iteratively(model, curve, finetune=finetune_round, floor=s.floor,
+                                evaluate=lambda m: ctx.accuracy(m, split), method=cut)
+    outcome.rounds = [_round_row(r.to_dict(), cut, split) for r in history]
+    measured = [[r["round"], r["measured"]] for r in outcome.rounds[1:]]
+    outcome.schedule = _trace(curve, s.rounds, measured, unit="round", quantity=cut.quantity)
+    return outcome, cut
+
+
+def _round_row(row: dict[str, Any], cut: Cut, split: str) -> dict[str, Any]:
+    """A library Round as a report row: the cut's own measure, and which split was scored."""
+    number = row["round"]
+    measured = cut.log[number - 1] if number else 0.0
+    return {**row, "measured": measured, "quantity": cut.quantity, "split": split}
+
+
+@RUNNERS.register("lottery")
+def _lottery(model: nn.Module, job: Job) -> tuple[Outcome, Cut]:
+    """Iterative magnitude pruning with rewinding via :func:`prunekit.schedules.lottery_ticket`.
+
+    The dense training of round 0 is the baseline the pipeline already trained: it is
+    replayed (the survivors' weights after ``rewind`` steps were kept while training it),
+    so every point of a sweep starts from the same ticket search.
+    """
+    from .schedules import Geometric, lottery_ticket
+
+    s, ctx = job.recipe.schedule, job.ctx
+    cut = make_cut(model, job)
+    trained = _copy_state(model)
+    model.load_state_dict(job.rewind)
+    rounds = {"done": 0}
+
+    def train_round(m: nn.Module, after_step: Callable[[], None]) -> None:
+        if rounds["done"] == 0:  # round 0 is the baseline: replay its first steps
+            for _ in range(s.rewind):
+                after_step()
+            m.load_state_dict(trained)
+        else:
+            train_phase(m, ctx, job.recipe.train, desc=f"lottery round {rounds['done']}",
+                        after_step=after_step)
+        rounds["done"] += 1
+
+    history = lottery_ticket(model, train=train_round, sparsity=cut.final, rate=s.rate,
+                             rewind=s.rewind, evaluate=lambda m: ctx.accuracy(m, "test"),
+                             method=cut)
+    outcome = Outcome(rounds=[_round_row(r.to_dict(), cut, "test") for r in history])
+    finetune(model, job)
+    curve = Geometric(final=cut.final, rate=s.rate, start=1)
+    measured = [[r["round"], r["measured"]] for r in outcome.rounds[1:]]
+    outcome.schedule = _trace(curve, curve.rounds, measured, unit="round", quantity=cut.quantity)
+    return outcome, cut
+
+
+@RUNNERS.register("surgery")
+def _surgery(model: nn.Module, job: Job) -> tuple[Outcome, Cut]:
+    """Dynamic network surgery during fine-tuning, settled at the target, then frozen."""
+    from .schedules import OneShot, Surgery
+
+    s, p, ctx = job.recipe.schedule, job.prune, job.ctx
+    cut = make_cut(model, job)
+    surgery = Surgery(model, sparsity=p.sparsity, margin=s.margin, gamma=s.gamma, power=s.power,
+                      frequency=s.frequency, exclude=p.exclude, protect_output=p.protect_output,
+                      seed=ctx.recipe.seed)
+    total = job.recipe.finetune.epochs * ctx.steps_per_epoch()
+    stop = total if s.stop is None else max(1, round(s.stop * ctx.steps_per_epoch()))
+    every = max(1, total // 200)
+    measured = [[0, surgery.sparsity]]
+    state = {"settled": False}
+
+    def after_step() -> None:
+        if state["settled"]:
+            return
+        surgery.step()
+        if surgery.step_count % every == 0:
+            measured.append([surgery.step_count, surgery.sparsity])
+        if surgery.step_count >= stop:
+            _settle(model, surgery, cut)
+            state["settled"] = True
+            measured.append([surgery.step_count, cut.log[-1]])
+
+    steps = finetune(model, job, after_step=after_step)
+    if not state["settled"]:
+        _settle(model, surgery, cut)
+        measured.append([steps, cut.log[-1]])
+    curve = OneShot(final=p.sparsity)
+    return Outcome(schedule=_trace(curve, steps, measured, unit="step",
+                                   quantity=cut.quantity)), cut
+
+
+def _settle(model: nn.Module, surgery: Any, cut: MaskCut) -> None:
+    """End the surgery at exactly the target: per layer, keep the largest weights
+    (spliced ones included, with the values surgery kept for them), then freeze."""
+    from .mask import remove_mask
+
+    shadows = surgery.shadows
+    surgery.finish()
+    with torch.no_grad():
+        for t in surgery.targets:
+            remove_mask(t.module, t.spec.param)
+            t.weight.copy_(shadows[t.name])
+    cut.once(model)
+
+
+# --- checks before any training -------------------------------------------------------------
+
+
+def preflight(model: nn.Module, ctx: Context, example: torch.Tensor) -> None:
+    """Try every setting that depends on the model on throwaway copies, so a recipe that
+    does not fit fails before training, with the model untouched.
+
+    Raises:
+        ConfigError: prune settings that do not fit (an exclude or ignore pattern that
+            matches nothing, an N:M pattern that does not divide a layer, nothing left to
+            cut), a penalty without groups, BN recalibration without batch norm, a rewind
+            step past the baseline's training.
+    """
+    recipe = ctx.recipe
+    points = recipe.points()
+    for prune in points if not points[-1].structured else points[-1:]:
+        _try_cut(model, prune, example)
+    if recipe.penalty is not None:
+        penalty_loss(copy.deepcopy(model), recipe)
+    if recipe.recovery.bn_recalibration is not None and not _has_batch_norm(model):
+        raise ConfigError(
+            f"recovery.bn_recalibration: model {recipe.model.name!r} has no batch norm to "
+            "recalibrate; drop it"
+        )
+    _check_rewind(ctx)
+
+
+def _try_cut(model: nn.Module, prune: PruneConfig, example: torch.Tensor) -> None:
+    """The cut on a copy, with a criterion that needs no data (the name was checked already)."""
+    import prunekit as pk
+
+    from ._plans import classifier_feeders
+
+    trial = copy.deepcopy(model)
+    try:
+        if prune.structured:
+            ignore = list(prune.ignore or ())
+            if prune.protect_output:
+                ignore += classifier_feeders(trial, example)
+            key, value = prune.amount
+            amount = {"ratio": value} if key == "ratio" else {"target": {key: value}}
+            pk.prune(trial, example, **amount, criterion="l2", scope=prune.scope,
+                     max_ratio=prune.max_ratio, round_to=prune.round_to, ignore=ignore)
+        else:
+            key, value = prune.amount
+            pk.sparsify(trial, **{key: value}, criterion="magnitude", scope=prune.scope,
+                        granularity=prune.granularity, exclude=tuple(prune.exclude or ()),
+                        protect_output=prune.protect_output)
+    except ConfigError as err:
+        raise ConfigError(f"prune settings do not fit the model: {err}") from None
+
+
+def _has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _check_rewind(ctx: Context) -> None:
+    s = ctx.recipe.schedule
+    if s.kind != "lottery":
+        return
+    steps = ctx.recipe.train.epochs * ctx.steps_per_epoch()
+    if s.rewind > steps:
+        raise ConfigError(
+            f"schedule.rewind is step {s.rewind} but the baseline trains {steps} steps; "
+            "rewind to an earlier step"
+        )
+
+
+def rewind_keeper(model: nn.Module, recipe: Recipe) -> RewindKeeper | None:
+    """What the baseline training must keep for the schedule (lottery: the rewind weights)."""
+    keepers = {"lottery": lambda: RewindKeeper(model, recipe.schedule.rewind)}
+    make = keepers.get(recipe.schedule.kind)
+    return make() if make is not None else None
