@@ -293,6 +293,32 @@ def test_a_size_baked_into_the_code_is_left_out_by_the_dry_run(zoo):
     assert S.verify(original, case.model, plan, case.inputs).ok
 
 
+class _WidthFromInput(nn.Module):
+    """An inner width reshaped to the width of the block's input, as timm's EVA attention."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.inner = nn.Linear(6, 8), nn.Linear(8, 8)
+        self.proj, self.head = nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)  # (B, T, 8)
+        b, t, c = h.shape
+        y = self.inner(h).reshape(b, t, 2, 4).transpose(2, 3).reshape(b, t, c)  # c: h's width
+        return self.head(torch.relu(self.proj(y) + h))
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5])
+def test_a_size_read_from_another_tensor_is_left_out_by_the_dry_run(ratio):
+    torch.manual_seed(0)
+    model, x = _WidthFromInput(), torch.randn(2, 5, 6)
+    original = copy.deepcopy(model)
+    plan = S.prune(model, x, ratio=ratio)
+    assert plan.info["excluded"]  # a cut that breaks the reshape was found and left out
+    model(x)  # the pruned model runs
+    assert S.verify(original, model, plan, x).ok
+
+
 def test_model_outputs_are_never_pruned(zoo):
     case = zoo("tied_lm")
     S.prune(case.model, case.inputs, ratio=0.5)

@@ -89,7 +89,7 @@ def plan(
     loss_fn: Callable | None = None,
     batches: int = 4,
     seed: int = 0,
-    check: bool | str = "auto",
+    check: bool | str = True,
 ) -> Plan:
     """Decide which units of each group to remove.
 
@@ -113,9 +113,11 @@ def plan(
         batches: batches used for gradients.
         seed: seed for ``random``.
         check: dry-run the plan on a weightless copy and leave out groups whose cut
-            breaks the forward pass (sizes baked into the code): ``"auto"`` when a cut
-            group's size is spelled out in the code (``x.view(-1, 400)``), ``True``
-            always, ``False`` never.
+            breaks the forward pass (sizes baked into the code): ``True`` (default)
+            always, since code can also take a size from another tensor's shape
+            (``reshape(B, N, x.shape[-1])``), which no trace can see; ``"auto"`` only
+            when a cut group's size is spelled out in the code (``x.view(-1, 400)``);
+            ``False`` never.
 
     Returns:
         The :class:`Plan`.
