@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmark scripts: machine description, docs sections, timing."""
+"""Shared pieces of the benchmark scripts: machine description, docs sections, batches."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import os
 import platform
 import re
 from pathlib import Path
+
+import torch
 
 from prunekit._io import write_text
 from prunekit._utils import versions
@@ -54,3 +56,27 @@ def write_section(path: str | Path, name: str, body: str, *, title: str = "# Ben
         else (text.rstrip() + "\n\n" + block + "\n")
     )
     write_text(path, text)
+
+
+class TensorBatches:
+    """Shuffled mini-batches straight from tensors (no per-sample collate), seeded.
+
+    The tensors may live on a GPU: the order is drawn on the CPU from the seeded
+    generator (the same batches on every device) and indexing happens where the data is.
+    """
+
+    def __init__(self, dataset, *, batch_size: int, seed: int, shuffle: bool = True) -> None:
+        self.x, self.y = dataset.tensors
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return (len(self.y) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        n = len(self.y)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = order.to(self.x.device)
+        for i in range(0, n, self.batch_size):
+            idx = order[i : i + self.batch_size]
+            yield self.x[idx], self.y[idx]

@@ -42,7 +42,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
-from _common import machine, versions_line, write_section
+from _common import TensorBatches, machine, versions_line, write_section
 from torch import nn
 
 import prunekit as pk
@@ -62,25 +62,6 @@ BATCH = 128
 AGP_END = 0.6  # fraction of fine-tuning steps over which AGP prunes
 AGP_CUTS = 50  # pruning steps of the AGP schedule
 SCOPE = "lamp"  # allocation of prunekit's methods
-
-
-class TensorBatches:
-    """Shuffled mini-batches straight from tensors (no per-sample collate), seeded."""
-
-    def __init__(self, dataset, *, batch_size: int, seed: int, shuffle: bool = True) -> None:
-        self.x, self.y = dataset.tensors
-        self.batch_size, self.shuffle = batch_size, shuffle
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return (len(self.y) + self.batch_size - 1) // self.batch_size
-
-    def __iter__(self):
-        n = len(self.y)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for i in range(0, n, self.batch_size):
-            idx = order[i : i + self.batch_size]
-            yield self.x[idx], self.y[idx]
 
 
 # --- methods: each prunes a copy of the baseline to `sparsity` and fine-tunes it ------------
