@@ -489,7 +489,7 @@ def _seed_tensors(graph: Graph, tracer: Tracer, model: nn.Module) -> None:
                 ax.mark(a, f"integer buffer {name}")
         elif name in computed:
             for a in axes:
-                ax.mark(a, f"buffer {name} is made by the model's code, not loaded (non-persistent)")
+                ax.mark(a, f"buffer {name} is made by the model's code (non-persistent)")
         graph.param_axes[name] = axes
         graph.param_shapes[name] = tuple(t.shape)
         graph.is_param[name] = is_param
