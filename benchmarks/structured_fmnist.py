@@ -44,6 +44,7 @@ import argparse
 import copy
 import json
 import multiprocessing
+import re
 import statistics
 import sys
 import time
@@ -312,6 +313,16 @@ def setting(args) -> str:
     n = QUICK["train"] if args.quick else "all"
     return (f"b{BASELINE['epochs']}@{BASELINE['lr']}-f{FINETUNE['epochs']}@{FINETUNE['lr']}"
             f"-kd{KD['temperature']}/{KD['alpha']}-n{n}-{'val' if args.validation else 'test'}")
+
+
+def apply_setting(text: str) -> None:
+    """Set the budgets from a row's ``setting`` (the report describes the rows, not argv)."""
+    m = re.fullmatch(r"b(\d+)@([\d.e-]+)-f(\d+)@([\d.e-]+)-kd([\d.]+)/([\d.]+)-.*", text)
+    if m is None:
+        raise SystemExit(f"cannot read the setting {text!r} of these rows")
+    BASELINE.update(epochs=int(m[1]), lr=float(m[2]))
+    FINETUNE.update(epochs=int(m[3]), lr=float(m[4]))
+    KD.update(temperature=float(m[5]), alpha=float(m[6]))
 
 
 def device_name(device: torch.device) -> str:
@@ -610,6 +621,8 @@ def markdown(rows: list[dict], args, plot_rel: str) -> str:
 def _provenance(rows: list[dict], denses: list[dict], args) -> list[str]:
     first = denses[0]
     settings = sorted({r["setting"] for r in rows if r.get("kind") == "accuracy"})
+    if len(settings) == 1:
+        apply_setting(settings[0])
     devices = sorted({r["device"] for r in rows if r.get("kind") == "accuracy"})
     minutes = sum(r["seconds"] for r in rows if r.get("kind") == "accuracy") / 60
     lat = [r for r in rows if r.get("kind") == "latency"]
