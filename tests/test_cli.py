@@ -139,3 +139,18 @@ def test_inspect_reports_groups_and_bad_sources_exit_2(capsys):
     assert "61,706 parameters" in out and "prunable" in out
     assert main(["inspect", "nosuch:model"]) == 2
     assert "unknown model source" in capsys.readouterr().err
+
+
+def test_summary_of_a_structured_sweep_shows_parameters_and_points():
+    from prunekit.cli import _summary
+
+    metrics = {
+        "dense": {"accuracy": 0.9, "sparsity": 0.0, "size_bytes": 400_000, "params": 100_000},
+        "pruned": {"accuracy": 0.89, "sparsity": 0.0, "size_bytes": 100_000,
+                   "sparse_size_bytes": 110_000, "params": 25_000},
+        "points": [{}, {}],
+    }
+    text = _summary(metrics, Path("runs/x"), 2.0)
+    assert "params 100,000" in text and "params 25,000" in text
+    assert "size     97.7 KiB  params" in text  # the dense encoding of the smaller network
+    assert "sweep: 2 points" in text

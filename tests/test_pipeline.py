@@ -156,3 +156,274 @@ def test_failure_while_writing_leaves_no_metrics(tmp_path, monkeypatch):
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == ["dense.safetensors", "pruned.safetensors", "recipe.yaml"]
     assert (tmp_path / "recipe.yaml").read_text() != "old"
+
+
+# --- schedules, recovery, structured cuts, penalties, sweeps ------------------------------
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks gain nothing from a second thread, and lose much when it is busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def quick(**sections) -> dict:
+    """``tiny`` with cheaper measuring, for the many runs below."""
+    return tiny(measure={"threads": 1, "latency_runs": 1, "batch_sizes": [1]}, **sections)
+
+
+def run_quick(tmp_path, **sections):
+    return run(parse_recipe(quick(**sections)), out_dir=tmp_path, quiet=True)
+
+
+def measured(result) -> list[list[float]]:
+    return result.metrics["run"]["schedule"]["measured"]
+
+
+def is_png(path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gradual_agp_follows_its_curve_to_the_target(tmp_path):
+    from prunekit.schedules import make_schedule
+
+    result = run_quick(tmp_path, prune={"sparsity": 0.8}, finetune={"epochs": 2},
+                       schedule={"kind": "gradual", "end": 1.5, "frequency": 4})
+    schedule = result.metrics["run"]["schedule"]
+    curve = make_schedule(**schedule["curve"])
+    assert schedule["curve"]["name"] == "agp" and schedule["steps"] == 2 * 22  # 1,347 / 64
+    assert curve.sparsity_at(schedule["steps"]) == 0.8
+    points = measured(result)
+    assert len(points) > 5 and [s for s, _ in points] == sorted(s for s, _ in points)
+    for step, value in points:  # the measured sparsity is the schedule's at every cut
+        assert value == pytest.approx(curve.sparsity_at(step), abs=2e-4)
+    assert result.metrics["pruned"]["sparsity"] == pytest.approx(0.8, abs=1e-4)
+    assert is_png(tmp_path / "schedule.png")
+    assert "![schedule](schedule.png)" in (tmp_path / "report.md").read_text()
+
+
+def test_iterative_rounds_reach_the_target(tmp_path):
+    result = run_quick(tmp_path, prune={"sparsity": 0.8},
+                       schedule={"kind": "iterative", "rounds": 3, "spacing": "linear"})
+    rounds = result.metrics["run"]["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+    assert [r["target"] for r in rounds] == pytest.approx([0.0, 0.8 / 3, 1.6 / 3, 0.8])
+    assert all(r["kept"] and r["split"] == "test" for r in rounds)
+    assert [r["measured"] for r in rounds] == pytest.approx([r["target"] for r in rounds],
+                                                            abs=1e-4)
+    assert result.metrics["pruned"]["sparsity"] == pytest.approx(0.8, abs=1e-4)
+    text = (tmp_path / "report.md").read_text()
+    assert "| round | target | sparsity | accuracy (test) | kept |" in text
+
+
+def test_iterative_floor_undoes_the_round_below_it_on_the_validation_split(tmp_path,
+                                                                           monkeypatch):
+    scores = iter([0.9, 0.8, 0.4])  # round 0, 1, 2: the second cut falls below the floor
+    splits = []
+
+    def accuracy(self, model, split):
+        splits.append(split)
+        return next(scores)
+
+    monkeypatch.setattr(prunekit._stages.Context, "accuracy", accuracy)
+    result = run_quick(tmp_path, prune={"sparsity": 0.9}, data={"val_fraction": 0.2},
+                       schedule={"kind": "iterative", "rounds": 3, "floor": 0.5})
+    rounds = result.metrics["run"]["rounds"]
+    assert splits == ["val"] * 3
+    assert [r["kept"] for r in rounds] == [True, True, False]
+    first = rounds[1]["measured"]
+    assert first < 0.9
+    assert result.metrics["pruned"]["sparsity"] == pytest.approx(first, abs=1e-6)
+    assert "no: below the floor, undone" in (tmp_path / "report.md").read_text()
+    assert "269 validation" in (tmp_path / "report.md").read_text()  # 20% of 1,347
+
+
+def test_lottery_replays_the_baseline_and_reaches_the_target(tmp_path, monkeypatch):
+    calls = []
+    original = prunekit._stages.train
+    monkeypatch.setattr(prunekit._stages, "train", lambda *a, **k: calls.append(k["desc"])
+                        or original(*a, **k))
+    result = run_quick(tmp_path, prune={"sparsity": 0.75, "scope": "layer"},
+                       schedule={"kind": "lottery", "rate": 0.5, "rewind": 5})
+    rounds = result.metrics["run"]["rounds"]
+    assert [r["target"] for r in rounds] == [0.0, 0.5, 0.75]
+    # round 0 is the baseline itself, replayed rather than trained again
+    assert rounds[0]["accuracy"] == pytest.approx(result.metrics["dense"]["accuracy"], abs=1e-12)
+    assert calls == ["baseline", "lottery round 1", "lottery round 2", "fine-tune"]
+    assert result.metrics["pruned"]["sparsity"] == pytest.approx(0.75, abs=1e-4)
+    assert [p[1] for p in measured(result)] == pytest.approx([0.5, 0.75], abs=1e-4)
+
+
+def test_lottery_rewind_past_the_baseline_fails_before_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(prunekit._stages, "train", no_training)
+    with pytest.raises(ConfigError, match="schedule.rewind is step 500 but the baseline trains"):
+        run_quick(tmp_path, prune={"sparsity": 0.75},
+                  schedule={"kind": "lottery", "rewind": 500})
+
+
+def test_dynamic_network_surgery_ends_at_exactly_the_target(tmp_path):
+    result = run_quick(tmp_path, prune={"sparsity": 0.85, "scope": "layer"},
+                       finetune={"epochs": 2}, schedule={"kind": "surgery", "stop": 1})
+    points = measured(result)
+    assert points[0] == [0, pytest.approx(0.85, abs=1e-3)]
+    assert points[-1] == [22, pytest.approx(0.85, abs=1e-4)]  # settled at the stop epoch
+    for row in result.layers:  # per layer, as the paper's thresholds are
+        assert row["sparsity"] == pytest.approx(0.85, abs=2e-3)
+    assert result.metrics["pruned"]["sparsity"] == pytest.approx(0.85, abs=1e-4)
+
+
+def test_structured_resnet_with_every_repair_reloads_from_plan_json(tmp_path):
+    import prunekit as pk
+    from prunekit.models import build_model
+
+    result = run_quick(
+        tmp_path,
+        model={"name": "resnet20"},
+        train={"epochs": 1},
+        prune={"sparsity": None, "granularity": "channel", "ratio": 0.5,
+               "protect_output": True},
+        recovery={"reconstruct": {"batches": 2}, "bn_recalibration": {"batches": 4},
+                  "distill": {"temperature": 2.0}},
+    )
+    dense, pruned = result.metrics["dense"], result.metrics["pruned"]
+    assert pruned["params"] < 0.7 * dense["params"] and pruned["macs"] < 0.7 * dense["macs"]
+    (cut,) = result.metrics["run"]["cuts"]
+    assert cut["verify"]["ok"] and cut["groups_cut"] > 0
+    assert cut["params_before"] == dense["params"] and cut["params_after"] < dense["params"]
+    (repairs,) = result.metrics["run"]["recovery"]
+    assert repairs["reconstruct"]["error_after"] < repairs["reconstruct"]["error_before"]
+    assert repairs["bn_recalibration"]["layers"] > 0
+    assert result.model.fc.weight.shape == (10, 64)  # protect_output: the classifier whole
+    fresh = build_model("resnet20", input_shape=(1, 8, 8), num_classes=10)
+    pk.load_pruned(fresh, tmp_path / "plan.json", tmp_path / "pruned.safetensors")
+    x = torch.randn(16, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), result.model(x))
+    text = (tmp_path / "report.md").read_text()
+    assert "## Structure" in text and "passed: zero-out equivalence holds" in text
+    assert "## Recovery" in text and "relative output error" in text
+    assert text.split("\n\n")[1].startswith("Removed ")
+
+
+def test_structured_iterative_cuts_compose_into_one_plan(tmp_path):
+    import prunekit as pk
+    from prunekit.models import build_model
+
+    result = run_quick(
+        tmp_path,
+        model={"name": "vgg-small"},
+        prune={"sparsity": None, "granularity": "channel", "target": {"macs": 0.5}},
+        schedule={"kind": "iterative", "rounds": 2},
+    )
+    cuts = result.metrics["run"]["cuts"]
+    assert len(cuts) == 2 and all(c["verify"]["ok"] for c in cuts)
+    assert cuts[0]["macs_after"] == cuts[1]["macs_before"]
+    dense, pruned = result.metrics["dense"], result.metrics["pruned"]
+    assert 1 - pruned["macs"] / dense["macs"] == pytest.approx(0.5, abs=0.03)
+    fresh = build_model("vgg-small", input_shape=(1, 8, 8), num_classes=10)
+    pk.load_pruned(fresh, tmp_path / "plan.json", tmp_path / "pruned.safetensors")
+    x = torch.randn(16, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), result.model(x))
+
+
+@pytest.mark.parametrize("epochs", [0, 1])
+def test_slimming_penalty_joins_baseline_training_or_its_own_phase(tmp_path, monkeypatch,
+                                                                   epochs):
+    seen = {}
+    original = prunekit._stages.train
+    monkeypatch.setattr(prunekit._stages, "train", lambda *a, **k: seen.update(
+        {k["desc"]: k["loss_fn"]}) or original(*a, **k))
+    result = run_quick(
+        tmp_path,
+        model={"name": "vgg-small"},
+        penalty={"kind": "bn_scale", "strength": 1e-3, "epochs": epochs},
+        prune={"sparsity": None, "granularity": "channel", "criterion": "bn_scale",
+               "scope": "global", "ratio": 0.5},
+    )
+    phase = "baseline" if epochs == 0 else "sparse training (bn_scale)"
+    assert set(seen) == {"baseline", "fine-tune"} | {phase}
+    assert seen[phase] is not None and seen["fine-tune"] is None
+    assert result.metrics["run"]["cuts"][0]["verify"]["ok"]
+    assert "bn_scale penalty, strength 0.001" in (tmp_path / "report.md").read_text()
+
+
+def test_sweep_writes_one_point_per_value_and_the_charts(tmp_path):
+    result = run_quick(tmp_path, sweep={"sparsity": [0.3, 0.6, 0.9]},
+                       prune={"sparsity": 0.6})
+    points = result.metrics["points"]
+    assert [p["setting"] for p in points] == [{"sparsity": v} for v in (0.3, 0.6, 0.9)]
+    values = [p["pruned"]["sparsity"] for p in points]
+    assert values == sorted(values) and values == pytest.approx([0.3, 0.6, 0.9], abs=1e-4)
+    assert all(0 <= p["pruned"]["accuracy"] <= 1 for p in points)
+    assert result.metrics["pruned"] == points[1]["pruned"]  # the designated point
+    for p in points:
+        folder = tmp_path / p["folder"]
+        assert sorted(f.name for f in folder.iterdir()) == sorted(
+            n for n in prunekit.pipeline.POINT_FILES if n != "plan.json")
+        assert json.loads((folder / "metrics.json").read_text())["pruned"] == p["pruned"]
+    state = load_file(tmp_path / "pruned.safetensors")
+    assert torch.equal(state["fc1.weight"],
+                       load_file(tmp_path / points[1]["folder"] / "pruned.safetensors")[
+                           "fc1.weight"])
+    for name in SWEEP_CHARTS.values():
+        assert is_png(tmp_path / name)
+    text = (tmp_path / "report.md").read_text()
+    assert "## Sweep" in text and "![accuracy vs macs](accuracy_vs_macs.png)" in text
+
+
+def test_structured_sweep_writes_a_plan_per_point(tmp_path):
+    result = run_quick(tmp_path, model={"name": "vgg-small"},
+                       prune={"sparsity": None, "granularity": "channel"},
+                       sweep={"ratio": [0.25, 0.5]})
+    points = result.metrics["points"]
+    params = [p["pruned"]["params"] for p in points]
+    assert params[0] > params[1] and result.metrics["pruned"]["params"] == params[1]
+    assert all((tmp_path / p["folder"] / "plan.json").is_file() for p in points)
+    assert (tmp_path / "plan.json").is_file()
+
+
+def test_a_new_run_clears_an_earlier_sweep(tmp_path):
+    run_quick(tmp_path, sweep={"sparsity": [0.3, 0.6]}, prune={"sparsity": 0.6},
+              finetune={"epochs": 0})
+    assert (tmp_path / "points").is_dir()
+    run_quick(tmp_path, finetune={"epochs": 0})
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(MASK_RUN_FILES)
+
+
+def no_training(*args, **kwargs):
+    raise AssertionError("trained before checking the recipe against the model")
+
+
+@pytest.mark.parametrize(
+    ("sections", "expected"),
+    [
+        ({"recovery": {"bn_recalibration": {}}}, "has no batch norm to recalibrate"),
+        ({"penalty": {"kind": "bn_scale"}}, "finds no groups"),
+        ({"prune": {"sparsity": None, "granularity": "channel", "ignore": ["nope"]}},
+         "ignore pattern 'nope' matches no module"),
+        ({"sweep": {"sparsity": [0.5, 0.9]}, "prune": {"exclude": ["classifier"]}},
+         "exclude pattern 'classifier' matches no"),
+        ({"data": {"train_samples": 5000}}, "data.train_samples is 5000"),
+    ],
+)
+def test_recipes_that_do_not_fit_the_model_fail_before_training(tmp_path, monkeypatch,
+                                                                 sections, expected):
+    monkeypatch.setattr(prunekit._stages, "train", no_training)
+    (tmp_path / "metrics.json").write_text("{}")  # an earlier run's, kept on a rejected recipe
+    with pytest.raises(ConfigError, match=expected):
+        run_quick(tmp_path, **sections)
+    assert (tmp_path / "metrics.json").read_text() == "{}"
+
+
+def test_data_subsets_are_seeded_and_sized(tmp_path):
+    result = run_quick(tmp_path, data={"train_samples": 300, "test_samples": 100},
+                       train={"epochs": 1}, finetune={"epochs": 0})
+    text = (tmp_path / "report.md").read_text()
+    assert "digits (300 train / 100 test" in text
+    assert result.metrics["pruned"]["accuracy"] * 100 == pytest.approx(
+        round(result.metrics["pruned"]["accuracy"] * 100))  # a multiple of 1/100

@@ -194,14 +194,167 @@ def test_assignment_is_validated():
         recipe.prune.sparsity = 1.5
 
 
-def test_top_level_recipes_mirror_the_packaged_ones():
-    from pathlib import Path
+# --- schedule, recovery, penalty, sweep, structured granularity -------------------------
 
-    import prunekit
 
-    packaged = Path(prunekit.__file__).parent / "recipes"
-    top = Path(__file__).resolve().parents[1] / "recipes"
-    names = sorted(p.name for p in packaged.glob("*.yaml"))
-    assert names and names == sorted(p.name for p in top.glob("*.yaml"))
-    for name in names:
-        assert (top / name).read_text() == (packaged / name).read_text(), name
+def test_defaults_are_one_shot_without_recovery_penalty_or_sweep():
+    recipe = Recipe()
+    assert recipe.schedule.kind == "oneshot"
+    assert recipe.recovery.model_dump() == {"reconstruct": None, "bn_recalibration": None,
+                                            "distill": None}
+    assert recipe.penalty is None and recipe.sweep is None
+    assert recipe.points() == [recipe.prune] and recipe.designated == 0
+
+
+def test_schedule_kinds_match_the_pipeline_runners():
+    from prunekit._stages import CUTS, RUNNERS
+    from prunekit.recipe import SCHEDULE_KINDS, PruneConfig
+
+    assert sorted(SCHEDULE_KINDS) == RUNNERS.names()
+    granularities = PruneConfig.model_fields["granularity"].annotation.__args__
+    assert sorted(granularities) == CUTS.names()
+
+
+def test_every_schedule_kind_parses_with_its_options():
+    sections = {
+        "gradual": {"kind": "gradual", "curve": "polynomial", "exponent": 2, "start": 1,
+                    "end": 5, "frequency": 20, "initial": 0.1},
+        "iterative": {"kind": "iterative", "rounds": 4, "spacing": "linear"},
+        "surgery": {"kind": "surgery", "margin": 0.3, "stop": 4},
+        "lottery": {"kind": "lottery", "rate": 0.5, "rewind": 100},
+    }
+    for kind, section in sections.items():
+        data = {"schedule": section, "finetune": {"epochs": 6}}
+        if kind == "surgery":
+            data["prune"] = {"scope": "layer"}
+        schedule = parse_recipe(data).schedule
+        assert {key: getattr(schedule, key) for key in section} == section
+
+
+def test_channel_granularity_takes_the_options_of_pk_prune():
+    prune = parse_recipe({"prune": {"granularity": "channel"}}).prune
+    assert prune.structured and prune.amount == ("ratio", 0.5)
+    assert (prune.criterion, prune.scope, prune.max_ratio, prune.round_to) == ("l2", "layer",
+                                                                               0.9, 1)
+    assert prune.ignore == [] and prune.exclude is None and prune.sparsity is None
+    target = parse_recipe({"prune": {"granularity": "channel", "target": {"macs": 0.4},
+                                     "criterion": "bn_scale", "scope": "global",
+                                     "ignore": ["re:layer3.*"], "round_to": 8}}).prune
+    assert target.amount == ("macs", 0.4) and target.ratio is None
+    weights = parse_recipe({}).prune
+    assert not weights.structured and weights.max_ratio is None and weights.ignore is None
+
+
+@pytest.mark.parametrize(
+    ("data", "path", "expected"),
+    [
+        # options of the other family of granularities
+        ({"prune": {"granularity": "channel", "sparsity": 0.5}}, "prune.sparsity",
+         "use ratio or target"),
+        ({"prune": {"ratio": 0.5}}, "prune.ratio", "granularity weight masks weights"),
+        ({"prune": {"ignore": ["fc"]}}, "prune.ignore", "use sparsity"),
+        ({"prune": {"granularity": "channel", "exclude": ["fc"]}}, "prune.exclude", "ignore"),
+        ({"prune": {"granularity": "channel", "scope": "lamp"}}, "prune.scope",
+         "use layer or global"),
+        ({"prune": {"criterion": "bn_scale"}}, "prune.criterion", "granularity weight"),
+        ({"prune": {"granularity": "channel", "criterion": "bogus"}}, "prune.criterion",
+         "valid criteria: bn_scale"),
+        ({"prune": {"granularity": "channel", "ratio": 0.5, "target": {"macs": 0.5}}},
+         "prune.target", "either ratio or target"),
+        ({"prune": {"granularity": "channel", "target": {"macs": 0.5, "params": 0.5}}},
+         "prune.target", "exactly one of macs or params"),
+        # schedules
+        ({"schedule": {"kind": "gradul"}}, "schedule.kind", "did you mean 'gradual'"),
+        ({"schedule": {"kind": "gradual"}}, "schedule.end", "is required (kind gradual)"),
+        ({"schedule": {"kind": "gradual", "end": 40}}, "schedule.end", "past the end"),
+        ({"schedule": {"kind": "gradual", "start": 3, "end": 2}}, "schedule.end",
+         "must come after start"),
+        ({"schedule": {"kind": "gradual", "end": 2, "exponent": 2}}, "schedule.exponent",
+         "curve: polynomial"),
+        ({"schedule": {"kind": "iterative", "roundz": 3}}, "schedule.roundz",
+         "valid keys of schedule (kind iterative): kind, rounds, spacing, floor"),
+        ({"schedule": {"rounds": 3}}, "schedule.rounds", "(kind oneshot)"),
+        ({"schedule": {"kind": "iterative", "floor": 0.8}}, "schedule.floor",
+         "set data.val_fraction"),
+        ({"schedule": {"kind": "iterative", "floor": 0.8}, "data": {"val_fraction": 0.1},
+          "prune": {"granularity": "channel"}}, "schedule.floor", "cannot bring back"),
+        ({"schedule": {"kind": "gradual", "end": 2}, "prune": {"granularity": "channel"}},
+         "schedule.kind", "use kind oneshot or iterative"),
+        ({"schedule": {"kind": "lottery"}, "prune": {"granularity": "channel"}},
+         "schedule.kind", "use kind oneshot or iterative"),
+        ({"schedule": {"kind": "gradual", "end": 2}, "prune": {"threshold": 0.1}},
+         "prune.threshold", "needs a target sparsity"),
+        ({"schedule": {"kind": "surgery"}}, "prune.scope", "set prune.scope: layer"),
+        ({"schedule": {"kind": "surgery"}, "prune": {"scope": "layer",
+                                                     "granularity": "neuron"}},
+         "prune.granularity", "set prune.granularity: weight"),
+        ({"schedule": {"kind": "surgery", "stop": 50}, "prune": {"scope": "layer"}},
+         "schedule.stop", "past the end of fine-tuning"),
+        ({"schedule": {"kind": "surgery"}, "prune": {"scope": "layer"},
+          "finetune": {"epochs": 0}}, "schedule.kind", "finetune.epochs is 0"),
+        ({"schedule": {"kind": "lottery"}, "model": {"checkpoint": "x.safetensors"}},
+         "model.checkpoint", "drop model.checkpoint"),
+        # recovery and penalty
+        ({"recovery": {"reconstruct": {}}, "schedule": {"kind": "gradual", "end": 2}},
+         "recovery.reconstruct", "use it with kind oneshot or iterative"),
+        ({"recovery": {"bn_recalibration": {}}, "schedule": {"kind": "lottery"}},
+         "recovery.bn_recalibration", "use it with kind oneshot or iterative"),
+        ({"recovery": {"distill": {}}, "finetune": {"epochs": 0}}, "recovery.distill",
+         "finetune.epochs is 0"),
+        ({"recovery": {"distill": {"alpha": 1.5}}}, "recovery.distill.alpha", ""),
+        ({"recovery": {"distil": {}}}, "recovery.distil", "did you mean 'distill'"),
+        ({"recovery": {"bn_recalibration": {"mode": "exakt"}}},
+         "recovery.bn_recalibration.mode", "did you mean 'exact'"),
+        ({"penalty": {"kind": "l1"}}, "penalty.kind", "valid penalties: bn_scale, group_lasso"),
+        ({"penalty": {}, "model": {"checkpoint": "x.safetensors"}}, "penalty.epochs",
+         "extra sparse-training phase"),
+        # sweeps
+        ({"sweep": {"sparsity": [0.5, 0.4]}}, "sweep.sparsity", "must increase"),
+        ({"sweep": {"sparsity": [0.5]}}, "sweep.sparsity", "at least two values"),
+        ({"sweep": {"sparsity": [0.5, 1.0]}}, "sweep.sparsity", "fraction in [0, 1)"),
+        ({"sweep": {}}, "sweep", "exactly one of sparsity, ratio, macs, params"),
+        ({"sweep": {"ratio": [0.2, 0.5]}}, "sweep.ratio", "sweeps sparsity"),
+        ({"sweep": {"sparsity": [0.2, 0.5]}, "prune": {"granularity": "channel"}},
+         "sweep.sparsity", "sweeps ratio, macs or params"),
+        ({"sweep": {"sparsity": [0.5, 0.9]}, "prune": {"sparsity": 0.7}}, "prune.sparsity",
+         "make it one of sweep.sparsity"),
+        ({"sweep": {"macs": [0.3, 0.5]}, "prune": {"granularity": "channel", "ratio": 0.5}},
+         "prune.ratio", "make it one of sweep.macs"),
+        ({"data": {"val_fraction": 0.9}}, "data.val_fraction", ""),
+    ],
+)
+def test_bad_combinations_name_the_key_and_the_way_out(data, path, expected):
+    message = error_of(data)
+    assert message.startswith(f"recipe: {path}") or f"'{path}'" in message, message
+    assert expected in message
+
+
+def test_sweep_points_and_the_designated_one():
+    recipe = parse_recipe({"sweep": {"sparsity": [0.5, 0.8, 0.95]}})
+    assert recipe.prune.sparsity == 0.95 and recipe.designated == 2
+    assert [p.sparsity for p in recipe.points()] == [0.5, 0.8, 0.95]
+    chosen = parse_recipe({"sweep": {"sparsity": [0.5, 0.8, 0.95]}, "prune": {"sparsity": 0.8}})
+    assert chosen.designated == 1
+    macs = parse_recipe({"prune": {"granularity": "channel", "criterion": "l1"},
+                         "sweep": {"macs": [0.25, 0.5]}})
+    assert [p.amount for p in macs.points()] == [("macs", 0.25), ("macs", 0.5)]
+    assert all(p.criterion == "l1" and p.structured for p in macs.points())
+
+
+def test_round_trip_of_a_recipe_using_every_section(tmp_path):
+    recipe = parse_recipe(
+        {
+            "data": {"val_fraction": 0.1, "train_samples": 500, "test_samples": 200},
+            "model": {"name": "resnet20"},
+            "penalty": {"kind": "group_lasso", "strength": 1e-5, "epochs": 2, "lr": 0.01},
+            "prune": {"granularity": "channel", "target": {"params": 0.5},
+                      "ignore": ["re:layer1\\..*"], "protect_output": True},
+            "schedule": {"kind": "iterative", "rounds": 2},
+            "recovery": {"reconstruct": {"ridge": 0.001}, "bn_recalibration": {"batches": 4},
+                         "distill": {"temperature": 2.0}},
+            "sweep": {"params": [0.3, 0.5]},
+        },
+        name="everything",
+    )
+    again = load_recipe(write(tmp_path, dump_recipe(recipe), "everything.yaml"))
+    assert again == recipe

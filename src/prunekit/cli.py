@@ -58,15 +58,21 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _summary(metrics: dict, out: Path, seconds: float) -> str:
-    """Before/after lines: accuracy, sparsity, size; then where the outputs are."""
+    """Before/after lines: accuracy, sparsity, size (parameters too when the network
+    shrank); the number of sweep points; then where the outputs are."""
     lines = []
+    shrunk = metrics["pruned"].get("params", 0) < metrics["dense"].get("params", 0)
     for side in ("dense", "pruned"):
         m = metrics[side]
-        size = m.get("sparse_size_bytes" if side == "pruned" else "size_bytes", 0)
-        lines.append(
+        sparse = side == "pruned" and not shrunk  # a smaller dense network: dense encoding
+        size = m.get("sparse_size_bytes" if sparse else "size_bytes", 0)
+        line = (
             f"{side:>6}: accuracy {100 * m['accuracy']:6.2f}%  sparsity {100 * m['sparsity']:5.1f}%"
-            f"  size {size / 1024:8.1f} KiB{' (sparse)' if side == 'pruned' else ''}"
+            f"  size {size / 1024:8.1f} KiB{' (sparse)' if sparse else ''}"
         )
+        lines.append(line + (f"  params {m['params']:,}" if shrunk else ""))
+    if metrics.get("points"):
+        lines.append(f"sweep: {len(metrics['points'])} points (see report.md)")
     lines.append(f"outputs in {out}/ (report.md, metrics.json) after {seconds:.1f} s")
     return "\n".join(lines)
 

@@ -98,6 +98,8 @@ class RunResult:
             nonzero_params, sparsity).
         files: output name -> path, for every file written.
         seconds: wall time of the whole run.
+        model: the pruned network reported as ``pruned`` (masks baked; for structured
+            runs rebuilt smaller), in eval mode.
     """
 
     out_dir: Path
@@ -105,6 +107,7 @@ class RunResult:
     layers: list[dict[str, Any]]
     files: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
+    model: nn.Module | None = None
 
 
 @dataclass
@@ -168,7 +171,7 @@ def run(recipe: Recipe, *, out_dir: str | os.PathLike[str], quiet: bool = False)
     files["metrics.json"] = _write(ctx.out / "metrics.json", write_json, metrics)
     seconds = time.perf_counter() - start
     ctx.say(f"done in {seconds:.1f} s; outputs in {ctx.out}")
-    return RunResult(ctx.out, metrics, chosen.layers, files, seconds)
+    return RunResult(ctx.out, metrics, chosen.layers, files, seconds, chosen.model.eval())
 
 
 # --- steps --------------------------------------------------------------------------

@@ -630,6 +630,8 @@ class Recipe(_Section):
         if any(prune.get(k) is not None for k in amounts):
             return data
         key, values = lists[0]
+        if not all(isinstance(v, (int, float)) and 0 <= v < 1 for v in values):
+            return data  # the sweep section names the bad value
         family = granularity_family(str(prune.get("granularity", "weight")))
         if (key == "sparsity") != (family == "mask"):
             return data  # the sweep check names the mismatch

@@ -232,7 +232,12 @@ def _schedule_section(details: Mapping[str, Any], chart: str | None) -> str:
     measured = schedule.get("measured") or []
     unit = "rounds" if schedule["unit"] == "round" else "optimizer steps"
     text = f"Schedule `{name}` ({options}) over {schedule['steps']:,} {unit}"
-    if measured:
+    kept = [r for r in details.get("rounds") or [] if r.get("kept", True)]
+    if kept and len(kept) < len(details["rounds"]):
+        text += (f"; the last round fell below the floor and was undone, so the run ends at "
+                 f"round {kept[-1]['round']}: {schedule['quantity']} "
+                 f"{_pct(kept[-1].get('measured', kept[-1]['sparsity']))}")
+    elif measured:
         text += f"; {schedule['quantity']} measured after the last cut: {_pct(measured[-1][1])}"
     parts = [text + "."]
     if details.get("rounds"):
