@@ -241,6 +241,27 @@ def test_iterative_floor_undoes_the_round_below_it_on_the_validation_split(tmp_p
     assert "269 validation" in (tmp_path / "report.md").read_text()  # 20% of 1,347
 
 
+def test_structured_floor_puts_the_channels_of_the_undone_round_back(tmp_path, monkeypatch):
+    import prunekit as pk
+    from prunekit.models import build_model
+
+    scores = iter([0.9, 0.8, 0.4])  # the second cut falls below the floor
+    monkeypatch.setattr(prunekit._stages.Context, "accuracy", lambda *a: next(scores))
+    result = run_quick(tmp_path, prune={"sparsity": None, "granularity": "channel",
+                                        "ratio": 0.6},
+                       data={"val_fraction": 0.2},
+                       schedule={"kind": "iterative", "rounds": 2, "floor": 0.5})
+    rounds, cuts = result.metrics["run"]["rounds"], result.metrics["run"]["cuts"]
+    assert [r["kept"] for r in rounds] == [True, True, False]
+    assert len(cuts) == 1  # the undone cut is not reported as part of the model
+    assert result.metrics["pruned"]["params"] == cuts[0]["params_after"]
+    fresh = build_model("lenet300", input_shape=(1, 8, 8), num_classes=10)
+    pk.load_pruned(fresh, tmp_path / "plan.json", tmp_path / "pruned.safetensors")
+    x = torch.randn(16, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), result.model(x))
+
+
 def test_lottery_replays_the_baseline_and_reaches_the_target(tmp_path, monkeypatch):
     calls = []
     original = prunekit._stages.train

@@ -276,8 +276,6 @@ def test_channel_granularity_takes_the_options_of_pk_prune():
         ({"schedule": {"rounds": 3}}, "schedule.rounds", "(kind oneshot)"),
         ({"schedule": {"kind": "iterative", "floor": 0.8}}, "schedule.floor",
          "set data.val_fraction"),
-        ({"schedule": {"kind": "iterative", "floor": 0.8}, "data": {"val_fraction": 0.1},
-          "prune": {"granularity": "channel"}}, "schedule.floor", "cannot bring back"),
         ({"schedule": {"kind": "gradual", "end": 2}, "prune": {"granularity": "channel"}},
          "schedule.kind", "use kind oneshot or iterative"),
         ({"schedule": {"kind": "lottery"}, "prune": {"granularity": "channel"}},

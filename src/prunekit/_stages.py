@@ -218,6 +218,8 @@ class Cut(Protocol):
 
     def finish(self, model: nn.Module) -> None: ...
 
+    def undo(self) -> None: ...
+
     def out_index(self, model: nn.Module) -> dict[str, list[int]]: ...
 
 
@@ -271,6 +273,10 @@ class MaskCut:
 
         bake(model)
 
+    def undo(self) -> None:
+        """Forget the last cut (the library restored the model's masks and weights)."""
+        self.log.pop()
+
     def out_index(self, model: nn.Module) -> dict[str, list[int]]:
         return {}
 
@@ -310,12 +316,14 @@ class ChannelCut:
         self.cuts: list[dict[str, Any]] = []
         self.log: list[float] = []
         self.before: nn.Module | None = None
+        self._earlier: list[tuple[Any, Any, float]] = []  # (plan, last, done) before each cut
 
     def __call__(self, model: nn.Module, amount: float) -> None:
         import prunekit as pk
 
         from ._plans import compose
 
+        self._earlier.append((self.plan, self.last, self.done))
         before = copy.deepcopy(model)
         start = self._cost(model)
         plan = pk.prune(model, self.example, **self._step(start, amount), **self.options)
@@ -334,6 +342,12 @@ class ChannelCut:
 
     def finish(self, model: nn.Module) -> None:
         return None
+
+    def undo(self) -> None:
+        """Forget the last cut (the library put the channels back): its plan, log and summary."""
+        self.plan, self.last, self.done = self._earlier.pop()
+        self.cuts.pop()
+        self.log.pop()
 
     def out_index(self, model: nn.Module) -> dict[str, list[int]]:
         from ._plans import out_index
@@ -556,6 +570,8 @@ def _iterative(model: nn.Module, job: Job) -> tuple[Outcome, Cut]:
     history = prune_iteratively(model, curve, finetune=finetune_round, floor=s.floor,
                                 evaluate=lambda m: ctx.accuracy(m, split), method=cut)
     outcome.rounds = [_round_row(r.to_dict(), cut, split) for r in history]
+    if not history[-1].kept:  # the model is back at the last round above the floor
+        cut.undo()
     measured = [[r["round"], r["measured"]] for r in outcome.rounds[1:]]
     outcome.schedule = _trace(curve, s.rounds, measured, unit="round", quantity=cut.quantity)
     return outcome, cut

@@ -729,13 +729,6 @@ def _check_gradual(r: Recipe) -> None:
 def _check_iterative(r: Recipe) -> None:
     if r.schedule.kind != "iterative" or r.schedule.floor is None:
         return
-    if r.prune.structured:
-        raise KeyProblem(
-            "schedule.floor",
-            "a floor undoes the round that falls below it by restoring the previous weights, "
-            "which cannot bring back removed channels; drop schedule.floor or use granularity "
-            "weight",
-        )
     if r.data.val_fraction == 0:
         raise KeyProblem(
             "schedule.floor",

@@ -79,6 +79,27 @@ def test_floor_restores_the_last_good_round_exactly():
     assert pk.sparsity_of(model) == pytest.approx(0.75, abs=1 / 108)
 
 
+def test_floor_undoes_a_structural_cut_shapes_sizes_and_weights():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(),
+                          nn.Linear(16, 3))
+    x, seen = torch.randn(4, 6), []
+    scores = iter([0.9, 0.8, 0.1])  # the second cut falls below the floor
+
+    def evaluate(m):
+        seen.append((m[0].weight.shape, m[0].out_features, m(x).detach().clone()))
+        return next(scores)
+
+    history = prune_iteratively(model, Steps(sparsities=(0.25, 0.5), start=1),
+                                finetune=sgd, evaluate=evaluate, floor=0.5,
+                                method=lambda m, amount: pk.prune(m, x, ratio=amount))
+    assert [r.kept for r in history] == [True, True, False]
+    shape, features, out = seen[1]  # the state after round 1
+    assert seen[2][0] != shape  # round 2 did cut further
+    assert model[0].weight.shape == shape and model[0].out_features == features
+    assert torch.equal(model(x), out)
+
+
 def test_floor_needs_evaluate_and_a_dense_model_below_floor_is_left_alone():
     with pytest.raises(ConfigError, match="floor needs evaluate"):
         prune_iteratively(net(), Steps(sparsities=(0.5,)), finetune=sgd, floor=0.5)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,16 +63,66 @@ def set_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
 
 @dataclass
 class Snapshot:
-    """Weights, buffers and masks of a model at one moment."""
+    """Weights, buffers, masks and sizes of a model at one moment.
+
+    ``sizes`` holds each module's plain attributes (``in_features``, ``num_heads``, ...)
+    and ``configs`` those of a module's ``config`` object (Hugging Face models), so a
+    structural cut made after the snapshot can be undone too.
+    """
 
     state: dict[str, torch.Tensor]
     masks: dict[str, torch.Tensor]
+    sizes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+_PLAIN = (int, float, bool, str, tuple, type(None))
+
+
+def _plain_attrs(obj: Any) -> dict[str, Any]:
+    return {k: v for k, v in vars(obj).items() if not k.startswith("_") and isinstance(v, _PLAIN)}
+
+
+def _config_of(module: nn.Module) -> Any:
+    config = getattr(module, "config", None)
+    return config if hasattr(config, "__dict__") and not isinstance(config, nn.Module) else None
 
 
 def snapshot(model: nn.Module) -> Snapshot:
-    """A deep copy of ``model``'s state dict and masks."""
+    """A deep copy of ``model``'s state dict, masks and size attributes."""
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return Snapshot(state, masks_of(model))
+    modules = dict(model.named_modules())
+    sizes = {name: _plain_attrs(m) for name, m in modules.items()}
+    configs = {name: _plain_attrs(_config_of(m)) for name, m in modules.items() if _config_of(m)}
+    return Snapshot(state, masks_of(model), sizes, configs)
+
+
+def _restore_shapes(model: nn.Module, snap: Snapshot) -> None:
+    """Give tensors whose shape changed since ``snap`` (a structural cut) their old shapes,
+    and modules (and their configs) their old size attributes.
+
+    Tensors shared by several modules (tied weights) stay shared.
+    """
+    modules = dict(model.named_modules())
+    current = model.state_dict(keep_vars=True)
+    swapped: dict[int, torch.Tensor] = {}
+    for name, old in snap.state.items():
+        now = current.get(name)
+        if now is None or now.shape == old.shape:
+            continue
+        module_name, _, local = name.rpartition(".")
+        owner = modules[module_name]
+        if id(now) not in swapped:
+            data = old.clone().to(now.device)
+            swapped[id(now)] = (nn.Parameter(data, requires_grad=now.requires_grad)
+                                if isinstance(now, nn.Parameter) else data)
+        table = owner._parameters if local in owner._parameters else owner._buffers
+        table[local] = swapped[id(now)]
+    targets = [(modules.get(n), attrs) for n, attrs in snap.sizes.items()]
+    targets += [(_config_of(modules[n]), attrs) for n, attrs in snap.configs.items()]
+    for target, attrs in targets:
+        for attr, value in attrs.items() if target is not None else ():
+            setattr(target, attr, value)
 
 
 def restore(model: nn.Module, snap: Snapshot, *, keep_masks: bool = False) -> None:
@@ -90,6 +141,7 @@ def restore(model: nn.Module, snap: Snapshot, *, keep_masks: bool = False) -> No
         _mask.enforce(model)
         return
     set_masks(model, snap.masks)
+    _restore_shapes(model, snap)
     model.load_state_dict(snap.state)
     _mask.enforce(model)
 
