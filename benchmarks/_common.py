@@ -80,3 +80,21 @@ class TensorBatches:
         for i in range(0, n, self.batch_size):
             idx = order[i : i + self.batch_size]
             yield self.x[idx], self.y[idx]
+
+
+def read_rows(paths: list[str]) -> list[dict]:
+    """Every result row in ``paths``, in order.
+
+    A ``.json`` file is a script's ``--json`` output (rows under ``"rows"``); anything
+    else holds one JSON object per line (a run's stdout, a ``--rows`` file).
+    """
+    import json
+
+    found: list[dict] = []
+    for path in paths:
+        text = Path(path).read_text()
+        if str(path).endswith(".json"):
+            found += json.loads(text)["rows"]
+        else:
+            found += [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return found

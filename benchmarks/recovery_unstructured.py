@@ -42,7 +42,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
-from _common import TensorBatches, machine, versions_line, write_section
+from _common import TensorBatches, machine, read_rows, versions_line, write_section
 from torch import nn
 
 import prunekit as pk
@@ -522,20 +522,10 @@ def report(rows: list[dict], args, *, seconds: float | None, note: str = "") -> 
 
 
 def rows_from_logs(paths: list[str]) -> list[dict]:
-    """Result rows of earlier runs, first of duplicates kept.
-
-    A ``.json`` file is this script's ``--json`` output; anything else is a run's
-    stdout, one JSON object per line.
-    """
+    """Result rows of earlier runs (``--json`` files or stdout logs), first of duplicates kept."""
     rows: dict[tuple, dict] = {}
-    for path in paths:
-        text = Path(path).read_text()
-        if path.endswith(".json"):
-            found = json.loads(text)["rows"]
-        else:
-            found = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-        for row in found:
-            rows.setdefault((row["model"], row["method"], row["sparsity"], row["seed"]), row)
+    for row in read_rows(paths):
+        rows.setdefault((row["model"], row["method"], row["sparsity"], row["seed"]), row)
     return list(rows.values())
 
 

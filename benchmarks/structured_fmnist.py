@@ -55,7 +55,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import TensorBatches, machine, versions_line, write_section
+from _common import TensorBatches, machine, read_rows, versions_line, write_section
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -445,24 +445,15 @@ def done_points(args) -> dict[tuple, dict]:
 
 
 def rows_from_logs(paths: list[str]) -> list[dict]:
-    """Rows of earlier runs: accuracy rows first of duplicates kept, latency rows last.
-
-    A ``.json`` file is this script's ``--json`` output; anything else holds one JSON
-    object per line (``--rows`` files, stdout logs).
-    """
+    """Rows of earlier runs (``--json`` files, ``--rows`` files, stdout logs): accuracy
+    rows first of duplicates kept, latency rows last."""
     rows: dict[tuple, dict] = {}
-    for path in paths:
-        text = Path(path).read_text()
-        if path.endswith(".json"):
-            found = json.loads(text)["rows"]
+    for row in read_rows(paths):
+        if row.get("kind") == "latency":
+            key = ("latency", row["model"], row["method"], row["target"], row["batch"])
+            rows[(*key, row.get("variant", ""))] = row
         else:
-            found = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-        for row in found:
-            if row.get("kind") == "latency":
-                key = ("latency", row["model"], row["method"], row["target"], row["batch"])
-                rows[(*key, row.get("variant", ""))] = row
-            else:
-                rows.setdefault((row["model"], row["method"], row["target"], row["seed"]), row)
+            rows.setdefault((row["model"], row["method"], row["target"], row["seed"]), row)
     return list(rows.values())
 
 

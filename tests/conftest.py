@@ -281,3 +281,12 @@ def zoo() -> Callable[[str], ZooCase]:
 def zoo_case(request: pytest.FixtureRequest) -> ZooCase:
     """Every zoo entry in turn."""
     return make_case(request.param)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks gain nothing from a second thread, and lose much when it is busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

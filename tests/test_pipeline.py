@@ -162,12 +162,8 @@ def test_failure_while_writing_leaves_no_metrics(tmp_path, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks gain nothing from a second thread, and lose much when it is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every run here on one thread (see conftest's ``one_thread``)."""
 
 
 def quick(**sections) -> dict:

@@ -5,7 +5,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 import prunekit
@@ -48,12 +47,8 @@ def test_every_schedule_recovery_penalty_structure_and_sweep_ships():
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks gain nothing from a second thread, and lose much when it is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every run here on one thread (see conftest's ``one_thread``)."""
 
 
 def on_digits(name: str, **overrides) -> dict:
