@@ -62,15 +62,16 @@ class _LazyPositions(nn.Module):
         self.pos = nn.Linear(3, 4)
         self.hidden, self.out = nn.Linear(4, 16), nn.Linear(16, 2)
         self.register_buffer("rel", torch.zeros(1, 1, 3), persistent=False)
+        self.register_buffer("shift", torch.zeros(16), persistent=False)  # set once: cuttable
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.rel.shape[1] != x.shape[1]:
             self.rel = torch.linspace(0, 1, x.shape[1] * 3).reshape(1, x.shape[1], 3)
         h = self.pos(self.rel).expand(x.shape[0], -1, -1) + x  # (B, T, 4)
-        return self.out(F.relu(self.hidden(h)))
+        return self.out(F.relu(self.hidden(h) + self.shift))
 
 
-def test_non_persistent_buffers_are_never_cut_and_plans_replay_on_fresh_models(tmp_path):
+def test_buffers_rebuilt_by_code_are_never_cut_and_plans_replay_on_fresh_models(tmp_path):
     from prunekit.structured import load_pruned, prune, save_pruned
 
     model, x = _LazyPositions(), torch.randn(2, 5, 4)
@@ -80,6 +81,7 @@ def test_non_persistent_buffers_are_never_cut_and_plans_replay_on_fresh_models(t
     assert any("rel" in r and "non-persistent" in r for r in blocked.blocked)
     plan = prune(model, x, ratio=0.5)
     assert "rel" not in plan.tensors and "hidden.weight" in plan.tensors
+    assert plan.tensors["shift"].shape == (16,)  # a constant buffer shrinks with its group
     plan_path, weights_path = save_pruned(model, plan, tmp_path / "lazy")
     fresh = load_pruned(_LazyPositions(), plan_path, weights_path)
     torch.testing.assert_close(fresh(x), model(x))

@@ -9,7 +9,9 @@ step: the operators inside them are not looked at.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
+import re
 import time
 import weakref
 from collections.abc import Iterator, Mapping
@@ -473,7 +475,7 @@ def _block_unused(graph: Graph, tracer: Tracer, model: nn.Module) -> None:
 
 def _seed_tensors(graph: Graph, tracer: Tracer, model: nn.Module) -> None:
     seen: dict[int, str] = {}
-    computed = _non_persistent_buffers(model)
+    computed = _recomputed_buffers(model)
     named = [(n, t, True) for n, t in model.named_parameters(remove_duplicate=False)]
     named += [(n, t, False) for n, t in model.named_buffers(remove_duplicate=False)]
     for name, t, is_param in named:
@@ -489,21 +491,40 @@ def _seed_tensors(graph: Graph, tracer: Tracer, model: nn.Module) -> None:
                 ax.mark(a, f"integer buffer {name}")
         elif name in computed:
             for a in axes:
-                ax.mark(a, f"buffer {name} is made by the model's code (non-persistent)")
+                ax.mark(a, f"buffer {name} is rebuilt by the model's code (non-persistent)")
         graph.param_axes[name] = axes
         graph.param_shapes[name] = tuple(t.shape)
         graph.is_param[name] = is_param
         tracer.seed(t, axes)
 
 
-def _non_persistent_buffers(model: nn.Module) -> set[str]:
-    """Qualified names of buffers left out of the state dict: caches the model's code computes.
+def _recomputed_buffers(model: nn.Module) -> set[str]:
+    """Qualified names of non-persistent buffers that the model's code reassigns outside
+    ``__init__``: caches rebuilt for each input size (timm's ConViT ``rel_indices``).
 
-    Their shapes come from code (timm's ConViT rebuilds ``rel_indices`` for each input
-    size), so a cut of them could not be replayed on a freshly built model.
+    Their shapes come from code, so a cut of them could not be replayed on a freshly
+    built model; constant buffers set once in ``__init__`` (BEiT's zero ``k_bias``) are
+    ordinary tensors and may be cut.
     """
-    return {
-        f"{prefix}.{name}" if prefix else name
-        for prefix, module in model.named_modules(remove_duplicate=False)
-        for name in getattr(module, "_non_persistent_buffers_set", ())
-    }
+    found = set()
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        names = getattr(module, "_non_persistent_buffers_set", ())
+        code = _methods_source(type(module)) if names else ""
+        for name in names:
+            if re.search(rf"self\.{re.escape(name)}\s*=(?!=)", code):
+                found.add(f"{prefix}.{name}" if prefix else name)
+    return found
+
+
+@functools.cache
+def _methods_source(cls: type) -> str:
+    """The source of ``cls``'s own methods but ``__init__`` (empty where it is unavailable)."""
+    parts = []
+    for klass in cls.__mro__:
+        if klass in (nn.Module, object):
+            break
+        for attr, value in vars(klass).items():
+            if attr != "__init__" and inspect.isfunction(value):
+                with contextlib.suppress(OSError, TypeError):
+                    parts.append(inspect.getsource(value))
+    return "\n".join(parts)
