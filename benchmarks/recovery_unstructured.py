@@ -358,6 +358,8 @@ def markdown(summary: dict, args, seconds: float | None, plot_rel: str, note: st
                 row.append(f"**{text}**" if v and v["mean"] == best else text)
             lines.append(f"| {model} | {100 * s:g}% | " + " | ".join(row) + " |")
     lines += ["", f"![accuracy vs sparsity]({plot_rel})", "", *aims(summary, models)]
+    if args.notes:
+        lines += ["", Path(args.notes).read_text().rstrip()]
     return "\n".join(lines)
 
 
@@ -475,6 +477,7 @@ def main() -> None:
     ap.add_argument("--cache", default="runs/bench-cache", help="baseline checkpoints")
     ap.add_argument("--docs", default="docs/benchmarks.md")
     ap.add_argument("--json", default="docs/data/recovery_unstructured.json")
+    ap.add_argument("--notes", default=None, help="a Markdown file appended to the section")
     ap.add_argument(
         "--reconstruction",
         action="store_true",
