@@ -98,3 +98,21 @@ def read_rows(paths: list[str]) -> list[dict]:
         else:
             found += [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     return found
+
+
+def interleaved_medians(nets: dict, x, *, threads: int, warmup: int, runs: int,
+                        rounds: int) -> dict:
+    """Per network, the median latency (ms) of ``runs`` timed runs in each of ``rounds``.
+
+    The rounds interleave the networks (dense, pruned, dense, ...), which spreads a
+    shared machine's slow spells over all of them instead of charging them to whichever
+    ran at the time.
+    """
+    from prunekit.measure import measure_latency
+
+    medians: dict = {key: [] for key in nets}
+    for _ in range(rounds):
+        for key, net in nets.items():
+            stats = measure_latency(net, x, threads=threads, warmup=warmup, runs=runs)
+            medians[key].append(stats.median_ms)
+    return medians

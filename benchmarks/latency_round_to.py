@@ -19,11 +19,11 @@ import datetime as dt
 from pathlib import Path
 
 import torch
-from _common import machine, versions_line, write_section
+from _common import interleaved_medians, machine, versions_line, write_section
 from torch import nn
 
 import prunekit as pk
-from prunekit.measure import count_macs, measure_latency
+from prunekit.measure import count_macs
 from prunekit.models import build_model
 
 INPUT = (1, 28, 28)
@@ -56,11 +56,8 @@ def speedups(dense: nn.Module, pruned: nn.Module, args) -> list[float]:
     out = []
     for batch in args.batches:
         x = torch.randn(batch, *INPUT, generator=torch.Generator().manual_seed(0))  # (B, C, H, W)
-        times: dict[str, list[float]] = {"dense": [], "pruned": []}
-        for _ in range(args.rounds):
-            for key, net in (("dense", dense), ("pruned", pruned)):
-                stats = measure_latency(net, x, threads=args.threads, warmup=5, runs=args.runs)
-                times[key].append(stats.median_ms)
+        times = interleaved_medians({"dense": dense, "pruned": pruned}, x, threads=args.threads,
+                                    warmup=5, runs=args.runs, rounds=args.rounds)
         out.append(min(times["dense"]) / min(times["pruned"]))
     return out
 

@@ -55,14 +55,21 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import TensorBatches, machine, read_rows, versions_line, write_section
+from _common import (
+    TensorBatches,
+    interleaved_medians,
+    machine,
+    read_rows,
+    versions_line,
+    write_section,
+)
 from torch import nn
 from torch.utils.data import TensorDataset
 
 import prunekit as pk
 from prunekit._io import save_safetensors, write_json
 from prunekit.data import load_dataset
-from prunekit.measure import count_macs, count_params, measure_latency
+from prunekit.measure import count_macs, count_params
 from prunekit.models import build_model
 from prunekit.recovery import evaluate_accuracy, recalibrate_bn, train
 from prunekit.recovery.distill import Distiller
@@ -508,12 +515,8 @@ def latency_rows(rows: list[dict], args) -> Iterator[dict]:
 def _time_batch(nets: dict, records: dict, batch: int, args) -> list[dict]:
     x = torch.randn(batch, *INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
     runs, warmup = (5, 2) if args.quick else (args.latency_runs, 5)
-    medians: dict[tuple, list[float]] = {key: [] for key in nets}
-    for _ in range(args.latency_rounds):
-        for key, net in nets.items():
-            stats = measure_latency(net, x, threads=args.latency_threads, warmup=warmup,
-                                    runs=runs)
-            medians[key].append(stats.median_ms)
+    medians = interleaved_medians(nets, x, threads=args.latency_threads, warmup=warmup,
+                                  runs=runs, rounds=args.latency_rounds)
     dense_key = next(key for key in nets if key[1] == "dense")
     dense_ms = min(medians[dense_key])
     rows = []

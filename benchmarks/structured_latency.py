@@ -26,12 +26,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from _common import machine, versions_line, write_section
+from _common import interleaved_medians, machine, versions_line, write_section
 from torch import nn
 
 import prunekit as pk
 from prunekit._io import write_json
-from prunekit.measure import count_macs, count_params, measure_latency
+from prunekit.measure import count_macs, count_params
 from prunekit.zoo.sources import ZooModel
 
 
@@ -123,19 +123,12 @@ def reach_macs(dense: nn.Module, inputs: torch.Tensor, fraction: float, *, ignor
 
 def time_variants(variants: list[tuple[str, float | None, nn.Module]], inputs: torch.Tensor, *,
                   batch: int, threads: int, runs: int, rounds: int) -> list[list[float]]:
-    """Per variant, the median latency of each round; rounds interleave the variants.
-
-    Interleaving (dense, 1/2, 1/3, dense, ...) spreads a shared machine's slow spells over
-    all networks instead of charging them to whichever ran at the time.
-    """
+    """Per variant, the median latency of each round; rounds interleave the variants."""
     x = inputs.expand(batch, *inputs.shape[1:]).contiguous()  # (batch, C, H, W)
-    per_round = max(1, runs // rounds)
-    medians: list[list[float]] = [[] for _ in variants]
-    for _ in range(rounds):
-        for i, (_, _, model) in enumerate(variants):
-            stats = measure_latency(model, x, threads=threads, warmup=2, runs=per_round)
-            medians[i].append(stats.median_ms)
-    return medians
+    nets = {i: model for i, (_, _, model) in enumerate(variants)}
+    medians = interleaved_medians(nets, x, threads=threads, warmup=2,
+                                  runs=max(1, runs // rounds), rounds=rounds)
+    return [medians[i] for i in nets]
 
 
 def bench_model(name: str, args: argparse.Namespace) -> list[Row]:

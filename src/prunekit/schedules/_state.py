@@ -93,7 +93,8 @@ def snapshot(model: nn.Module) -> Snapshot:
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     modules = dict(model.named_modules())
     sizes = {name: _plain_attrs(m) for name, m in modules.items()}
-    configs = {name: _plain_attrs(_config_of(m)) for name, m in modules.items() if _config_of(m)}
+    found = {name: _config_of(m) for name, m in modules.items()}
+    configs = {name: _plain_attrs(c) for name, c in found.items() if c is not None}
     return Snapshot(state, masks_of(model), sizes, configs)
 
 
@@ -101,9 +102,13 @@ def _restore_shapes(model: nn.Module, snap: Snapshot) -> None:
     """Give tensors whose shape changed since ``snap`` (a structural cut) their old shapes,
     and modules (and their configs) their old size attributes.
 
-    Tensors shared by several modules (tied weights) stay shared.
+    Tensors shared by several modules (tied weights) stay shared, and every module whose
+    tensors changed gets the surgery's post-cut hook (RNN flat weights), as after a cut.
     """
+    from ..surgery.surgeons import finalize
+
     modules = dict(model.named_modules())
+    touched: list[nn.Module] = []
     current = model.state_dict(keep_vars=True)
     swapped: dict[int, torch.Tensor] = {}
     for name, old in snap.state.items():
@@ -118,11 +123,14 @@ def _restore_shapes(model: nn.Module, snap: Snapshot) -> None:
                                 if isinstance(now, nn.Parameter) else data)
         table = owner._parameters if local in owner._parameters else owner._buffers
         table[local] = swapped[id(now)]
+        touched.append(owner)
     targets = [(modules.get(n), attrs) for n, attrs in snap.sizes.items()]
     targets += [(_config_of(modules[n]), attrs) for n, attrs in snap.configs.items()]
     for target, attrs in targets:
         for attr, value in attrs.items() if target is not None else ():
             setattr(target, attr, value)
+    for module in dict.fromkeys(touched):
+        finalize(module)
 
 
 def restore(model: nn.Module, snap: Snapshot, *, keep_masks: bool = False) -> None:
