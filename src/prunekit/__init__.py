@@ -11,6 +11,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .export import load_pruned as load_pruned
+from .export import save_pruned as save_pruned
 from .importance import list_criteria as list_criteria
 from .importance import register_criterion as register_criterion
 from .mask import bake as bake
@@ -20,13 +22,11 @@ from .schedules import make_schedule as make_schedule
 from .sparsify import list_granularities as list_granularities
 from .sparsify import sparsify as sparsify
 from .sparsify import sparsity_of as sparsity_of
-from .structured import VerifyResult as VerifyResult
 from .structured import apply as apply
 from .structured import inspect_model as inspect_model
-from .structured import load_pruned as load_pruned
 from .structured import plan as plan
 from .structured import prune as prune
-from .structured import save_pruned as save_pruned
 from .structured import trace as trace
-from .structured import verify as verify
 from .surgery import Plan as Plan
+from .verify import VerifyResult as VerifyResult
+from .verify import verify as verify

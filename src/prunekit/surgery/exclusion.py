@@ -1,0 +1,117 @@
+"""The dry-run exclusion loop of structured planning.
+
+A plan is run on a weightless copy of the model; groups whose cut breaks the forward pass
+(sizes baked into the code, or read from another tensor's shape) are found by bisection and
+left out, together with their analogues in repeated blocks.
+"""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from ..graph import Graph, Group
+from .build import build_plan
+from .dryrun import DryRunner, find_failing
+from .plan import Plan
+
+
+def _runner(graph: Graph):
+    runner = getattr(graph, "_dry_runner", None)
+    if runner is None:
+        runner = DryRunner(graph.model, graph.example_inputs, graph.output_shapes,
+                           real_seconds=graph.trace_seconds)
+        graph._dry_runner = runner
+    return runner
+
+
+def _signature(graph: Graph, g: Group) -> tuple:
+    """A group's structure with layer indices blanked: repeated blocks share signatures."""
+    blank = re.compile(r"(^|\.)\d+(?=\.)")
+    label = g.name.partition("[")[2]
+    return (label, *sorted(blank.sub(r"\1#", f"{m.name}:{m.dim}") for m in g.members))
+
+
+def _analogues(graph: Graph, groups: list[Group], bad: dict[int, str],
+               excluded: dict[int, str], where: str | None) -> dict[int, str]:
+    """Groups like the failing ones: the same structure in another layer, or a size spelled
+    out by the same operator in another module of the same class."""
+    failing = {_signature(graph, graph.groups[gid]): graph.groups[gid].name for gid in bad}
+    code = {(*key, _category(graph.groups[gid])): graph.groups[gid].name for gid in bad
+            for key in _literal_sites(graph, graph.groups[gid], where)}
+    out = {}
+    for g in groups:
+        if g.id in excluded or g.id in bad:
+            continue
+        name = failing.get(_signature(graph, g)) or next(
+            (code[(*k, _category(g))] for k in _literal_sites(graph, g, None)
+             if (*k, _category(g)) in code), None)
+        if name is not None:
+            out[g.id] = f"same code as {name}, which fails: {bad[_id(graph, name)]}"
+    return out
+
+
+def _category(g: Group) -> str:
+    """What part of its dimension a group is: whole, slice, outer or inner factor, other."""
+    label = g.name.partition("[")[2]
+    if not label:
+        return "whole"
+    if ":" in label:
+        return "slice"
+    if label.startswith("part"):
+        return "part"
+    return "inner" if "/" in label else "outer"
+
+
+def _literal_sites(graph: Graph, g: Group, where: str | None) -> set[tuple[str, str]]:
+    """(operator, module class) of the places that spell out the group's size (inside
+    ``where`` when given); containers and the model itself are too generic to count."""
+    out = set()
+    for reason in g.literal:
+        match = re.search(r"\((\w+) in (\S*)\)$", reason)
+        if match is None or match.group(2) == "<model>":
+            continue
+        path = match.group(2)
+        if where is not None and not _inside(path, where):
+            continue
+        module = graph.model.get_submodule(path)
+        if type(module) not in (nn.Sequential, nn.ModuleList, nn.ModuleDict):
+            out.add((match.group(1), type(module).__qualname__))
+    return out
+
+
+def _id(graph: Graph, name: str) -> int:
+    return next(g.id for g in graph.groups if g.name == name)
+
+
+def _literal_module(reason: str) -> str | None:
+    """The module named in a "size written in the code (op in module)" reason."""
+    match = re.search(r" in (\S*)\)$", reason)
+    return None if match is None else ("" if match.group(1) == "<model>" else match.group(1))
+
+
+def _inside(path: str | None, where: str) -> bool:
+    return path is not None and (path == where or path.startswith(where + ".") or not where)
+
+
+def _failing_groups(graph, runner, result: Plan, kept) -> tuple[dict[int, str], str | None]:
+    if not kept or runner.error(result) is None:
+        return {}, None
+    ids = sorted(kept)
+
+    def fails(sub: list[int]) -> str | None:
+        return runner.error(build_plan(graph, {g: kept[g] for g in sub}))
+
+    where = runner.last_module
+    if where is not None:  # suspects: groups whose size the failing module spells out
+        suspects = [i for i in ids if any(_inside(_literal_module(r), where)
+                                          for r in graph.groups[i].literal)]
+        msg = fails(suspects) if suspects else None
+        if msg:
+            found = {suspects[0]: msg} if len(suspects) == 1 else find_failing(suspects, fails)
+            return found, where
+        near = sorted(graph.groups_in_module(where) & set(ids))
+        if near and len(near) < len(ids) and fails(near):
+            return find_failing(near, fails), where
+    return find_failing(ids, fails), where
