@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "num_key_value_heads",
               "num_kv_heads", "n_kv_heads", "n_kv_head", "num_kv")
 INNER_ATTRS = ("all_head_size", "inner_dim", "split_size", "inner_size", "attention_dim",
-               "proj_dim")
+               "proj_dim", "attn_dim")
 # Attributes of container modules that hold the width of their children's layers.
 SIZE_ATTRS = ("intermediate_size", "hidden_size", "embed_dim", "d_model", "hidden_dim",
               "ffn_dim", "d_ff", "n_embd", "n_inner", "dim", "mlp_dim", "intermediate_dim")
