@@ -4,7 +4,7 @@ prunekit against Torch-Pruning (DepGraph). One baseline per model (seed 0) is sh
 every method and seed; every method gets the same fine-tuning budget. Methods:
 
 - ``tp-l2``: Torch-Pruning's pruner with group L2 magnitude importance
-  (``GroupMagnitudeImportance(p=2)``, driven as in ``prunekit.zoo.peers``), the classifier
+  (``GroupMagnitudeImportance(p=2)``, driven as in ``zoolib.peers``), the classifier
   ``fc`` ignored, one uniform ratio bisected until the counted MACs are at most dense / k,
   then fine-tuning with cross-entropy;
 - ``pk-l2``: ``pk.prune(..., target={"macs": 1 - 1/k}, criterion="l2", ignore=[fc])``
@@ -219,7 +219,7 @@ def macs_of(model: nn.Module) -> int:
 
 def tp_cut(base: nn.Module, k: float) -> tuple[nn.Module, dict]:
     """Torch-Pruning at the smallest uniform ratio whose counted MACs are <= dense / k."""
-    from prunekit.zoo.peers import prune_with_torch_pruning
+    from zoolib.peers import prune_with_torch_pruning
 
     cpu = copy.deepcopy(base).cpu().eval()
     goal = macs_of(cpu) / k
@@ -387,7 +387,7 @@ def shapes(model: nn.Module) -> dict[str, list[int]]:
 
 
 def versions() -> str:
-    from prunekit.zoo.peers import torch_pruning_version
+    from zoolib.peers import torch_pruning_version
 
     tp = torch_pruning_version()
     if tp is None:  # on the path without package metadata

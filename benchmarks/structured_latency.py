@@ -32,7 +32,7 @@ from torch import nn
 import prunekit as pk
 from prunekit._io import write_json
 from prunekit.measure import count_macs, count_params
-from prunekit.zoo.sources import ZooModel
+from prunekit.models.catalog import ZooModel
 
 
 def _vit_s_16() -> nn.Module:

@@ -30,11 +30,11 @@ from pathlib import Path
 
 import torch
 from _common import machine
+from zoolib.runner import ZooResult, run_one, select
 
 from prunekit._io import write_json, write_text
 from prunekit._utils import versions
-from prunekit.zoo.runner import ZooResult, run_one, select
-from prunekit.zoo.sources import get_source
+from prunekit.models.catalog import get_source
 
 TOOLS = ("prunekit", "torch-pruning")
 TOOL_TITLES = {"prunekit": "prunekit", "torch-pruning": "Torch-Pruning"}
@@ -211,7 +211,7 @@ def render(results: list[ZooResult], meta: dict) -> str:
         "- Torch-Pruning (DepGraph, `BasePruner`, group L2 magnitude importance) passes when "
         "its prune completes, removes something, and the pruned model runs with every output "
         "tensor of the original's shape. It has no functional check and no portable plan. The "
-        "adapter (`prunekit.zoo.peers`) sets `num_heads`, the custom pruners and the attribute "
+        "adapter (`zoolib.peers`) sets `num_heads`, the custom pruners and the attribute "
         "fix-ups its own examples use; it does not rewrite models' forward code (its timm ViT "
         "example replaces `Attention.forward`), so models that need such a rewrite fail.",
         "- Every output tensor counts, for both tools: a model returning hidden states beside "

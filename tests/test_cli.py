@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-import prunekit.pipeline
-from prunekit.cli import main
-from prunekit.pipeline import RunResult
-from prunekit.recipe import load_recipe
+import prunekit.run.pipeline
+from prunekit.run.cli import main
+from prunekit.run.pipeline import RunResult
+from prunekit.run.recipe import load_recipe
 
 FAKE_METRICS = {
     "dense": {"accuracy": 0.98, "sparsity": 0.0, "size_bytes": 200_000},
@@ -25,7 +25,7 @@ def calls(monkeypatch, tmp_path):
         seen.append({"recipe": recipe, "out_dir": Path(out_dir), "quiet": quiet})
         return RunResult(Path(out_dir), FAKE_METRICS, [], {}, 1.5)
 
-    monkeypatch.setattr(prunekit.pipeline, "run", fake_run)
+    monkeypatch.setattr(prunekit.run.pipeline, "run", fake_run)
     monkeypatch.chdir(tmp_path)
     return seen
 
@@ -103,7 +103,7 @@ def test_console_script_module_bad_recipe_has_no_traceback(tmp_path):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("train:\n  epochs: many\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "prunekit.cli", "run", str(recipe)],
+        [sys.executable, "-m", "prunekit.run.cli", "run", str(recipe)],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )
     assert proc.returncode == 2
@@ -132,7 +132,7 @@ def test_missing_subcommand_is_a_usage_error(capsys):
 
 
 def test_inspect_reports_groups_and_bad_sources_exit_2(capsys):
-    from prunekit.cli import main
+    from prunekit.run.cli import main
 
     assert main(["inspect", "lenet5"]) == 0
     out = capsys.readouterr().out
@@ -142,7 +142,7 @@ def test_inspect_reports_groups_and_bad_sources_exit_2(capsys):
 
 
 def test_summary_of_a_structured_sweep_shows_parameters_and_points():
-    from prunekit.cli import _summary
+    from prunekit.run.cli import _summary
 
     metrics = {
         "dense": {"accuracy": 0.9, "sparsity": 0.0, "size_bytes": 400_000, "params": 100_000},

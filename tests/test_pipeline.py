@@ -6,13 +6,13 @@ import torch
 from safetensors.torch import load_file
 
 import prunekit._io
-import prunekit._stages
-import prunekit.pipeline
+import prunekit.run.pipeline
+import prunekit.run.stages
 from prunekit.errors import ConfigError
 from prunekit.measure import load_sparse
-from prunekit.pipeline import OUTPUT_FILES, run
-from prunekit.recipe import load_recipe, parse_recipe
-from prunekit.report import SWEEP_CHARTS
+from prunekit.run.pipeline import OUTPUT_FILES, run
+from prunekit.run.recipe import load_recipe, parse_recipe
+from prunekit.run.report import SWEEP_CHARTS
 
 # What a one-shot, unstructured run without a sweep writes.
 MASK_RUN_FILES = tuple(n for n in OUTPUT_FILES if n not in ("plan.json", *SWEEP_CHARTS.values()))
@@ -100,8 +100,8 @@ def test_report_has_the_tables_and_the_chart(finished):
 
 def test_checkpoint_reuses_the_baseline_and_repeats_the_run(finished, tmp_path, monkeypatch):
     calls = []
-    original = prunekit._stages.train
-    monkeypatch.setattr(prunekit._stages, "train", lambda *a, **k: calls.append(k["desc"])
+    original = prunekit.run.stages.train
+    monkeypatch.setattr(prunekit.run.stages, "train", lambda *a, **k: calls.append(k["desc"])
                         or original(*a, **k))
     checkpoint = str(finished.out_dir / "dense.safetensors")
     again = run(parse_recipe(tiny(model={"checkpoint": checkpoint})), out_dir=tmp_path, quiet=True)
@@ -127,7 +127,7 @@ def test_prune_settings_that_do_not_fit_fail_before_training(tmp_path, monkeypat
     def no_training(*args, **kwargs):
         raise AssertionError("trained before checking the prune settings")
 
-    monkeypatch.setattr(prunekit._stages, "train", no_training)
+    monkeypatch.setattr(prunekit.run.stages, "train", no_training)
     (tmp_path / "metrics.json").write_text("{}")  # an earlier run's, kept on a rejected recipe
     recipe = parse_recipe(tiny(prune={"exclude": ["classifier"]}))
     with pytest.raises(ConfigError, match="exclude pattern 'classifier' matches no"):
@@ -224,7 +224,7 @@ def test_iterative_floor_undoes_the_round_below_it_on_the_validation_split(tmp_p
         splits.append(split)
         return next(scores)
 
-    monkeypatch.setattr(prunekit._stages.Context, "accuracy", accuracy)
+    monkeypatch.setattr(prunekit.run.stages.Context, "accuracy", accuracy)
     result = run_quick(tmp_path, prune={"sparsity": 0.9}, data={"val_fraction": 0.2},
                        schedule={"kind": "iterative", "rounds": 3, "floor": 0.5})
     rounds = result.metrics["run"]["rounds"]
@@ -242,7 +242,7 @@ def test_structured_floor_puts_the_channels_of_the_undone_round_back(tmp_path, m
     from prunekit.models import build_model
 
     scores = iter([0.9, 0.8, 0.4])  # the second cut falls below the floor
-    monkeypatch.setattr(prunekit._stages.Context, "accuracy", lambda *a: next(scores))
+    monkeypatch.setattr(prunekit.run.stages.Context, "accuracy", lambda *a: next(scores))
     result = run_quick(tmp_path, prune={"sparsity": None, "granularity": "channel",
                                         "ratio": 0.6},
                        data={"val_fraction": 0.2},
@@ -260,8 +260,8 @@ def test_structured_floor_puts_the_channels_of_the_undone_round_back(tmp_path, m
 
 def test_lottery_replays_the_baseline_and_reaches_the_target(tmp_path, monkeypatch):
     calls = []
-    original = prunekit._stages.train
-    monkeypatch.setattr(prunekit._stages, "train", lambda *a, **k: calls.append(k["desc"])
+    original = prunekit.run.stages.train
+    monkeypatch.setattr(prunekit.run.stages, "train", lambda *a, **k: calls.append(k["desc"])
                         or original(*a, **k))
     result = run_quick(tmp_path, prune={"sparsity": 0.75, "scope": "layer"},
                        schedule={"kind": "lottery", "rate": 0.5, "rewind": 5})
@@ -275,7 +275,7 @@ def test_lottery_replays_the_baseline_and_reaches_the_target(tmp_path, monkeypat
 
 
 def test_lottery_rewind_past_the_baseline_fails_before_training(tmp_path, monkeypatch):
-    monkeypatch.setattr(prunekit._stages, "train", no_training)
+    monkeypatch.setattr(prunekit.run.stages, "train", no_training)
     with pytest.raises(ConfigError, match="schedule.rewind is step 500 but the baseline trains"):
         run_quick(tmp_path, prune={"sparsity": 0.75},
                   schedule={"kind": "lottery", "rewind": 500})
@@ -351,8 +351,8 @@ def test_structured_iterative_cuts_compose_into_one_plan(tmp_path):
 def test_slimming_penalty_joins_baseline_training_or_its_own_phase(tmp_path, monkeypatch,
                                                                    epochs):
     seen = {}
-    original = prunekit._stages.train
-    monkeypatch.setattr(prunekit._stages, "train", lambda *a, **k: seen.update(
+    original = prunekit.run.stages.train
+    monkeypatch.setattr(prunekit.run.stages, "train", lambda *a, **k: seen.update(
         {k["desc"]: k["loss_fn"]}) or original(*a, **k))
     result = run_quick(
         tmp_path,
@@ -380,7 +380,7 @@ def test_sweep_writes_one_point_per_value_and_the_charts(tmp_path):
     for p in points:
         folder = tmp_path / p["folder"]
         assert sorted(f.name for f in folder.iterdir()) == sorted(
-            n for n in prunekit.pipeline.POINT_FILES if n != "plan.json")
+            n for n in prunekit.run.pipeline.POINT_FILES if n != "plan.json")
         assert json.loads((folder / "metrics.json").read_text())["pruned"] == p["pruned"]
     state = load_file(tmp_path / "pruned.safetensors")
     assert torch.equal(state["fc1.weight"],
@@ -430,7 +430,7 @@ def no_training(*args, **kwargs):
 )
 def test_recipes_that_do_not_fit_the_model_fail_before_training(tmp_path, monkeypatch,
                                                                  sections, expected):
-    monkeypatch.setattr(prunekit._stages, "train", no_training)
+    monkeypatch.setattr(prunekit.run.stages, "train", no_training)
     (tmp_path / "metrics.json").write_text("{}")  # an earlier run's, kept on a rejected recipe
     with pytest.raises(ConfigError, match=expected):
         run_quick(tmp_path, **sections)

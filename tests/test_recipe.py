@@ -1,7 +1,7 @@
 import pytest
 
 from prunekit.errors import ConfigError
-from prunekit.recipe import Recipe, dump_recipe, list_recipes, load_recipe, parse_recipe
+from prunekit.run.recipe import Recipe, dump_recipe, list_recipes, load_recipe, parse_recipe
 
 
 def error_of(data: dict) -> str:
@@ -207,8 +207,8 @@ def test_defaults_are_one_shot_without_recovery_penalty_or_sweep():
 
 
 def test_schedule_kinds_match_the_pipeline_runners():
-    from prunekit._stages import CUTS, RUNNERS
-    from prunekit.recipe import SCHEDULE_KINDS, PruneConfig
+    from prunekit.run.recipe import SCHEDULE_KINDS, PruneConfig
+    from prunekit.run.stages import CUTS, RUNNERS
 
     assert sorted(SCHEDULE_KINDS) == RUNNERS.names()
     granularities = PruneConfig.model_fields["granularity"].annotation.__args__

@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 import prunekit
-import prunekit._stages
-import prunekit.pipeline
-from prunekit.recipe import SCHEDULE_KINDS, list_recipes, load_recipe, parse_recipe
+import prunekit.run.pipeline
+import prunekit.run.stages
+from prunekit.run.recipe import SCHEDULE_KINDS, list_recipes, load_recipe, parse_recipe
 
 TOP = Path(__file__).resolve().parents[1] / "recipes"
 PACKAGED = Path(prunekit.__file__).parent / "recipes"
@@ -64,15 +64,15 @@ def on_digits(name: str, **overrides) -> dict:
 def test_each_fashion_recipe_fits_its_model(name, tmp_path):
     """The model-dependent checks (patterns, penalty groups, batch norms) pass, on digits."""
     recipe = parse_recipe(on_digits(name))
-    ctx = prunekit.pipeline._context(recipe, tmp_path, quiet=True)
-    model = prunekit.pipeline._build(ctx)
-    prunekit._stages.preflight(model, ctx, ctx.splits.train.tensors[0][:8])
+    ctx = prunekit.run.pipeline._context(recipe, tmp_path, quiet=True)
+    model = prunekit.run.pipeline._build(ctx)
+    prunekit.run.stages.preflight(model, ctx, ctx.splits.train.tensors[0][:8])
 
 
 @pytest.mark.parametrize("name", FASHION)
 def test_each_fashion_recipe_runs_on_digits(name, tmp_path):
     recipe = parse_recipe(on_digits(name))
-    result = prunekit.pipeline.run(recipe, out_dir=tmp_path, quiet=True)
+    result = prunekit.run.pipeline.run(recipe, out_dir=tmp_path, quiet=True)
     pruned = result.metrics["pruned"]
     if recipe.prune.structured:
         assert pruned["params"] < result.metrics["dense"]["params"]

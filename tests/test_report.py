@@ -1,6 +1,6 @@
 import pytest
 
-from prunekit.report import plot_layer_sparsity, plot_schedule, plot_sweep, render_report
+from prunekit.run.report import plot_layer_sparsity, plot_schedule, plot_sweep, render_report
 
 DENSE = {
     "accuracy": 0.9800,

@@ -9,8 +9,7 @@ Example:
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__ as __version__
 from .export import load_pruned as load_pruned
 from .export import save_pruned as save_pruned
 from .importance import list_criteria as list_criteria

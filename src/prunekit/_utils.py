@@ -10,6 +10,8 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from ._version import __version__
+
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and PyTorch; return a torch Generator seeded the same way."""
@@ -38,8 +40,6 @@ def match_any(name: str, patterns: Iterable[str]) -> bool:
 
 def versions() -> dict[str, str]:
     """Versions of Python, prunekit and its main dependencies, for run records."""
-    from . import __version__
-
     out = {
         "python": platform.python_version(),
         "prunekit": __version__,

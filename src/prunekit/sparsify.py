@@ -15,11 +15,11 @@ from torch import nn
 
 from . import mask as _mask
 from ._registry import Registry
-from ._targets import Target, find_targets
 from ._utils import match_any
 from .allocation import Rule, nm_keep, parse_pattern, select
 from .errors import ConfigError
 from .importance import collect_stats, get_criterion
+from .mask.targets import Target, find_targets
 
 
 class Granularity:
@@ -80,7 +80,7 @@ def sparsify(
     std_k: float | None = None,
     pattern: str | None = None,
     criterion: str = "magnitude",
-    scope: str = "layer",
+    scope: str | None = None,
     granularity: str = "weight",
     exclude: Sequence[str] = (),
     protect_output: bool = False,
@@ -103,8 +103,10 @@ def sparsify(
             MultiheadAttention weights are prunable. Biases and normalization
             parameters are left alone (except the bias of a pruned neuron).
         criterion: a name from :func:`list_criteria`.
-        scope: ``"layer"`` (each layer on its own), ``"global"`` (one ranking) or
-            ``"lamp"`` (global over LAMP-normalized scores).
+        scope: ``"layer"`` (each layer on its own), ``"global"`` (one ranking),
+            ``"lamp"`` (global over LAMP-normalized scores) or ``"row"`` (each output
+            row on its own, as Wanda compares). Default: the criterion's own scope
+            (``"row"`` for ``wanda``), else ``"layer"``.
         granularity: ``"weight"`` or ``"neuron"`` (whole rows / filters).
         exclude: module or parameter name patterns to leave dense (``"fc"``,
             ``"re:layer[0-9]+\\.conv1"``); a pattern that matches nothing is an error.
@@ -125,7 +127,9 @@ def sparsify(
     """
     rule, nm = _parse_rule(sparsity, threshold, percentile, std_k, pattern)
     crit = get_criterion(criterion)
-    select({}, rule, scope=scope) if rule else None  # validates the scope name early
+    scope = scope or crit.scope or "layer"
+    if rule and scope != ROW_SCOPE:
+        select({}, rule, scope=scope)  # validates the scope name early
     gran = _GRANULARITIES.get(granularity)
     if nm and granularity != "weight":
         raise ConfigError("an N:M pattern works on single weights; use granularity='weight'")
@@ -145,11 +149,35 @@ def sparsify(
     if nm:
         keep = {t.name: nm_keep(scores[t.name], *nm, dim=t.spec.in_dim) for t in targets}
     else:
-        units = {t.name: gran.unit_scores(scores[t.name], t) for t in targets}
-        pruned = select(units, rule, scope=scope)
-        keep = {t.name: ~gran.expand(pruned[t.name], t) for t in targets}
+        keep = _keep(targets, scores, rule, scope, gran, granularity)
     _attach(targets, keep, neurons=granularity == "neuron")
     return {t.name: _zero_fraction(t.weight) for t in targets}
+
+
+ROW_SCOPE = "row"
+
+
+def _keep(targets, scores, rule, scope, gran, granularity) -> dict[str, torch.Tensor]:
+    if scope == ROW_SCOPE:
+        if granularity != "weight":
+            raise ConfigError("scope='row' ranks single weights; use granularity='weight'")
+        return {t.name: ~_row_prune(scores[t.name], rule, t.spec.out_dim) for t in targets}
+    units = {t.name: gran.unit_scores(scores[t.name], t) for t in targets}
+    pruned = select(units, rule, scope=scope)
+    return {t.name: ~gran.expand(pruned[t.name], t) for t in targets}
+
+
+def _row_prune(scores: torch.Tensor, rule: Rule, out_dim: int) -> torch.Tensor:
+    """The rule applied to each output row on its own (Wanda's comparison group)."""
+    rows = scores.movedim(out_dim, 0).flatten(1)  # (out, rest)
+    if rule.kind == "sparsity":  # vectorized: the k lowest of every row
+        k = int(round(rule.value * rows.shape[1]))
+        order = torch.argsort(rows, dim=1, stable=True)
+        pruned = torch.zeros_like(rows, dtype=torch.bool).scatter_(1, order[:, :k], True)
+        pruned |= torch.isneginf(rows)
+    else:
+        pruned = torch.stack([rule.prune(r) for r in rows]) if rows.numel() else rows.bool()
+    return pruned.reshape(scores.movedim(out_dim, 0).shape).movedim(0, out_dim)
 
 
 def sparsity_of(model: nn.Module) -> float:

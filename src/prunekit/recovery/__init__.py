@@ -20,6 +20,8 @@ from .bn import recalibrate_bn as recalibrate_bn
 from .distill import Distiller as Distiller
 from .distill import distill_train as distill_train
 from .distill import distillation_loss as distillation_loss
+from .penalty import SparsityPenalty as SparsityPenalty
+from .penalty import list_penalties as list_penalties
 from .reconstruct import reconstruct as reconstruct
 from .train import init_distributed as init_distributed
 from .train import is_main_process as is_main_process

@@ -1,5 +1,6 @@
 """When to cut: sparsity schedules, a pruner for your training loop, iterative rounds,
-dynamic network surgery, lottery tickets, and sparsity penalties for sparse training.
+dynamic network surgery and lottery tickets (sparse training penalties live in
+:mod:`prunekit.recovery.penalty`).
 
 Example:
     >>> from prunekit.schedules import Pruner, make_schedule
@@ -18,15 +19,13 @@ from .curves import Steps as Steps
 from .curves import list_schedules as list_schedules
 from .curves import make_schedule as make_schedule
 from .curves import register_schedule as register_schedule
+from .dns import Surgery as Surgery
 from .iterative import Round as Round
 from .iterative import lottery_ticket as lottery_ticket
 from .iterative import prune_iteratively as prune_iteratively
-from .penalty import SparsityPenalty as SparsityPenalty
-from .penalty import list_penalties as list_penalties
 from .pruner import MaskPruning as MaskPruning
 from .pruner import PruneMethod as PruneMethod
 from .pruner import Pruner as Pruner
-from .surgery import Surgery as Surgery
 
 __all__ = [
     "AGP",
@@ -37,11 +36,9 @@ __all__ = [
     "PruneMethod",
     "Pruner",
     "Round",
-    "SparsityPenalty",
     "Schedule",
     "Steps",
     "Surgery",
-    "list_penalties",
     "list_schedules",
     "lottery_ticket",
     "make_schedule",

@@ -12,8 +12,8 @@ from typing import Any
 
 from torch import nn
 
-from .._targets import find_targets
 from ..errors import ConfigError
+from ..mask.targets import find_targets
 from ._state import restore, snapshot, unwrap, zero_fraction
 from .curves import Geometric, Schedule
 from .pruner import MaskPruning, PruneMethod

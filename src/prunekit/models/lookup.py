@@ -20,13 +20,13 @@ def resolve_model(spec: str, *, input_shape: tuple[int, ...] = (1, 28, 28),
         >>> model, inputs = resolve_model("torchvision:resnet18")
     """
     if ":" not in spec:
-        from ..models import build_model
+        from .reference import build_model
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = build_model(spec, input_shape=input_shape, num_classes=num_classes)
         return model.eval(), torch.randn(1, *input_shape)
-    from .sources import get_source, list_sources
+    from .catalog import get_source, list_sources
 
     source, name = spec.split(":", 1)
     if source not in list_sources():

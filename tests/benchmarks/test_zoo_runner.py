@@ -9,10 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
-
-from prunekit._io import save_safetensors
-from prunekit.errors import ConfigError
-from prunekit.zoo.runner import (
+from zoolib.runner import (
     CheckFailed,
     ZooResult,
     check_close,
@@ -26,7 +23,10 @@ from prunekit.zoo.runner import (
     select,
     untied_state_dict,
 )
-from prunekit.zoo.sources import CharLM, ZooModel, get_source
+
+from prunekit._io import save_safetensors
+from prunekit.errors import ConfigError
+from prunekit.models.catalog import CharLM, ZooModel, get_source
 
 
 def _tokens(gen: torch.Generator) -> torch.Tensor:
@@ -102,7 +102,7 @@ def test_describe_names_a_bare_assertion_by_its_place():
         bare()
     except AssertionError as exc:
         text = describe(exc)
-    assert text.startswith("AssertionError at zoo/test_zoo_runner.py:")
+    assert text.startswith("AssertionError at benchmarks/test_zoo_runner.py:")
     assert text.endswith("(raise AssertionError)")
     assert describe(ValueError("first\nsecond")) == "ValueError: first"
 

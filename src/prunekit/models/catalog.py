@@ -7,7 +7,7 @@ returns its list of :class:`ZooModel`; the libraries are imported only when a so
 listed or a model is built.
 
 Example:
-    >>> from prunekit.zoo.sources import call_model, get_source
+    >>> from prunekit.models.catalog import call_model, get_source
     >>> lm = next(m for m in get_source("rnn") if m.name == "char_lm")
     >>> model, inputs = lm.create(), lm.example_inputs()
     >>> call_model(model, inputs).shape

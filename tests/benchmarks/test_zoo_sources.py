@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import ConfigError
-from prunekit.zoo.sources import (
+from prunekit.models.catalog import (
     CharLM,
     call_model,
     get_source,

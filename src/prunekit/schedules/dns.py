@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from .. import mask as _mask
-from .._targets import Target
 from ..errors import ConfigError
+from ..mask.targets import Target
 from ._state import broadcast_masks, set_masks, unwrap
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from prunekit.errors import ConfigError
 from prunekit.recovery import train
-from prunekit.schedules.penalty import SparsityPenalty, list_penalties
+from prunekit.recovery.penalty import SparsityPenalty, list_penalties
 
 
 def convnet() -> nn.Module:

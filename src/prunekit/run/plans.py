@@ -19,9 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._targets import find_targets
-from .surgery import Plan
-from .surgery.plan import GroupCut, TensorCut
+from ..mask.targets import find_targets
+from ..structured import trace
+from ..surgery import Plan
+from ..surgery.plan import GroupCut, TensorCut
+from ..surgery.surgeons import input_dims
 
 __all__ = ["classifier_feeders", "compose", "out_index"]
 
@@ -101,8 +103,6 @@ def classifier_feeders(model: nn.Module, example_inputs: torch.Tensor) -> list[s
     are cut together with the layers that produce them (for a ResNet, every layer of the
     last stage's residual stream), so those are what must be ignored.
     """
-    from .structured import trace
-    from .surgery.surgeons import input_dims
 
     head = find_targets(model)[-1].module_name
     graph = trace(model, example_inputs)

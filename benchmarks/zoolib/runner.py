@@ -32,10 +32,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._io import save_safetensors, write_json
-from .._registry import Registry
-from ..errors import ConfigError
-from .sources import Inputs, ZooModel, call_model, get_source, output_tensors
+from prunekit._io import save_safetensors, write_json
+from prunekit._registry import Registry
+from prunekit.errors import ConfigError
+from prunekit.models.catalog import Inputs, ZooModel, call_model, get_source, output_tensors
 
 
 @dataclass

@@ -24,9 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._registry import Registry
+from prunekit._registry import Registry
+from prunekit.models.catalog import Inputs, ZooModel, call_model
+
 from .runner import TOOLS, ZooResult, check_pruned, check_same_shapes, measure, output_shapes
-from .sources import Inputs, ZooModel, call_model
 
 _FUSED_QKV = ("qkv", "to_qkv", "qkv_proj")
 _SPLIT_QKV = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"),

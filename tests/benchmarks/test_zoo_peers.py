@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
-from prunekit.zoo.peers import (
+from zoolib.peers import (
     AttentionSite,
     _fix_fused,
     _fix_split,
     attention_sites,
     pruner_options,
 )
-from prunekit.zoo.runner import run_one
-from prunekit.zoo.sources import ZooModel
+from zoolib.runner import run_one
+
+from prunekit.models.catalog import ZooModel
 
 
 class FusedAttention(nn.Module):  # timm style

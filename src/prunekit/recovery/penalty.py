@@ -19,9 +19,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .._registry import Registry
-from .._targets import find_targets
 from .._utils import match_any
 from ..errors import ConfigError
+from ..mask.targets import find_targets
 
 GroupsFn = Callable[[nn.Module, Sequence[str]], list[torch.Tensor]]
 _PENALTIES: Registry[GroupsFn] = Registry("penalty")

@@ -5,7 +5,7 @@ channels with :func:`prunekit.prune`), its ``schedule`` section a *runner* that 
 when the cut happens, and its ``recovery`` section the *repairs* made right after a
 cut and the loss of fine-tuning. Each is looked up by name in a small registry, so a
 new schedule kind is one registered function here plus its section in
-:mod:`prunekit.recipe`. Everything calls the library; nothing here is an algorithm.
+:mod:`prunekit.run.recipe`. Everything calls the library; nothing here is an algorithm.
 
 Example:
     >>> outcome = prune_and_recover(model, Job(ctx, recipe.prune, teacher=dense, ...))
@@ -26,12 +26,28 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ._registry import Registry
-from ._utils import versions
-from .data import Splits, make_loader
-from .errors import ConfigError
+from .._registry import Registry
+from .._utils import versions
+from ..data import Splits, make_loader
+from ..errors import ConfigError
+from ..mask import bake, remove_mask
+from ..measure import count_macs, count_params
+from ..recovery import Distiller, predict, recalibrate_bn, reconstruct, train
+from ..recovery.penalty import SparsityPenalty
+from ..schedules import (
+    Geometric,
+    MaskPruning,
+    OneShot,
+    Pruner,
+    Steps,
+    Surgery,
+    lottery_ticket,
+    make_schedule,
+    prune_iteratively,
+)
+from ..sparsify import sparsify, sparsity_of
+from .plans import classifier_feeders, compose, out_index
 from .recipe import PruneConfig, Recipe
-from .recovery import predict, train
 
 __all__ = [
     "CUTS",
@@ -117,7 +133,6 @@ def train_phase(
 
 def penalty_loss(model: nn.Module, recipe: Recipe) -> Callable | None:
     """The recipe's sparsity penalty as a ``loss_fn`` (cross-entropy plus the penalty)."""
-    from .schedules import SparsityPenalty
 
     p = recipe.penalty
     if p is None:
@@ -249,14 +264,12 @@ class MaskCut:
         self.before: nn.Module | None = None
 
     def __call__(self, model: nn.Module, amount: float) -> None:
-        from .schedules import MaskPruning
 
         self._keep(model)
         MaskPruning(**self.options)(model, amount)
         self.log.append(self.measure(model))
 
     def once(self, model: nn.Module) -> None:
-        from .sparsify import sparsify
 
         self._keep(model)
         key, value = self.prune.amount
@@ -264,12 +277,10 @@ class MaskCut:
         self.log.append(self.measure(model))
 
     def measure(self, model: nn.Module) -> float:
-        from .sparsify import sparsity_of
 
         return sparsity_of(model)
 
     def finish(self, model: nn.Module) -> None:
-        from .mask import bake
 
         bake(model)
 
@@ -291,7 +302,6 @@ class ChannelCut:
     quantity = "params removed"
 
     def __init__(self, model: nn.Module, job: Job, *, keep_before: bool = False) -> None:
-        from ._plans import classifier_feeders
 
         p, ctx = job.prune, job.ctx
         self.key, self.final = p.amount
@@ -321,7 +331,6 @@ class ChannelCut:
     def __call__(self, model: nn.Module, amount: float) -> None:
         import prunekit as pk
 
-        from ._plans import compose
 
         self._earlier.append((self.plan, self.last, self.done))
         before = copy.deepcopy(model)
@@ -350,7 +359,6 @@ class ChannelCut:
         self.log.pop()
 
     def out_index(self, model: nn.Module) -> dict[str, list[int]]:
-        from ._plans import out_index
 
         return out_index(model, self.last)
 
@@ -362,7 +370,6 @@ class ChannelCut:
         return {"target": {self.key: max(0.0, 1.0 - (1.0 - amount) / left)}}
 
     def _cost(self, model: nn.Module) -> dict[str, int]:
-        from .measure import count_macs, count_params
 
         return {"params": count_params(model), "macs": count_macs(model, self.example[:1]).dense}
 
@@ -410,7 +417,6 @@ def _repair(name: str) -> Callable[[Repair], Repair]:
 @_repair("reconstruct")
 def _reconstruct(model: nn.Module, job: Job, cut: Cut, config: Any) -> dict[str, Any]:
     """Least-squares reconstruction of every layer against the model before the cut."""
-    from .recovery import reconstruct
 
     errors = reconstruct(
         model,
@@ -431,7 +437,6 @@ def _reconstruct(model: nn.Module, job: Job, cut: Cut, config: Any) -> dict[str,
 @_repair("bn_recalibration")
 def _recalibrate(model: nn.Module, job: Job, cut: Cut, config: Any) -> dict[str, Any]:
     """Batch-norm statistics recomputed on training batches."""
-    from .recovery import recalibrate_bn
 
     loader = job.ctx.loader("train", train=True)
     return {"layers": recalibrate_bn(model, loader, batches=config.batches, mode=config.mode)}
@@ -451,7 +456,6 @@ def repair(model: nn.Module, job: Job, cut: Cut) -> dict[str, Any]:
 @contextlib.contextmanager
 def _finetune_loss(model: nn.Module, job: Job) -> Iterator[Callable | None]:
     """Distillation from the dense baseline when the recipe asks for it, else plain CE."""
-    from .recovery import Distiller
 
     d = job.recipe.recovery.distill
     if d is None:
@@ -504,7 +508,6 @@ def _trace(curve: Any, steps: int, measured: list, *, unit: str, quantity: str) 
 @RUNNERS.register("oneshot")
 def _oneshot(model: nn.Module, job: Job) -> tuple[Outcome, Cut]:
     """Cut once, repair, fine-tune."""
-    from .schedules import OneShot
 
     cut = make_cut(model, job)
     cut.once(model)
@@ -519,7 +522,6 @@ def _oneshot(model: nn.Module, job: Job) -> tuple[Outcome, Cut]:
 @RUNNERS.register("gradual")
 def _gradual(model: nn.Module, job: Job) -> tuple[Outcome, Cut]:
     """AGP / polynomial during fine-tuning, through :class:`prunekit.Pruner`."""
-    from .schedules import Pruner, make_schedule
 
     s, spe = job.recipe.schedule, job.ctx.steps_per_epoch()
     start = round(s.start * spe)
@@ -555,7 +557,6 @@ def _round_targets(final: float, rounds: int, spacing: str) -> list[float]:
 @RUNNERS.register("iterative")
 def _iterative(model: nn.Module, job: Job) -> tuple[Outcome, Cut]:
     """Rounds of cut, repair, fine-tune via :func:`prunekit.schedules.prune_iteratively`."""
-    from .schedules import Steps, prune_iteratively
 
     s, ctx = job.recipe.schedule, job.ctx
     cut = make_cut(model, job)
@@ -592,7 +593,6 @@ def _lottery(model: nn.Module, job: Job) -> tuple[Outcome, Cut]:
     replayed (the survivors' weights after ``rewind`` steps were kept while training it),
     so every point of a sweep starts from the same ticket search.
     """
-    from .schedules import Geometric, lottery_ticket
 
     s, ctx = job.recipe.schedule, job.ctx
     cut = make_cut(model, job)
@@ -624,7 +624,6 @@ def _lottery(model: nn.Module, job: Job) -> tuple[Outcome, Cut]:
 @RUNNERS.register("surgery")
 def _surgery(model: nn.Module, job: Job) -> tuple[Outcome, Cut]:
     """Dynamic network surgery during fine-tuning, settled at the target, then frozen."""
-    from .schedules import OneShot, Surgery
 
     s, p, ctx = job.recipe.schedule, job.prune, job.ctx
     cut = make_cut(model, job)
@@ -660,7 +659,6 @@ def _surgery(model: nn.Module, job: Job) -> tuple[Outcome, Cut]:
 def _settle(model: nn.Module, surgery: Any, cut: MaskCut) -> None:
     """End the surgery at exactly the target: per layer, keep the largest weights
     (spliced ones included, with the values surgery kept for them), then freeze."""
-    from .mask import remove_mask
 
     shadows = surgery.shadows
     surgery.finish()
@@ -702,7 +700,6 @@ def _try_cut(model: nn.Module, prune: PruneConfig, example: torch.Tensor) -> Non
     """The cut on a copy, with a criterion that needs no data (the name was checked already)."""
     import prunekit as pk
 
-    from ._plans import classifier_feeders
 
     trial = copy.deepcopy(model)
     try:

@@ -1,7 +1,7 @@
 """The ``prunekit`` command: thin wrappers over the library, one function per subcommand.
 
     prunekit run [RECIPE.yaml] [--out DIR] [--quiet] [--data-dir DIR]
-    prunekit zoo --source torchvision|timm|transformers|rnn [--ratio R] [--json FILE]
+    prunekit inspect MODEL [--all]
 
 A user mistake (a bad recipe, missing data) prints one sentence to stderr and exits
 with status 2; anything else is a bug and keeps its traceback.
@@ -14,7 +14,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import PrunekitError
+from .._version import __version__
+from ..errors import PrunekitError
+from ..models.lookup import resolve_model
+from ..structured import inspect_model
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -77,40 +80,6 @@ def _summary(metrics: dict, out: Path, seconds: float) -> str:
     return "\n".join(lines)
 
 
-# --- prunekit zoo -------------------------------------------------------------------
-
-
-def _add_zoo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "zoo",
-        help="structured-prune a family of architectures and verify every cut",
-        description="Trace, prune and verify every architecture of one model source; "
-        "exits with 1 when any model fails.",
-    )
-    p.add_argument("--source", required=True, help="torchvision, timm, transformers or rnn")
-    p.add_argument("--ratio", type=float, default=0.5, help="pruning ratio (default: 0.5)")
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON here")
-    p.add_argument("--names", nargs="+", metavar="NAME", help="only these models (or patterns)")
-    p.add_argument("--tool", default="prunekit", help="prunekit or a peer (torch-pruning)")
-    p.add_argument("--quiet", action="store_true", help="no line per model while running")
-    p.set_defaults(handler=_zoo)
-
-
-def _zoo(args: argparse.Namespace) -> int:
-    from .zoo import format_results, run_zoo
-
-    results = run_zoo(
-        args.source,
-        ratio=args.ratio,
-        names=args.names,
-        json_path=args.json,
-        progress=not args.quiet,
-        tool=args.tool,
-    )
-    print(format_results(results))
-    return 0 if all(r.passed for r in results) else 1
-
-
 # --- prunekit inspect ---------------------------------------------------------------
 
 
@@ -128,8 +97,6 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .structured import inspect_model
-    from .zoo.lookup import resolve_model
 
     model, inputs = resolve_model(args.model)
     print(inspect_model(model, inputs, trivial=args.all))
@@ -138,13 +105,12 @@ def _inspect(args: argparse.Namespace) -> int:
 
 # Each entry adds one subcommand (its parser and its handler).
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_run, _add_zoo, _add_inspect
+    _add_run, _add_inspect
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``prunekit`` command, with every subcommand."""
-    from . import __version__
 
     parser = argparse.ArgumentParser(
         prog="prunekit",

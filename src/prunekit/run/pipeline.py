@@ -5,7 +5,7 @@ depends on the model on throwaway copies (so a recipe that does not fit fails be
 any training); train the baseline (or load ``model.checkpoint``), with the sparsity
 penalty if the recipe has one; evaluate and measure it; then for each point (one, or
 one per value of a ``sweep``), on a copy of the baseline: cut, repair and fine-tune
-as the recipe's schedule says (:mod:`prunekit._stages`), bake the masks, evaluate and
+as the recipe's schedule says (:mod:`prunekit.run.stages`), bake the masks, evaluate and
 measure; save; report.
 
 Every file is written atomically, and ``metrics.json`` (the mark of a finished run)
@@ -16,7 +16,7 @@ is written, so old and new files never mix. A sweep writes each point into
 ``metrics.json`` last); the top-level weights are those of the designated point.
 
 Example:
-    >>> from prunekit.recipe import load_recipe
+    >>> from prunekit.run.recipe import load_recipe
     >>> result = run(load_recipe(), out_dir="runs/quickstart")
     >>> result.metrics["pruned"]["sparsity"] >= 0.8
     True
@@ -36,17 +36,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import _stages
-from ._io import save_safetensors, write_json, write_text
-from ._stages import Context, Job, Outcome
-from ._targets import find_targets
-from ._utils import seed_everything
-from .data import load_dataset
-from .errors import ConfigError
-from .measure import classification_metrics, measure_cost, save_sparse
-from .models import build_model
+from .._io import save_safetensors, write_json, write_text
+from .._utils import seed_everything
+from ..data import load_dataset
+from ..errors import ConfigError
+from ..mask.targets import find_targets
+from ..measure import classification_metrics, measure_cost, save_sparse
+from ..models import build_model
+from ..recovery import predict
+from ..sparsify import sparsity_of
+from . import stages as _stages
 from .recipe import PruneConfig, Recipe, dump_recipe
-from .recovery import predict
 from .report import (
     CHART_NAME,
     SCHEDULE_CHART,
@@ -56,7 +56,7 @@ from .report import (
     plot_sweep,
     render_report,
 )
-from .sparsify import sparsity_of
+from .stages import Context, Job, Outcome
 
 __all__ = ["OUTPUT_FILES", "POINT_FILES", "POINTS_DIR", "RunResult", "layer_table", "run"]
 
@@ -127,7 +127,7 @@ def run(recipe: Recipe, *, out_dir: str | os.PathLike[str], quiet: bool = False)
     """Run a recipe end to end and write its outputs into ``out_dir``.
 
     Args:
-        recipe: a validated recipe (:func:`prunekit.recipe.load_recipe`).
+        recipe: a validated recipe (:func:`prunekit.run.recipe.load_recipe`).
         out_dir: the output folder; created if needed. The files of an earlier run
             there are replaced.
         quiet: no progress bars or progress lines.
@@ -488,7 +488,7 @@ def _file_metadata(ctx: Context, stage: str) -> dict[str, str]:
     """safetensors header metadata: what the weights are."""
     r = ctx.recipe
     return {
-        "prunekit.recipe": r.name,
+        "prunekit.run.recipe": r.name,
         "prunekit.stage": stage,
         "prunekit.model": r.model.name,
         "prunekit.dataset": r.data.name,

@@ -48,7 +48,14 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ConfigError
+from ..data import list_datasets
+from ..errors import ConfigError
+from ..importance import list_criteria
+from ..importance.group import list_group_criteria
+from ..models import list_models
+from ..recovery import list_bn_modes
+from ..recovery.penalty import list_penalties
+from ..recovery.train import list_lr_schedules, list_optimizers
 
 __all__ = [
     "Recipe",
@@ -124,7 +131,6 @@ class DataConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        from .data import list_datasets
 
         return _registry_name("dataset", value, list_datasets())
 
@@ -138,7 +144,6 @@ class ModelConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        from .models import list_models
 
         return _registry_name("model", value, list_models())
 
@@ -156,14 +161,12 @@ class _OptimConfig(_Section):
     @field_validator("optimizer")
     @classmethod
     def _known_optimizer(cls, value: str) -> str:
-        from .recovery.train import list_optimizers
 
         return _registry_name("optimizer", value, list_optimizers())
 
     @field_validator("schedule")
     @classmethod
     def _known_schedule(cls, value: str) -> str:
-        from .recovery.train import list_lr_schedules
 
         return _registry_name("schedule", value, list_lr_schedules())
 
@@ -293,8 +296,6 @@ class PruneConfig(_Section):
         return self
 
     def _check_criterion(self, family: str) -> None:
-        from .importance import list_criteria
-        from .importance.group import list_group_criteria
 
         names = list_group_criteria() if family == "channel" else list_criteria()
         try:
@@ -435,7 +436,7 @@ class LotterySchedule(_Section):
     rewind: Int = Field(0, ge=0)
 
 
-# kind -> section; the pipeline has one runner per kind (prunekit._stages).
+# kind -> section; the pipeline has one runner per kind (prunekit.run.stages).
 SCHEDULE_KINDS: dict[str, type[_Section]] = {
     "oneshot": OneShotSchedule,
     "gradual": GradualSchedule,
@@ -488,7 +489,6 @@ class BNRecalibrationConfig(_Section):
     @field_validator("mode")
     @classmethod
     def _known_mode(cls, value: str) -> str:
-        from .recovery import list_bn_modes
 
         return _registry_name("mode", value, list_bn_modes())
 
@@ -522,7 +522,6 @@ class PenaltyConfig(_Section):
     @field_validator("kind")
     @classmethod
     def _known_penalty(cls, value: str) -> str:
-        from .schedules import list_penalties
 
         return _registry_name("penalty", value, list_penalties(), plural="penalties")
 

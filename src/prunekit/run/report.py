@@ -26,7 +26,8 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ._io import write_bytes
+from .._io import write_bytes
+from ..schedules import make_schedule
 
 __all__ = [
     "CHART_NAME",
@@ -401,7 +402,6 @@ def plot_schedule(
         path: where the PNG goes.
         title: the chart's title.
     """
-    from .schedules import make_schedule
 
     curve = make_schedule(**schedule["curve"])
     total = max(int(schedule["steps"]), 1)
