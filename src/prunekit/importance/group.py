@@ -34,7 +34,9 @@ _NORM_TYPES = ("BatchNorm", "GroupNorm", "LayerNorm", "InstanceNorm", "RMSNorm",
 
 def list_group_criteria() -> list[str]:
     """Every criterion :func:`group_importance` accepts."""
-    return sorted(set(list_criteria()) | set(GROUP_CRITERIA))
+    from .group_activation import list_group_activation
+
+    return sorted(set(list_criteria()) | set(GROUP_CRITERIA) | set(list_group_activation()))
 
 
 def check_criterion(name: str) -> None:
@@ -61,7 +63,8 @@ def group_importance(
         groups: the groups to score.
         criterion: ``l1``/``magnitude``, ``l2``, ``random``, ``taylor``, ``bn_scale``,
             ``lamp`` or any per-weight criterion of the registry.
-        data: ``(inputs, targets)`` batches, for criteria that need gradients.
+        data: ``(inputs, targets)`` batches, for criteria that need gradients; batches of
+            model inputs for the activation criteria (``wanda``, ``flap``).
         loss_fn: loss for those criteria (cross-entropy by default).
         batches: number of batches used for gradients.
         seed: seed of the ``random`` criterion.
@@ -77,6 +80,12 @@ def group_importance(
     gen = torch.Generator().manual_seed(seed)
     if criterion == "random":
         return {g.id: torch.rand(g.size, generator=gen) for g in groups}
+    from .group_activation import activation_importance, list_group_activation
+
+    if criterion in list_group_activation():  # scored from consumers' columns and their inputs
+        _require_values(_tensors(graph), groups, criterion)
+        return activation_importance(graph, groups, criterion=criterion, data=data,
+                                     batches=batches)
     tensors = _tensors(graph)
     _require_values(tensors, groups, criterion)
     if criterion == "bn_scale":

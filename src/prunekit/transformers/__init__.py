@@ -1,0 +1,18 @@
+"""Structured pruning of pretrained Hugging Face transformers and LLMs.
+
+- :func:`prune_width`: attention heads (key/value groups under GQA) and MLP channels,
+  scored on calibration activations (``flap``, ``wanda``), with the removed units'
+  contribution folded into the next layer's bias or refitted by least squares.
+- :func:`rank_blocks` / :func:`remove_blocks` / :func:`prune_blocks`: whole decoder
+  blocks, ranked by how little they change their input.
+- :func:`prune_experts`: mixture-of-experts experts and each expert's hidden width.
+- :func:`save_pretrained_pruned` / :func:`load_pretrained_pruned`: checkpoints that
+  reload with ``from_pretrained`` when the cut is uniform, through a plan otherwise.
+
+``transformers`` is imported only inside the functions that need it.
+"""
+
+from .width import bias_switches as bias_switches
+from .width import prune_width as prune_width
+
+__all__ = ["bias_switches", "prune_width"]
