@@ -25,7 +25,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ..errors import TraceError
 from . import _axes as ax
 from ._axes import ONE, Axis, AxisError
-from .graph import Graph, HeadSplit, UnknownOp
+from ._control import READS, Read, check_paths, user_line
+from .graph import Graph, HeadSplit, UnknownOp, ViewCall
 
 aten = torch.ops.aten
 
@@ -147,6 +148,10 @@ class Tracer(TorchDispatchMode):
         self.modules: list[str] = []
         self.suspended = 0
         self.used: set[int] = set()
+        self.tensors: set[int] = set()  # ids of the model's parameters and buffers
+        self.ops: list[str] = []  # every operator, in order (to compare with another input)
+        self.reads: list[Read] = []  # tensor values read into Python
+        self.input_sizes: set[int] = set()  # sizes of the example inputs' dimensions
 
     @property
     def module_path(self) -> str:
@@ -190,6 +195,9 @@ class Tracer(TorchDispatchMode):
         kwargs = kwargs or {}
         if func is aten._local_scalar_dense.default and args[0].device.type == "meta":
             return self._fake_scalar(args[0])
+        if func in READS:
+            self.reads.append(Read(len(self.ops), self.module_path, user_line()))
+        self.ops.append(str(func))
         out = func(*args, **kwargs)
         if not self.suspended:
             self._record(func, args, kwargs, out)
@@ -213,6 +221,8 @@ class Tracer(TorchDispatchMode):
                 rule(call)
         except AxisError as e:
             self._block_all(call, f"dimensions that cannot be aligned ({e})")
+        except Exception as e:  # a rule that cannot follow this call must not stop the trace
+            self._block_all(call, _rule_failed(call.name, e))
         for t in call.outs():
             self.axes_of(t, call.where)  # anything the rule left out is fresh and blocked
         self._note_module(call)
@@ -247,11 +257,26 @@ class Tracer(TorchDispatchMode):
             call.set(t, [call.fresh(s, why + " (its output)") for s in t.shape])
 
 
+def _rule_failed(name: str, e: Exception) -> str:
+    """Why dimensions are kept when the rule for ``name`` raised: an internal limit, not the
+    model's fault (the trace goes on; these dimensions are simply not cut)."""
+    return (f"prunekit's rule for {name} could not follow this call ({type(e).__name__}: {e}); "
+            "its dimensions are kept (please report it)")
+
+
 def _int_args(args: tuple) -> list[Any]:
     """Sizes given either as varargs or as one tuple/list/Size."""
     if len(args) == 1 and isinstance(args[0], (tuple, list, torch.Size)):
         return list(args[0])
     return list(args)
+
+
+def size_calls() -> tuple[Any, ...]:
+    """The Python-level calls that take sizes from the code (noted by the tracer and compared,
+    call by call, by dry runs)."""
+    T = torch.Tensor
+    return (T.view, T.reshape, torch.reshape, T.expand, T.unflatten, torch.unflatten, T.split,
+            torch.split, T.narrow, torch.narrow, T.__getitem__)
 
 
 class _Literals(TorchFunctionMode):
@@ -265,24 +290,35 @@ class _Literals(TorchFunctionMode):
     def __init__(self, tracer: Tracer) -> None:
         super().__init__()
         self.tracer = tracer
-        T = torch.Tensor
-        self.handlers = {
-            T.view: self._sizes, T.reshape: self._sizes, torch.reshape: self._sizes,
-            T.expand: self._expand, T.unflatten: self._unflatten, torch.unflatten: self._unflatten,
-            T.split: self._split, torch.split: self._split, T.narrow: self._narrow,
-            torch.narrow: self._narrow, T.__getitem__: self._getitem,
-        }
+        self.handlers = dict(zip(size_calls(), (
+            self._sizes, self._sizes, self._sizes, self._expand, self._unflatten,
+            self._unflatten, self._split, self._split, self._narrow, self._narrow,
+            self._getitem), strict=True))
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         handler = self.handlers.get(func)
-        if handler is not None and not self.tracer.suspended:
+        if handler is None:
+            return out
+        name = getattr(func, "__name__", str(func))
+        self._log(name, out)
+        if not self.tracer.suspended:
             try:
-                handler(getattr(func, "__name__", str(func)), args, kwargs, out)
+                handler(name, args, kwargs, out)
             except Exception:  # noting is best effort; the dry run is the real check
                 pass
         return out
+
+    def _log(self, name: str, out: Any) -> None:
+        """Remember the axes this call returned, so a dry run can compare shapes call by call."""
+        tracer = self.tracer
+        outs = None
+        if not tracer.suspended:
+            outs = [tracer.table.get(id(t)) for t in flatten_tensors(out)]
+            outs = [a if a is not None and len(a) == t.dim() else None
+                    for a, t in zip(outs, flatten_tensors(out), strict=True)]
+        tracer.graph.view_calls.append(ViewCall(name, tracer.module_path, outs))
 
     def _mark(self, t: torch.Tensor, dim: int, name: str) -> None:
         axes = self.tracer.table.get(id(t))
@@ -372,6 +408,8 @@ class _ModuleHooks:
                     rule(call)
                 except AxisError as e:
                     call.block_everything(f"dimensions that cannot be aligned ({e})")
+                except Exception as e:  # never blame the model for a rule's own failure
+                    call.block_everything(_rule_failed(call.name, e))
                 for t in flatten_tensors(output):
                     self.tracer.axes_of(t, call.where)
                 self.tracer._note_module(call)
@@ -438,6 +476,7 @@ def build_graph(model: nn.Module, example_inputs: Any, rules: Any) -> Graph:
     _seed_tensors(graph, tracer, model)
     for t in flatten_tensors(example_inputs):
         tracer.seed(t, tuple(ax.new(s, "size of a model input") for s in t.shape))
+        tracer.input_sizes.update(s for s in t.shape if s > 1)
     hooks = _ModuleHooks(tracer, model, rules)
     start = time.perf_counter()
     try:
@@ -457,6 +496,7 @@ def build_graph(model: nn.Module, example_inputs: Any, rules: Any) -> Graph:
         for a in tracer.axes_of(t, "model output"):
             ax.mark(a, "size of a model output")
     graph.output_shapes = [tuple(t.shape) for t in outputs]
+    check_paths(graph, model, example_inputs, tracer.ops, tracer.reads)
     graph.trace_seconds = time.perf_counter() - start
     _block_unused(graph, tracer, model)
     graph.finalize()
@@ -496,6 +536,7 @@ def _seed_tensors(graph: Graph, tracer: Tracer, model: nn.Module) -> None:
         graph.param_shapes[name] = tuple(t.shape)
         graph.is_param[name] = is_param
         tracer.seed(t, axes)
+        tracer.tensors.add(id(t))
 
 
 def _recomputed_buffers(model: nn.Module) -> set[str]:

@@ -109,6 +109,22 @@ class HeadSplit:
 
 
 @dataclass
+class ViewCall:
+    """A size-taking call in the model's Python code (``x.view(B, L, 3, self.h, -1)``).
+
+    Attributes:
+        op: the function's name (``view``, ``reshape``, ``__getitem__`` ...).
+        module: the module whose code made the call.
+        outs: axes of each tensor it returned; ``None`` where the tracer did not follow it
+            (inside a module-level rule).
+    """
+
+    op: str
+    module: str
+    outs: list[tuple[Axis, ...] | None] | None
+
+
+@dataclass
 class UnknownOp:
     """An operator without a rule: the dimensions it touched were made unprunable."""
 
@@ -139,6 +155,7 @@ class Graph:
         self.aliases: dict[str, str] = {}
         self.bindings: list[Binding] = []
         self.head_splits: list[HeadSplit] = []
+        self.view_calls: list[ViewCall] = []
         self.macs_terms: list[tuple[int, list[Axis]]] = []
         self.unknown_ops: dict[tuple[str, str], UnknownOp] = {}
         self.notes: list[str] = []
@@ -221,6 +238,20 @@ class Graph:
     def kept_size(self, a: Axis, counts: dict[int, int]) -> int:
         """Size of axis ``a`` when group ``gid`` keeps ``counts[gid]`` units."""
         return ax.kept_size(a, {ax.find(self.groups[g].leaf): c for g, c in counts.items()})
+
+    def predicted_views(self, counts: dict[int, int]) -> list[tuple[str, str, list | None]]:
+        """Per size-taking call of :attr:`view_calls`: its name, module and the output shapes
+        a cut keeping ``counts[gid]`` units of each group must give (``None``: not followed).
+
+        A pruned model whose ``view`` returns another shape than predicted regroups what it
+        splits (heads re-split into narrower heads, an interleave permuted): its shapes can
+        still be valid, so only this comparison sees it.
+        """
+        keep = {ax.find(self.groups[g].leaf): c for g, c in counts.items()}
+        return [(v.op, v.module, None if v.outs is None else
+                 [None if axes is None else tuple(ax.kept_size(a, keep) for a in axes)
+                  for axes in v.outs])
+                for v in self.view_calls]
 
     def params_after(self, counts: dict[int, int]) -> int:
         """Number of parameters once each group keeps ``counts[gid]`` units."""

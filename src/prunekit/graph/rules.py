@@ -369,11 +369,27 @@ def slice_(call: Call) -> None:
     if step != 1:
         call.block(axes[d], "strided slice")
         axes[d] = call.fresh(out.shape[d], "strided slice")
+    elif _runtime_slice(call, x, start, end):
+        call.block(axes[d], "positions read up to a runtime size (pos[:, :L]) are not channels; "
+                            "the rows past the traced length are used by longer inputs")
+        axes[d] = call.fresh(out.shape[d], "runtime-sized slice")
     else:
         sizes = [start, end - start, n - end]
         pieces = ax.split_cat(axes[d], [s for s in sizes if s > 0])
         axes[d] = pieces[1 if start > 0 else 0] if end > start else ONE
     call.set(out, axes)
+
+
+def _runtime_slice(call: Call, x: torch.Tensor, start: int, end: int) -> bool:
+    """Whether a slice reads a parameter or buffer up to a size that may change at run time.
+
+    A table sliced directly (``self.pos[:, :L]``, the minGPT pattern) is indexed by
+    positions; so is any tensor cut at a length that equals a dimension of the model's
+    inputs. The rows past the slice are unused only at the traced length.
+    """
+    if id(x) in call.tracer.tensors:
+        return True
+    return start == 0 and end in call.tracer.input_sizes
 
 
 @register_op("aten.select", "aten.select_copy")
@@ -882,7 +898,7 @@ def multihead_attention(call: ModuleCall) -> None:
     q, k, v = call.kwargs["query"], call.kwargs["key"], call.kwargs["value"]
     qa, ka, va = call.axes(q), call.axes(k), call.axes(v)
     e = qa[-1]
-    heads, head_dim = ax.split_prod(e, [m.num_heads, m.embed_dim // m.num_heads])
+    heads, head_dim = _group_split(e, m.num_heads, m.embed_dim // m.num_heads)
     call.block(head_dim, "head_dim of nn.MultiheadAttention (heads are cut whole)")
     ow = call.axes(m.out_proj.weight)
     ob = call.axes(m.out_proj.bias) if m.out_proj.bias is not None else None

@@ -76,6 +76,7 @@ def build_plan(graph: Graph, kept: dict[int, torch.Tensor], *, info: dict | None
     if skipped:
         plan.info["config_not_updated"] = skipped
     plan.before = _before(graph.model, plan)
+    plan.expected_views = graph.predicted_views(counts)
     return plan
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .apply import apply_undoable
@@ -54,6 +55,48 @@ def to_meta(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_meta(v) for v in obj)
     return obj
+
+
+class _ViewShapes(TorchFunctionMode):
+    """Records the name and output shapes of every size-taking call (``view``, ``reshape``,
+    slicing ...), in the order the code makes them."""
+
+    def __init__(self) -> None:
+        from ..graph._tracer import size_calls
+
+        super().__init__()
+        self.funcs = set(size_calls())
+        self.calls: list[tuple[str, list[tuple[int, ...]]]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        from ..graph._tracer import flatten_tensors
+
+        out = func(*args, **(kwargs or {}))
+        if func in self.funcs:
+            name = getattr(func, "__name__", str(func))
+            self.calls.append((name, [tuple(t.shape) for t in flatten_tensors(out)]))
+        return out
+
+
+def regrouped(expected: list | None, calls: list[tuple[str, list[tuple[int, ...]]]]) -> str | None:
+    """The first size-taking call whose shape differs from what the cut predicts, or ``None``.
+
+    The calls are compared in order; when the two runs made different calls (data-dependent
+    code), nothing can be matched and ``None`` is returned.
+    """
+    if not expected or len(expected) != len(calls):
+        return None
+    if any(e[0] != c[0] for e, c in zip(expected, calls, strict=True)):
+        return None
+    for (name, module, shapes), (_, got) in zip(expected, calls, strict=True):
+        if shapes is None or len(shapes) != len(got):
+            continue
+        for want, have in zip(shapes, got, strict=True):
+            if want is not None and tuple(want) != tuple(have):
+                return (f"{name} in {module or '<model>'} gives shape {tuple(have)} where the cut "
+                        f"needs {tuple(want)}: the code spells a size (a literal or an attribute "
+                        "the plan does not update) and would regroup the cut dimension")
+    return None
 
 
 def output_shapes(model: nn.Module, inputs: Any) -> list[tuple[int, ...]]:
@@ -102,7 +145,8 @@ class DryRunner:
         except Exception as e:
             return _short(e)
         try:
-            shapes = output_shapes(self.copy, self.inputs)
+            with _ViewShapes() as views:
+                shapes = output_shapes(self.copy, self.inputs)
         except Exception as e:
             self.last_module = self._where(e)
             return _short(e)
@@ -110,7 +154,7 @@ class DryRunner:
             undo()
         if shapes != self.expected:
             return f"output shapes changed from {self.expected} to {shapes}"
-        return None
+        return regrouped(plan.expected_views, views.calls)
 
 
     def _where(self, e: BaseException) -> str | None:

@@ -122,6 +122,9 @@ class Plan:
         before: the values ``attrs`` and ``config`` replace (checked on replay, so a
             model built differently from the original is refused); config entries
             are under ``"config:<path>"``.
+        expected_views: per size-taking call of the traced forward pass, the shapes the
+            cut model must give (from :meth:`Graph.predicted_views`; not saved): a dry
+            run compares them to find code that regroups what it splits.
     """
 
     tensors: dict[str, TensorCut] = field(default_factory=dict)
@@ -131,6 +134,7 @@ class Plan:
     groups: list[GroupCut] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     before: dict[str, dict[str, Any]] = field(default_factory=dict)
+    expected_views: list | None = field(default=None, repr=False, compare=False)
 
     # -- summary ------------------------------------------------------------------------
     @property

@@ -1,0 +1,153 @@
+"""Data-dependent control flow: a forward pass that reads tensor values into Python.
+
+``if x.sum() > 0:`` in ``forward`` makes the operators that run depend on the data;
+one trace sees one path only, and a cut planned on it can be wrong on the other
+(a permutation, a slice, a layer that the traced path skipped). Values reach Python
+only through a few operators (``_local_scalar_dense`` behind ``bool()``, ``.item()``
+and ``.tolist()``; ``equal``), so the tracer notes where they are read; when there
+are such reads, the model is run again on perturbed inputs and the two operator
+sequences are compared. A difference blocks every dimension the deciding module
+touches, naming the line.
+"""
+
+from __future__ import annotations
+
+import linecache
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from . import _axes as ax
+
+aten = torch.ops.aten
+READS = (aten._local_scalar_dense.default, aten.equal.default, aten.is_nonzero.default)
+_SKIP = tuple(os.path.dirname(m.__file__) + os.sep for m in (torch,)) + (
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,)
+
+
+@dataclass
+class Read:
+    """A tensor value read into Python during the trace.
+
+    Attributes:
+        index: position in the traced operator sequence.
+        module: the module whose code ran.
+        line: ``file:line: code`` of the user code that read it.
+    """
+
+    index: int
+    module: str
+    line: str
+
+
+def user_line() -> str:
+    """``file:line: code`` of the innermost frame outside torch and prunekit."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = os.path.abspath(frame.f_code.co_filename)
+        if not name.startswith(_SKIP) and "<frozen" not in name:
+            code = linecache.getline(name, frame.f_lineno).strip()
+            return f"{os.path.basename(name)}:{frame.f_lineno}: {code}"
+        frame = frame.f_back
+    return "<unknown line>"
+
+
+class _Ops(TorchDispatchMode):
+    """Records the name of every operator (nothing else)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def perturbations(inputs: Any) -> list[Any]:
+    """Inputs of the same shapes and dtypes with other values (a seeded generator).
+
+    Floating tensors are negated, shifted far up, shifted far down and replaced by
+    noise; integer tensors (token ids) are reversed or rolled along their last dimension,
+    which keeps every id valid; booleans (masks) are kept.
+    """
+    gen = torch.Generator().manual_seed(12)
+
+    def change(t: torch.Tensor, kind: int) -> torch.Tensor:
+        if t.is_floating_point():
+            big = 10 * (float(t.abs().max()) + 1) if t.numel() else 1.0
+            if kind == 3:
+                return torch.randn(t.shape, generator=gen).to(t.device, t.dtype) * big
+            return (-t, t + big, t - big)[kind]
+        if t.dtype != torch.bool and t.dim():
+            return t.flip(-1) if kind % 2 == 0 else t.roll(1, -1)
+        return t
+
+    return [_map(inputs, lambda t, k=k: change(t, k)) for k in range(4)]
+
+
+def _map(obj: Any, fn) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return type(obj)({k: _map(v, fn) for k, v in obj.items()})
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map(v, fn) for v in obj)
+    return obj
+
+
+def check_paths(graph: Any, model: nn.Module, inputs: Any, ops: list[str],
+                reads: list[Read]) -> None:
+    """Run ``model`` on perturbed inputs; where the operators differ, block the deciding module.
+
+    Args:
+        graph: the graph being built (``module_axes`` filled in).
+        model: the traced model.
+        inputs: the example inputs.
+        ops: operator names of the traced run, in order.
+        reads: the values read into Python during the traced run.
+    """
+    from ._tracer import _tracing_state, run_model
+
+    if not reads:
+        return
+    for other in perturbations(inputs):
+        try:
+            with _tracing_state(model), _Ops() as rec:
+                run_model(model, other)
+        except Exception:  # another path that fails outright is the user's own input problem
+            continue
+        at = _first_difference(ops, rec.ops)
+        if at is not None:
+            _block_branch(graph, reads, at)
+            return
+
+
+def _first_difference(a: list[str], b: list[str]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def _block_branch(graph: Any, reads: list[Read], at: int) -> None:
+    """Block every dimension that the module deciding the path (the last read before the
+    first different operator) and its submodules touched."""
+    before = [r for r in reads if r.index <= at] or reads[:1]
+    read = before[-1]
+    path = read.module
+    reason = (f"data-dependent control flow at {read.line} (in {path or '<model>'}): another input "
+              "runs other operators, which one trace cannot see; make the branch independent of "
+              "the data, or ignore this module")
+    for p, axes in graph.module_axes.items():
+        if not path or p == path or p.startswith(path + "."):
+            for a in axes:
+                ax.mark(a, reason)
+    graph.notes.append(reason)
+    warnings.warn(f"prunekit: {reason}", stacklevel=4)
