@@ -12,7 +12,20 @@
 ``transformers`` is imported only inside the functions that need it.
 """
 
+from .blocks import BlockCut as BlockCut
+from .blocks import BlockRanking as BlockRanking
+from .blocks import prune_blocks as prune_blocks
+from .blocks import rank_blocks as rank_blocks
+from .blocks import remove_blocks as remove_blocks
 from .width import bias_switches as bias_switches
 from .width import prune_width as prune_width
 
-__all__ = ["bias_switches", "prune_width"]
+__all__ = [
+    "BlockCut",
+    "BlockRanking",
+    "bias_switches",
+    "prune_blocks",
+    "prune_width",
+    "rank_blocks",
+    "remove_blocks",
+]
