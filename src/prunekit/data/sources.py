@@ -411,18 +411,17 @@ def _size(arg: Any, name: str) -> Any:
 
 
 def _register_pil() -> None:
-    def torchvision_transform(attr: str, **fixed: Any) -> Callable[[Any], Callable]:
-        def build(arg: Any, name: str = attr) -> Callable:
+    def sized(name: str, attr: str) -> None:
+        def build(arg: Any) -> Callable:
             from torchvision import transforms as T
 
-            return getattr(T, attr)(_size(arg, name), **fixed)
+            return getattr(T, attr)(_size(arg, name))
 
-        return build
+        _PIL_TRANSFORMS.register(name)(build)
 
-    _PIL_TRANSFORMS.register("resize")(torchvision_transform("Resize"))
-    _PIL_TRANSFORMS.register("center_crop")(torchvision_transform("CenterCrop"))
-    _PIL_TRANSFORMS.register("random_crop")(torchvision_transform("RandomCrop"))
-    _PIL_TRANSFORMS.register("random_resized_crop")(torchvision_transform("RandomResizedCrop"))
+    for name, attr in (("resize", "Resize"), ("center_crop", "CenterCrop"),
+                       ("random_crop", "RandomCrop"), ("random_resized_crop", "RandomResizedCrop")):
+        sized(name, attr)
 
 
 _register_pil()
@@ -707,8 +706,8 @@ def _text_options(spec: Mapping[str, Any], split: Any) -> dict[str, Any]:
 def _tokenize(split: Any, tok: Any, options: Mapping[str, Any], where: str) -> _Tokenized:
     if len(split) == 0:
         raise DataError(f"split {where} is empty")
-    texts = split[options["text"]]
-    pairs = split[options["pair"]] if options["pair"] else None
+    texts = [str(t) for t in split[options["text"]]]
+    pairs = [str(t) for t in split[options["pair"]]] if options["pair"] else None
     encoded = tok(texts, pairs, truncation=True, max_length=options["max_length"])
     features = [{k: encoded[k][i] for k in encoded} for i in range(len(texts))]
     labels = None
