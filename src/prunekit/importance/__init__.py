@@ -1,5 +1,6 @@
 """Importance criteria: how much each weight (or unit) matters."""
 
+from . import activation as activation  # registers "wanda"
 from .criteria import Criterion as Criterion
 from .criteria import ParamStats as ParamStats
 from .criteria import get_criterion as get_criterion

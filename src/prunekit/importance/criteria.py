@@ -30,11 +30,14 @@ class ParamStats:
     Attributes:
         grad: mean gradient of the loss over the calibration data.
         fisher: mean of squared per-sample gradients (diagonal of the empirical Fisher).
+        act_norm: L2 norm over calibration tokens of the input feature each weight
+            multiplies, broadcast to the weight's shape (Wanda).
         generator: random generator for stochastic criteria.
     """
 
     grad: torch.Tensor | None = None
     fisher: torch.Tensor | None = None
+    act_norm: torch.Tensor | None = None
     generator: torch.Generator | None = None
 
 
@@ -43,11 +46,13 @@ ScoreFn = Callable[[torch.Tensor, ParamStats], torch.Tensor]
 
 @dataclass(frozen=True)
 class Criterion:
-    """A registered scoring function and the statistics it needs ("grad", "fisher")."""
+    """A registered scoring function, the statistics it needs ("grad", "fisher",
+    "act_norm") and the scope its scores are meant to be compared in (None: any)."""
 
     name: str
     fn: ScoreFn
     needs: tuple[str, ...] = ()
+    scope: str | None = None
 
     def __call__(self, weight: torch.Tensor, stats: ParamStats) -> torch.Tensor:
         for need in self.needs:
@@ -60,22 +65,26 @@ class Criterion:
 
 
 _CRITERIA: Registry[Criterion] = Registry("criterion")
-_VALID_NEEDS = ("grad", "fisher")
+_VALID_NEEDS = ("grad", "fisher", "act_norm")
 
 
-def register_criterion(name: str, *, needs: Sequence[str] = ()) -> Callable[[ScoreFn], ScoreFn]:
+def register_criterion(
+    name: str, *, needs: Sequence[str] = (), scope: str | None = None
+) -> Callable[[ScoreFn], ScoreFn]:
     """Register ``fn(weight, stats) -> scores`` under ``name``.
 
     Args:
         name: the name used in ``criterion=`` and in recipes.
-        needs: statistics to gather first: ``"grad"`` and/or ``"fisher"``.
+        needs: statistics to gather first: ``"grad"``, ``"fisher"`` and/or ``"act_norm"``.
+        scope: the scope ``sparsify`` uses when the caller names none (``"row"``:
+            compare within each output row, as Wanda does).
     """
     bad = [n for n in needs if n not in _VALID_NEEDS]
     if bad:
         raise ConfigError(f"unknown needs {bad}; valid: {', '.join(_VALID_NEEDS)}")
 
     def add(fn: ScoreFn) -> ScoreFn:
-        _CRITERIA.register(name)(Criterion(name, fn, tuple(needs)))
+        _CRITERIA.register(name)(Criterion(name, fn, tuple(needs), scope))
         return fn
 
     return add

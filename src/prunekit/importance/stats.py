@@ -37,8 +37,10 @@ def collect_stats(
         model: the network; not modified.
         params: qualified name -> parameter of ``model`` to gather statistics for.
         data: an iterable of ``(inputs, targets)`` batches (a DataLoader works).
-        needs: any of ``"grad"`` (mean gradient over ``batches`` batches) and
-            ``"fisher"`` (mean squared per-sample gradient over ``fisher_samples`` samples).
+        needs: any of ``"grad"`` (mean gradient over ``batches`` batches),
+            ``"fisher"`` (mean squared per-sample gradient over ``fisher_samples`` samples)
+            and ``"act_norm"`` (input-feature L2 norms over ``batches`` batches, which
+            may hold inputs only: tensors, ``(inputs, ...)`` or dicts of keyword inputs).
         loss_fn: ``loss_fn(outputs, targets)``; cross-entropy by default.
         batches: number of batches used for the mean gradient.
         fisher_samples: number of single samples used for the Fisher diagonal.
@@ -60,6 +62,12 @@ def collect_stats(
         if "fisher" in needs:
             for name, f in _fisher_diag(model, params, data, loss_fn, fisher_samples).items():
                 stats[name].fisher = f
+    if "act_norm" in needs:
+        from .activation import collect_act_norms
+
+        modules = {name: _weight_owner(model, name) for name in params}
+        for name, n in collect_act_norms(model, modules, data, batches=batches).items():
+            stats[name].act_norm = n
     return stats
 
 
@@ -82,6 +90,13 @@ class _calibration_mode:
             p.grad = grad
             p.requires_grad_(req)
         self.model.train(self.training)
+
+
+def _weight_owner(model: nn.Module, name: str) -> nn.Module:
+    module_name, _, param = name.rpartition(".")
+    if param != "weight":
+        raise ConfigError(f"activation statistics score layer weights only, not {name}; exclude it")
+    return model.get_submodule(module_name)
 
 
 def _split(batch: object) -> tuple[torch.Tensor, torch.Tensor]:
