@@ -17,13 +17,19 @@ from .blocks import BlockRanking as BlockRanking
 from .blocks import prune_blocks as prune_blocks
 from .blocks import rank_blocks as rank_blocks
 from .blocks import remove_blocks as remove_blocks
+from .moe import MoECut as MoECut
+from .moe import moe_layers as moe_layers
+from .moe import prune_experts as prune_experts
 from .width import bias_switches as bias_switches
 from .width import prune_width as prune_width
 
 __all__ = [
     "BlockCut",
     "BlockRanking",
+    "MoECut",
     "bias_switches",
+    "moe_layers",
+    "prune_experts",
     "prune_blocks",
     "prune_width",
     "rank_blocks",
