@@ -10,6 +10,8 @@ Example:
 from __future__ import annotations
 
 from ._version import __version__ as __version__
+from .compress import quantize as quantize
+from .export import export_onnx as export_onnx
 from .export import load_pruned as load_pruned
 from .export import save_pruned as save_pruned
 from .importance import list_criteria as list_criteria
