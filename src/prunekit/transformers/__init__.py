@@ -17,6 +17,9 @@ from .blocks import BlockRanking as BlockRanking
 from .blocks import prune_blocks as prune_blocks
 from .blocks import rank_blocks as rank_blocks
 from .blocks import remove_blocks as remove_blocks
+from .export import config_describes as config_describes
+from .export import load_pretrained_pruned as load_pretrained_pruned
+from .export import save_pretrained_pruned as save_pretrained_pruned
 from .moe import MoECut as MoECut
 from .moe import moe_layers as moe_layers
 from .moe import prune_experts as prune_experts
@@ -28,10 +31,13 @@ __all__ = [
     "BlockRanking",
     "MoECut",
     "bias_switches",
+    "config_describes",
+    "load_pretrained_pruned",
     "moe_layers",
     "prune_experts",
     "prune_blocks",
     "prune_width",
     "rank_blocks",
     "remove_blocks",
+    "save_pretrained_pruned",
 ]

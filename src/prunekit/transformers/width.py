@@ -36,12 +36,7 @@ from torch import nn
 from .. import structured as _st
 from .._registry import Registry
 from ..errors import ConfigError
-from ..importance.group_activation import (
-    InputStats,
-    collect_input_stats,
-    consumer_members,
-    list_group_activation,
-)
+from ..importance.group_activation import InputStats, collect_input_stats, list_group_activation
 from ..surgery import Plan
 from ._model import first_batch, hf_config, part_patterns, take
 
@@ -115,15 +110,16 @@ def prune_width(
     parts = part_patterns(model)
     ignore = _ignored(model, parts, ratios)
     undo = _Undo()
+    args = (ratios, parts, ignore, criterion, scope, max_ratio, batch_list, check)
     try:
-        graph = _st.trace(model, first_batch(batch_list))
-        consumers = _consumers(graph, ignore)
-        stats = collect_input_stats(model, consumers, batch_list,
-                                    gram=compensate == "lstsq")
+        plan = _plan(_st.trace(model, first_batch(batch_list)), *args)
+        consumers = _consumers(model, plan)
+        stats = collect_input_stats(model, consumers, batch_list, gram=compensate == "lstsq")
         if compensate != "none":
             _add_biases(model, consumers, undo)
-            graph = _st.trace(model, first_batch(batch_list)) if undo.biases else graph
-        plan = _plan(graph, ratios, parts, ignore, criterion, scope, max_ratio, batch_list, check)
+        if undo.biases:  # the new biases are cut with their heads: plan again on the new graph
+            plan = _same_plan(plan, _plan(_st.trace(model, first_batch(batch_list)), *args),
+                              consumers)
         notes = _COMPENSATIONS.get(compensate)(model, plan, stats, consumers, undo=undo,
                                                damp=damp)
         _st.apply(model, plan)
@@ -174,11 +170,25 @@ def _ignored(model: nn.Module, parts: dict[str, str], ratios: dict[str, float]) 
     return ignore
 
 
-def _consumers(graph: Any, ignore: list) -> list[str]:
-    """Linears whose input columns the candidate groups cut (o_proj, down_proj, ...)."""
-    ignored = _st._resolve_ignore(graph.model, ignore)
-    groups = _st._candidates(graph, ignored)
-    return sorted({m.module for g in groups for m in consumer_members(graph, g)})
+def _consumers(model: nn.Module, plan: Plan) -> list[str]:
+    """Linears whose input columns the plan cuts (o_proj, down_proj, ...)."""
+    out = []
+    for name, cut in plan.tensors.items():
+        path, _, local = name.rpartition(".")
+        if local == "weight" and 1 in cut.kept and len(cut.kept[1]) < cut.shape[1] and \
+                isinstance(model.get_submodule(path), nn.Linear):
+            out.append(path)
+    return sorted(out)
+
+
+def _same_plan(first: Plan, second: Plan, consumers: list[str]) -> Plan:
+    """``second``, after checking it keeps the same input columns as ``first``."""
+    for path in consumers:
+        a, b = first.tensors[f"{path}.weight"], second.tensors.get(f"{path}.weight")
+        if b is None or a.kept.get(1) != b.kept.get(1):
+            raise ConfigError(f"adding zero biases changed the plan at {path}; pass "
+                              "compensate='none' or report this model")
+    return second
 
 
 def _plan(graph, ratios, parts, ignore, criterion, scope, max_ratio, batches, check) -> Plan:

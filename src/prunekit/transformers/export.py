@@ -1,0 +1,176 @@
+"""Saving pruned Hugging Face models so that they reload, with or without prunekit.
+
+- Uniform cuts (every block the same shape: the config describes the model) are saved
+  with ``save_pretrained``; ``from_pretrained`` of the same class reloads them with no
+  prunekit installed (``intermediate_size``, ``num_attention_heads``,
+  ``num_key_value_heads``, ``num_hidden_layers``, expert counts already rewritten).
+- Other cuts are saved as the original config, the plan (JSON), the removed blocks and
+  the weights (safetensors); :func:`load_pretrained_pruned` rebuilds the model.
+
+The tokenizer, when given, is saved beside the weights. The folder appears complete or
+not at all: it is written under a temporary name and renamed into place.
+
+Example:
+    >>> save_pretrained_pruned(model, "out/pruned", tokenizer=tok)
+    >>> model = LlamaForCausalLM.from_pretrained("out/pruned")      # uniform cut
+    >>> model = load_pretrained_pruned("out/pruned")                # any cut
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import _io
+from ..errors import ConfigError
+from ..surgery import Plan
+from ._model import hf_config
+from .blocks import BlockCut, remove_blocks
+
+MANIFEST = "prunekit_llm.json"
+FORMAT = "prunekit.llm/1"
+
+
+def config_describes(model: nn.Module) -> bool:
+    """Whether a model of the same class built from ``model.config`` has the same tensors."""
+    cfg = copy.deepcopy(hf_config(model))
+    try:
+        with torch.device("meta"):
+            fresh = type(model)(cfg)
+    except Exception:  # a config that does not build: it cannot describe the model
+        return False
+    shapes = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
+    return shapes == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def save_pretrained_pruned(
+    model: nn.Module,
+    directory: str | os.PathLike[str],
+    *,
+    tokenizer: Any = None,
+    plan: Plan | None = None,
+    blocks: BlockCut | None = None,
+) -> str:
+    """Save a pruned model (and its tokenizer) so that it reloads.
+
+    Args:
+        model: the pruned Hugging Face model.
+        directory: the output folder (replaced if it exists).
+        tokenizer: saved beside the weights when given.
+        plan: the width plan that was applied (needed only when the cut is not uniform).
+        blocks: the :class:`BlockCut` of removed blocks, if any, applied before ``plan``.
+
+    Returns:
+        ``"hf"`` (reloads with ``from_pretrained``) or ``"plan"`` (reloads with
+        :func:`load_pretrained_pruned`).
+    """
+    uniform = config_describes(model)
+    if not uniform and plan is None:
+        raise ConfigError("the cut differs between blocks, so from_pretrained cannot rebuild "
+                          "this model from its config; pass plan= (and blocks=) to save it "
+                          "through a prunekit plan")
+    with _staging(directory) as tmp:
+        if uniform:
+            model.save_pretrained(tmp)
+        else:
+            _save_with_plan(model, tmp, plan, blocks)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return "hf" if uniform else "plan"
+
+
+def _save_with_plan(model: nn.Module, tmp: str, plan: Plan, blocks: BlockCut | None) -> None:
+    import prunekit as pk
+
+    base = copy.deepcopy(hf_config(model))
+    for field, old in plan.before.get("config:", {}).items():
+        setattr(base, field, old)
+    for field, old in (blocks.before if blocks else {}).items():
+        setattr(base, field, old)
+    base.save_pretrained(tmp)
+    pk.save_pruned(model, plan, tmp)
+    _io.write_json(Path(tmp) / MANIFEST, {
+        "format": FORMAT, "class": type(model).__name__,
+        "blocks": blocks.to_dict() if blocks else None,
+    })
+
+
+@contextlib.contextmanager
+def _staging(directory: str | os.PathLike[str]):
+    """A temporary folder beside ``directory`` that replaces it on success."""
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        yield tmp
+        old = None
+        if target.exists():
+            old = tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent)
+            os.replace(target, Path(old) / "x")
+        os.replace(tmp, target)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_pretrained_pruned(directory: str | os.PathLike[str], *,
+                           model_class: type | None = None, **kwargs: Any) -> nn.Module:
+    """Reload what :func:`save_pretrained_pruned` wrote.
+
+    Args:
+        directory: the saved folder.
+        model_class: the model class (default: from the manifest or ``config.architectures``).
+        **kwargs: passed to ``from_pretrained`` for uniform saves (``dtype=`` ...).
+
+    Returns:
+        The model in eval mode.
+    """
+    import transformers
+
+    folder = Path(directory)
+    if not (folder / "config.json").exists():
+        raise ConfigError(f"{folder} holds no config.json; pass the folder that "
+                          "save_pretrained_pruned wrote")
+    manifest = _manifest(folder)
+    cls = model_class or _class(transformers, folder, manifest)
+    if manifest is None:
+        return cls.from_pretrained(folder, **kwargs).eval()
+    model = cls(transformers.AutoConfig.from_pretrained(folder))
+    if manifest.get("blocks"):
+        remove_blocks(model, manifest["blocks"]["removed"])
+    import prunekit as pk
+
+    pk.load_pruned(model, folder / "plan.json", folder / "weights.safetensors")
+    return model.eval()
+
+
+def _manifest(folder: Path) -> dict | None:
+    path = folder / MANIFEST
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("format") != FORMAT:
+        raise ConfigError(f"{path} is not a prunekit LLM manifest (format {FORMAT!r})")
+    return data
+
+
+def _class(transformers: Any, folder: Path, manifest: dict | None) -> type:
+    name = (manifest or {}).get("class")
+    if name is None:
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        name = (cfg.get("architectures") or [None])[0]
+    cls = getattr(transformers, name, None) if name else None
+    if cls is None:
+        raise ConfigError(f"cannot tell the model class of {folder}; pass model_class=")
+    return cls

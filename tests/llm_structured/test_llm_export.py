@@ -1,0 +1,105 @@
+"""Save / reload: uniform cuts reload with from_pretrained alone; others through the plan."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from llm_models import VOCAB, batches, tiny
+
+from prunekit.errors import ConfigError
+from prunekit.transformers import (
+    config_describes,
+    load_pretrained_pruned,
+    prune_blocks,
+    prune_width,
+    save_pretrained_pruned,
+)
+
+transformers = pytest.importorskip("transformers", reason="pip install transformers")
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"w{i}": i for i in range(VOCAB - 1)} | {"<unk>": VOCAB - 1}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>",
+                                                eos_token="w0", pad_token="w0")
+
+
+GEN = dict(max_new_tokens=5, do_sample=False, use_cache=True, pad_token_id=0)
+
+
+def test_uniform_cut_reloads_with_from_pretrained_alone(tmp_path) -> None:
+    model = tiny(num_hidden_layers=3)
+    prune_blocks(model, batches(), n=1)
+    prune_width(model, batches(), attention_ratio=0.5, mlp_ratio=0.25, compensate="bias")
+    assert config_describes(model)
+    kind = save_pretrained_pruned(model, tmp_path / "out", tokenizer=_tokenizer())
+    assert kind == "hf" and not (tmp_path / "out" / "prunekit_llm.json").exists()
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"],
+            cfg["intermediate_size"]) == (2, 2, 1, 36)
+    reloaded = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "out").eval()
+    x = batches(1, seed=4)[0]
+    with torch.no_grad():
+        assert torch.equal(reloaded(x).logits, model(x).logits)
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    ids = tok("w1 w2 w3", return_tensors="pt").input_ids
+    assert torch.equal(reloaded.generate(ids, **GEN), model.generate(ids, **GEN))
+
+
+@pytest.mark.slow
+def test_uniform_cut_reloads_in_an_interpreter_without_prunekit(tmp_path) -> None:
+    model = tiny(num_hidden_layers=3)
+    prune_blocks(model, batches(), n=1)
+    prune_width(model, batches(), attention_ratio=0.5, mlp_ratio=0.25, compensate="bias")
+    save_pretrained_pruned(model, tmp_path / "out", tokenizer=_tokenizer())
+    code = ("import sys, transformers; sys.modules['prunekit'] = None;"
+            f"m = transformers.LlamaForCausalLM.from_pretrained({str(tmp_path / 'out')!r});"
+            f"t = transformers.AutoTokenizer.from_pretrained({str(tmp_path / 'out')!r});"
+            "ids = t('w1 w2 w3', return_tensors='pt').input_ids;"
+            "print(m.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0).tolist())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip().splitlines()[-1]
+    assert json.loads(out) == model.generate(torch.tensor([[1, 2, 3]]), **GEN).tolist()
+
+
+def test_non_uniform_cut_reloads_through_the_plan(tmp_path) -> None:
+    model = tiny(num_hidden_layers=3, intermediate_size=64)
+    _, cut = prune_blocks(model, batches(), n=1)
+    plan = prune_width(model, batches(), mlp_ratio=0.4, attention_ratio=0.0, scope="global",
+                       compensate="lstsq")
+    widths = {layer.mlp.down_proj.in_features for layer in model.model.layers}
+    assert len(widths) > 1 and not config_describes(model)
+    with pytest.raises(ConfigError, match="pass plan="):
+        save_pretrained_pruned(model, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    assert save_pretrained_pruned(model, tmp_path / "out", plan=plan, blocks=cut,
+                                  tokenizer=_tokenizer()) == "plan"
+    reloaded = load_pretrained_pruned(tmp_path / "out")
+    x = batches(1, seed=4)[0]
+    with torch.no_grad():
+        assert torch.equal(reloaded(x).logits, model(x).logits)
+    assert torch.equal(reloaded.generate(x, **GEN), model.generate(x, **GEN))
+    assert (tmp_path / "out" / "tokenizer.json").exists()
+
+
+def test_saving_twice_replaces_the_folder(tmp_path) -> None:
+    model = tiny()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "stale.txt").write_text("old")
+    save_pretrained_pruned(model, tmp_path / "out")
+    assert not (tmp_path / "out" / "stale.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folders left
+
+
+def test_load_errors(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="no config.json"):
+        load_pretrained_pruned(tmp_path)
