@@ -1,0 +1,221 @@
+"""``allocate``: per-unit pruning ratios that meet a budget, chosen by a named strategy.
+
+Example:
+    >>> alloc = pk.allocate(model, x, kind="greedy", budget={"latency_ratio": 0.5},
+    ...                     evaluate=lambda m: accuracy(m, val_loader))
+    >>> graph = pk.trace(model, x)
+    >>> pk.apply(model, pk.plan(graph, **alloc.plan_kwargs))
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+
+from ..errors import ConfigError
+from .budget import Budget
+from .search import NEEDS_EVALUATE, STRATEGIES, SearchContext
+
+DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+GRANULARITIES = ("channel", "mask")
+
+
+@dataclass
+class Allocation:
+    """The outcome of :func:`allocate`.
+
+    Attributes:
+        kind: the strategy that chose the ratios.
+        granularity: ``"channel"`` (use with ``pk.plan``) or ``"mask"`` (``pk.sparsify``).
+        ratios: unit name -> ratio (channel: module whose output group is cut; mask: layer).
+        round_to: kept units per group are a multiple of this (channels).
+        criterion: importance criterion the ratios were chosen for.
+        ignore: modules left out (channels: ``ignore``; masks: ``exclude``).
+        budget: the limits that were met.
+        dense: costs of the dense network (params, macs, bytes, sparsity, latency_ms).
+        predicted: the same costs predicted for the allocation.
+        quality: held-out quality of the pruned copy (before any fine-tuning), if evaluated.
+        history: what the strategy did (scans, greedy steps, generations, evaluations).
+    """
+
+    kind: str
+    granularity: str
+    ratios: dict[str, float]
+    round_to: int
+    criterion: str
+    ignore: list[str]
+    budget: dict[str, float]
+    dense: dict[str, float]
+    predicted: dict[str, float]
+    quality: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def plan_kwargs(self) -> dict[str, Any]:
+        """Keywords for ``pk.plan(graph, **plan_kwargs)`` (channels): every searched group
+        is named, any other group keeps its size."""
+        if self.granularity != "channel":
+            raise ConfigError("plan_kwargs is for channel allocations; apply a mask allocation "
+                              "with prunekit.allocation.apply_allocation")
+        return {"ratio": 0.0, "ratios": dict(self.ratios), "round_to": self.round_to,
+                "criterion": self.criterion, "ignore": list(self.ignore)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the allocation and its history as JSON (atomically)."""
+        from .._io import write_json
+
+        write_json(path, self.to_dict())
+
+
+def allocate(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    kind: str = "greedy",
+    budget: Budget | Mapping[str, float],
+    evaluate: Callable[[nn.Module], float] | None = None,
+    granularity: str = "channel",
+    criterion: str | None = None,
+    ignore: Sequence[str] = (),
+    grid: Sequence[float] = DEFAULT_GRID,
+    round_to: int | Sequence[int] = 1,
+    batch_size: int = 1,
+    threads: int = 1,
+    seed: int = 0,
+    population: int = 16,
+    generations: int = 10,
+    block_depth: int = 1,
+    cache_dir: str | os.PathLike[str] | None = "default",
+    cache_key: str = "",
+    history_path: str | os.PathLike[str] | None = None,
+    timer: Callable[[nn.Module, Any], float] | None = None,
+    plan_options: Mapping[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Allocation:
+    """Choose how much to prune each channel group (or layer) so the network meets a budget.
+
+    The model is not changed: candidates are built on copies.
+
+    Args:
+        model: the dense, trained network.
+        example_inputs: inputs of one forward pass (batch 1 is best; timing resizes it).
+        kind: ``uniform``, ``global``, ``lamp``, ``sensitivity``, ``greedy``,
+            ``hierarchical`` or ``evolutionary`` (see :func:`list_kinds`).
+        budget: a :class:`Budget` or a mapping such as ``{"latency_ms": 2.0}``,
+            ``{"latency_ratio": 0.5}``, ``{"macs_ratio": 0.3, "params": 1e5}``,
+            ``{"sparsity": 0.8}``. Latency is predicted by a per-layer table measured
+            on this machine at ``batch_size`` with ``threads`` threads.
+        evaluate: ``evaluate(model) -> quality`` on a held-out split, higher is better
+            (``-loss`` for a loss); needed by sensitivity, greedy, hierarchical and
+            evolutionary. Never pass the test set.
+        granularity: ``"channel"`` (structured, through ``pk.plan``) or ``"mask"``
+            (unstructured, through ``pk.sparsify``; no latency budgets).
+        criterion: importance within a unit (default ``l2`` for channels, ``magnitude``
+            for masks).
+        ignore: module name patterns to keep (channels: ``pk.plan``'s ``ignore``; masks:
+            ``pk.sparsify``'s ``exclude``).
+        grid: candidate ratios per unit (the searches pick from these; the largest is the
+            most any unit loses, also for uniform/global/lamp).
+        round_to: one value, or several for the search to choose from (channels).
+        batch_size: batch the latency budget is for.
+        threads: threads the latency is measured with.
+        seed: seed of the evolutionary search.
+        population: evolutionary population size.
+        generations: evolutionary generations.
+        block_depth: hierarchical blocks are units grouped by this many name parts.
+        cache_dir: folder for the latency table and sensitivity scans; ``"default"`` is
+            ``$PRUNEKIT_CACHE`` or ``~/.cache/prunekit``; ``None`` caches nothing.
+        cache_key: names the held-out split for the scan cache.
+        history_path: where to write the allocation with its history (JSON).
+        timer: ``timer(module, inputs) -> ms`` instead of measuring (tests).
+        plan_options: more keywords for ``pk.plan`` (``data``, ``loss_fn`` for taylor).
+        progress: called with one line per step (scan rows, generations).
+
+    Returns:
+        An :class:`Allocation`; for channels ``pk.plan(pk.trace(model, x), **alloc.plan_kwargs)``.
+
+    Raises:
+        ConfigError: an unknown kind or granularity, a bad budget or grid, a kind that needs
+            ``evaluate`` without it, a latency budget for masks, or a budget that cannot be met.
+    """
+    strategy = STRATEGIES.get(kind)
+    spec = Budget.parse(budget)
+    grid_ = _check_grid(grid)
+    if kind in NEEDS_EVALUATE and evaluate is None:
+        raise ConfigError(f"kind={kind!r} measures quality: pass evaluate=fn(model) -> score on a "
+                          "held-out split, or use kind='uniform', 'global' or 'lamp'")
+    if granularity not in GRANULARITIES:
+        raise ConfigError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"allocate needs an nn.Module, got {type(model).__name__}")
+    cache = _cache_dir(cache_dir)
+    space = _space(model, example_inputs, granularity, criterion, ignore, round_to, plan_options)
+    space.check_metrics({"latency_ms"} if "latency_ms" in spec.metrics and
+                        granularity == "mask" else set())
+    if "latency_ms" in spec.metrics:
+        space.use_latency(batch_size=batch_size, threads=threads, timer=timer,
+                          cache_dir=cache, grid=grid_)
+    options = {"population": population, "generations": generations, "block_depth": block_depth,
+               "cache_dir": cache, "cache_key": cache_key, "progress": progress}
+    ctx = SearchContext(space, spec, grid_, evaluate, seed, options)
+    ratios, rt, history = strategy(ctx)
+    alloc = Allocation(kind, space.granularity, space.ratios_dict(ratios), rt, space.criterion,
+                       list(ignore), spec.to_dict(), ctx.dense, space.cost(ratios, rt),
+                       ctx.quality(ratios, rt) if evaluate is not None else None, history)
+    if history_path is not None:
+        alloc.save(history_path)
+    return alloc
+
+
+def apply_allocation(model: nn.Module, allocation: Allocation, example_inputs: Any = None) -> Any:
+    """Prune ``model`` in place as ``allocation`` says: channels through ``pk.plan`` /
+    ``pk.apply`` (returns the plan; needs ``example_inputs``), masks through
+    ``pk.sparsify`` (returns per-weight sparsities)."""
+    import prunekit as pk
+
+    if allocation.granularity == "channel":
+        if example_inputs is None:
+            raise ConfigError("a channel allocation needs example_inputs to trace the model")
+        plan = pk.plan(pk.trace(model, example_inputs), **allocation.plan_kwargs)
+        pk.apply(model, plan)
+        return plan
+    from .space import mask_layers
+
+    return mask_layers(model, allocation.ratios, criterion=allocation.criterion,
+                       exclude=allocation.ignore)
+
+
+def _space(model, example_inputs, granularity, criterion, ignore, round_to, plan_options) -> Any:
+    from .space import ChannelSpace, MaskSpace
+
+    if granularity == "channel":
+        return ChannelSpace(model, example_inputs, criterion=criterion or "l2", ignore=ignore,
+                            round_to_choices=round_to, plan_options=plan_options)
+    if round_to not in (1, (1,), [1]):
+        raise ConfigError("round_to is for channel allocations; masks keep every shape")
+    return MaskSpace(model, example_inputs, criterion=criterion or "magnitude", exclude=ignore)
+
+
+def _check_grid(grid: Sequence[float]) -> list[float]:
+    try:
+        values = sorted({0.0, *(float(r) for r in grid)})
+    except (TypeError, ValueError):
+        raise ConfigError(f"grid must be a list of ratios in [0, 1), got {grid!r}") from None
+    if len(values) < 2 or any(not 0 <= r < 1 for r in values):
+        raise ConfigError(f"grid needs ratios in (0, 1), like {list(DEFAULT_GRID)}; got {grid!r}")
+    return values
+
+
+def _cache_dir(cache_dir: Any) -> Any:
+    if cache_dir == "default":
+        from .latency import default_cache_dir
+
+        return default_cache_dir()
+    return cache_dir

@@ -1,0 +1,362 @@
+"""A per-layer latency table: each prunable layer timed at each candidate width, once.
+
+The table predicts the latency of a whole network pruned to any widths without
+building or timing it, which is what lets a search try thousands of allocations
+against **measured** latency (the idea of NetAdapt, Yang et al. 2018, "NetAdapt:
+Platform-Aware Neural Network Adaptation for Mobile Applications", and of the
+latency lookup tables of ProxylessNAS / FBNet).
+
+How it works:
+
+1. One forward pass with hooks records, for every convolution, linear and
+   batch-norm layer, its input shape; the traced graph says which group of
+   channels each layer's input and output width belongs to.
+2. Each such layer is rebuilt alone at every (input width, output width) pair the
+   search can produce and timed (``prunekit.measure.measure_latency``, median).
+   Entries are keyed by the layer's configuration, so identical layers are timed
+   once, and cached on disk per machine, torch version and thread count.
+3. A network's prediction is the sum of its layers' entries (bilinear interpolation
+   between measured widths) plus the time the table does not see (activations,
+   pooling, additions, Python): ``a + b * activation_fraction``, fitted on the dense
+   network and, when a builder is given, on uniformly pruned ones.
+
+Example:
+    >>> table = LatencyTable(graph, widths={gid: [8, 16] for gid in ids}, batch_size=1)
+    >>> table.predict({gid: 8 for gid in ids})  # milliseconds
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import os
+import platform
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+Timer = Callable[[nn.Module, Any], float]
+Counts = Mapping[int, int]
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def default_cache_dir() -> Path:
+    """``$PRUNEKIT_CACHE``, else ``$XDG_CACHE_HOME/prunekit``, else ``~/.cache/prunekit``."""
+    if os.environ.get("PRUNEKIT_CACHE"):
+        return Path(os.environ["PRUNEKIT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "prunekit"
+
+
+def machine_key(threads: int) -> dict[str, str]:
+    """What a latency entry depends on besides the layer: CPU, torch version, threads."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return {"cpu": cpu, "arch": platform.machine(), "torch": torch.__version__,
+            "threads": str(threads), "device": device}
+
+
+def measured_timer(*, threads: int = 1, warmup: int = 3, runs: int = 15) -> Timer:
+    """A timer that returns the median forward-pass milliseconds of a module."""
+    from ..measure import measure_latency
+
+    def timer(module: nn.Module, inputs: Any) -> float:
+        return measure_latency(module, inputs, threads=threads, warmup=warmup,
+                               runs=runs).median_ms
+
+    timer.__qualname__ = f"measured(threads={threads},warmup={warmup},runs={runs})"
+    return timer
+
+
+@dataclass
+class _Layer:
+    """A timed layer of the network: how to rebuild it at other widths."""
+
+    name: str
+    module: nn.Module
+    input_shape: tuple[int, ...]
+    out_axis: Any
+    in_axis: Any  # None when the input width follows the output (depthwise, batch norm)
+    dense_out: int
+    out_numel: int
+
+    def signature(self) -> str:
+        m = self.module
+        if isinstance(m, _CONV):
+            dw = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+            return (f"{type(m).__name__}|k{m.kernel_size}|s{m.stride}|p{m.padding}|d{m.dilation}"
+                    f"|g{'dw' if dw else m.groups}|b{m.bias is not None}|{m.padding_mode}"
+                    f"|x{self.input_shape[2:]}|n{self.input_shape[0]}")
+        if isinstance(m, nn.Linear):
+            return f"Linear|b{m.bias is not None}|x{self.input_shape[:-1]}"
+        return f"{type(m).__name__}|x{self.input_shape[2:]}|n{self.input_shape[0]}"
+
+    def build(self, cin: int, cout: int) -> tuple[nn.Module, torch.Tensor]:
+        """A fresh layer of this configuration with ``cin`` inputs and ``cout`` outputs,
+        and a random input for it."""
+        m, shape = self.module, list(self.input_shape)
+        if isinstance(m, _CONV):
+            dw = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+            groups = cout if dw else m.groups
+            layer = type(m)(cin, cout, m.kernel_size, m.stride, m.padding, m.dilation, groups,
+                            m.bias is not None, m.padding_mode)
+            shape[1] = cin
+        elif isinstance(m, nn.Linear):
+            layer, shape[-1] = nn.Linear(cin, cout, bias=m.bias is not None), cin
+        else:
+            layer, shape[1] = type(m)(cout), cout
+        return layer.eval(), torch.randn(shape)
+
+
+class LatencyTable:
+    """Per-layer latencies at candidate widths, predicting a whole network's latency.
+
+    Args:
+        graph: from ``pk.trace`` on the dense model (its example inputs give the shapes).
+        widths: group id -> candidate kept widths (the dense width is always added).
+        batch_size: batch the latency is for (the example inputs are resized to it).
+        timer: ``timer(module, inputs) -> ms``; by default the median of
+            ``measure_latency`` with ``threads`` threads. Tests pass a deterministic one.
+        threads: intra-op threads of the default timer (part of the cache key).
+        cache_dir: folder of the on-disk cache (one JSON file per machine, torch
+            version, thread count and timer); ``None`` keeps entries in memory only.
+        build: ``build(counts) -> model`` pruned to ``counts``; when given, the part of
+            the latency the table does not see is fitted on uniformly pruned networks too.
+    """
+
+    def __init__(self, graph: Any, *, widths: Mapping[int, Sequence[int]],
+                 batch_size: int = 1, timer: Timer | None = None, threads: int = 1,
+                 cache_dir: str | os.PathLike[str] | None = None,
+                 build: Callable[[Counts], nn.Module] | None = None) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.graph, self.batch_size = graph, batch_size
+        self.timer = timer or measured_timer(threads=threads)
+        self.threads = threads
+        self.widths = {int(g): sorted({int(w) for w in ws} | {graph.groups[g].size})
+                       for g, ws in widths.items()}
+        self.cache_path = None if cache_dir is None else self._cache_file(Path(cache_dir))
+        self.entries: dict[str, float] = self._load_cache()
+        self.layers = self._record_layers()
+        self.measured = 0
+        self._measure_all()
+        self.fit = self._calibrate(build)
+
+    # -- public ---------------------------------------------------------------------------------
+    def predict(self, counts: Counts) -> float:
+        """Predicted milliseconds of one forward pass once groups keep ``counts`` units."""
+        a, b = self.fit
+        return self.layers_ms(counts) + a + b * self.activation_fraction(counts)
+
+    def layers_ms(self, counts: Counts) -> float:
+        """Sum of the table's layer entries at ``counts`` (interpolated between widths)."""
+        return sum(self._lookup(layer, *self._widths_of(layer, counts)) for layer in self.layers)
+
+    def activation_fraction(self, counts: Counts) -> float:
+        """Kept fraction of the timed layers' output elements."""
+        total = sum(layer.out_numel for layer in self.layers) or 1
+        kept = sum(layer.out_numel * self._kept(layer.out_axis, counts) / layer.dense_out
+                   for layer in self.layers)
+        return kept / total
+
+    def network_ms(self, model: nn.Module) -> float:
+        """The timer on a whole network at this table's batch size."""
+        return float(self.timer(model, self._inputs()))
+
+    # -- recording ------------------------------------------------------------------------------
+    def _inputs(self) -> Any:
+        from ..measure.cost import resize_batch
+
+        return resize_batch(self.graph.example_inputs, self.batch_size)
+
+    def _record_layers(self) -> list[_Layer]:
+        model, shapes = self.graph.model, {}
+        hooks = [m.register_forward_hook(self._hook(name, shapes))
+                 for name, m in model.named_modules() if isinstance(m, (*_CONV, nn.Linear, *_NORM))]
+        from ..measure.cost import _call, _eval_mode
+
+        try:
+            with _eval_mode(model), torch.no_grad():
+                _call(model, self._inputs())
+        finally:
+            for h in hooks:
+                h.remove()
+        return [layer for name, (i, o) in shapes.items()
+                if (layer := self._layer(name, model.get_submodule(name), i, o)) is not None]
+
+    @staticmethod
+    def _hook(name: str, shapes: dict) -> Callable:
+        def hook(module: nn.Module, args: tuple, out: Any) -> None:
+            if name not in shapes and args and isinstance(args[0], torch.Tensor) \
+                    and isinstance(out, torch.Tensor):
+                shapes[name] = (tuple(args[0].shape), tuple(out.shape))
+        return hook
+
+    def _layer(self, name: str, m: nn.Module, in_shape: tuple, out_shape: tuple) -> _Layer | None:
+        axes = self.graph.param_axes.get(f"{name}.weight")
+        if axes is None:
+            return None
+        dw = isinstance(m, _CONV) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+        in_axis = axes[1] if isinstance(m, (*_CONV, nn.Linear)) and not dw else None
+        if isinstance(m, _CONV) and m.groups > 1 and not dw:
+            in_axis = None  # grouped convolutions are timed at their dense input width
+        numel = int(np.prod(out_shape))
+        return _Layer(name, m, in_shape, axes[0], in_axis, int(m.weight.shape[0]), numel)
+
+    def _kept(self, axis: Any, counts: Counts) -> int:
+        return self.graph.kept_size(axis, dict(counts))
+
+    def _widths_of(self, layer: _Layer, counts: Counts) -> tuple[int, int]:
+        out = self._kept(layer.out_axis, counts)
+        if layer.in_axis is None:
+            return (out if _follows_output(layer.module) else _in_width(layer.module)), out
+        return self._kept(layer.in_axis, counts) * getattr(layer.module, "groups", 1), out
+
+    def _axis_widths(self, axis: Any) -> list[int]:
+        """Candidate widths of an axis: its size when each group in it keeps each candidate."""
+        from ..graph import _axes as ax
+
+        leaves = {ax.find(leaf) for leaf in ax.leaves(axis)}
+        gids = [g for g in self.widths if ax.find(self.graph.groups[g].leaf) in leaves]
+        if not gids:
+            return [self._kept(axis, {})]
+        depth = max(len(self.widths[g]) for g in gids)
+        out = set()
+        for i in range(depth):
+            counts = {g: self.widths[g][min(i, len(self.widths[g]) - 1)] for g in gids}
+            out.add(self._kept(axis, counts))
+        return sorted(out)
+
+    def _grid(self, layer: _Layer) -> tuple[list[int], list[int]]:
+        outs = self._axis_widths(layer.out_axis)
+        if layer.in_axis is None:
+            ins = outs if _follows_output(layer.module) else [_in_width(layer.module)]
+        else:
+            groups = getattr(layer.module, "groups", 1)
+            ins = [w * groups for w in self._axis_widths(layer.in_axis)]
+        return ins, outs
+
+    # -- measuring ------------------------------------------------------------------------------
+    def _measure_all(self) -> None:
+        self._grids: dict[str, tuple[list[int], list[int]]] = {}
+        for layer in self.layers:
+            ins, outs = self._grid(layer)
+            sig = layer.signature()
+            old = self._grids.get(sig, ([], []))
+            self._grids[sig] = (sorted(set(old[0]) | set(ins)), sorted(set(old[1]) | set(outs)))
+        for layer in self.layers:
+            sig = layer.signature()
+            ins, outs = self._grids[sig]
+            pairs = zip(outs, outs, strict=True) if _diagonal(layer) else \
+                ((i, o) for i in ins for o in outs)
+            for cin, cout in pairs:
+                key = f"{sig}|{cin}|{cout}"
+                if key not in self.entries:
+                    module, x = layer.build(cin, cout)
+                    self.entries[key] = float(self.timer(module, x))
+                    self.measured += 1
+        self._save_cache()
+
+    def _lookup(self, layer: _Layer, cin: int, cout: int) -> float:
+        sig = layer.signature()
+        key = f"{sig}|{cin}|{cout}"
+        if key in self.entries:
+            return self.entries[key]
+        ins, outs = self._grids[sig]
+        if _diagonal(layer):
+            return _interp(outs, cout, lambda o: self.entries[f"{sig}|{o}|{o}"])
+        return _interp(ins, cin, lambda i: _interp(outs, cout,
+                                                   lambda o: self.entries[f"{sig}|{i}|{o}"]))
+
+    def _calibrate(self, build: Callable[[Counts], nn.Module] | None) -> tuple[float, float]:
+        """Fit ``latency - layers = a + b * activation_fraction`` (least squares, a, b >= 0)
+        on the dense network and, with a builder, on uniformly pruned ones."""
+        points: list[tuple[Counts, nn.Module]] = [({}, self.graph.model)]
+        if build is not None:
+            for q in (0.75, 0.5, 0.3):
+                counts = {g: _nearest(ws, q * self.graph.groups[g].size)
+                          for g, ws in self.widths.items()}
+                points.append((counts, build(counts)))
+        rows = [(self.activation_fraction(c), self.network_ms(m) - self.layers_ms(c))
+                for c, m in points]
+        self.calibration = [{"activation_fraction": f, "rest_ms": r} for f, r in rows]
+        f = np.array([r[0] for r in rows])
+        y = np.array([r[1] for r in rows])
+        if len(rows) < 2 or np.ptp(f) < 1e-9:
+            return max(0.0, float(y.mean())), 0.0
+        b, a = np.polyfit(f, y, 1)
+        if a < 0:  # no fixed part: the rest scales with the activations
+            return 0.0, max(0.0, float((f @ y) / (f @ f)))
+        if b < 0:
+            return max(0.0, float(y.mean())), 0.0
+        return float(a), float(b)
+
+    # -- cache ------------------------------------------------------------------------------
+    def _cache_file(self, folder: Path) -> Path:
+        key = {**machine_key(self.threads), "timer": getattr(self.timer, "__qualname__", "")}
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        self._cache_meta = key
+        return folder / "latency" / f"{digest}.json"
+
+    def _load_cache(self) -> dict[str, float]:
+        if self.cache_path is None or not self.cache_path.exists():
+            return {}
+        try:
+            data = json.loads(self.cache_path.read_text())
+            return {str(k): float(v) for k, v in data["entries"].items()}
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}  # a damaged cache is measured again
+
+    def _save_cache(self) -> None:
+        if self.cache_path is None or not self.measured:
+            return
+        from .._io import write_json
+
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(self.cache_path, {**self._cache_meta, "entries": self.entries})
+
+
+def _in_width(m: nn.Module) -> int:
+    return int(m.in_channels if isinstance(m, _CONV) else getattr(m, "in_features",
+                                                                  getattr(m, "num_features", 0)))
+
+
+def _follows_output(m: nn.Module) -> bool:
+    """Whether a layer's input width always equals its output width (norms, depthwise)."""
+    return isinstance(m, _NORM) or (isinstance(m, _CONV) and m.groups > 1
+                                    and m.groups == m.in_channels == m.out_channels)
+
+
+def _diagonal(layer: _Layer) -> bool:
+    return layer.in_axis is None and _follows_output(layer.module)
+
+
+def _nearest(values: Sequence[int], target: float) -> int:
+    return min(values, key=lambda v: (abs(v - target), v))
+
+
+def _interp(xs: Sequence[int], x: float, f: Callable[[int], float]) -> float:
+    """Piecewise-linear interpolation of ``f`` over sorted ``xs`` (linear extrapolation)."""
+    if len(xs) == 1:
+        return f(xs[0])
+    i = min(max(bisect.bisect_left(xs, x), 1), len(xs) - 1)
+    x0, x1 = xs[i - 1], xs[i]
+    y0, y1 = f(x0), f(x1)
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
