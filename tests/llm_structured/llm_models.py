@@ -38,3 +38,12 @@ def n_params(model: torch.nn.Module) -> int:
 
 def state_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster on one thread, and the shared cores are not oversubscribed."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -6,10 +6,12 @@ import copy
 
 import pytest
 import torch
-from llm_models import batches, n_params, state_equal, tiny
+from llm_models import batches, n_params, one_thread, state_equal, tiny  # noqa: F401
 
 from prunekit.errors import ConfigError
 from prunekit.transformers import prune_blocks, rank_blocks, remove_blocks
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _with_identity_block(k: int, layers: int = 4, family: str = "llama") -> torch.nn.Module:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import sys
 
 import pytest
 import torch
-from llm_models import VOCAB, batches, tiny
+from llm_models import VOCAB, batches, one_thread, tiny  # noqa: F401
 
 from prunekit.errors import ConfigError
 from prunekit.transformers import (
@@ -19,6 +18,8 @@ from prunekit.transformers import (
     prune_width,
     save_pretrained_pruned,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 transformers = pytest.importorskip("transformers", reason="pip install transformers")
 

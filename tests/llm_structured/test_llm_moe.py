@@ -8,10 +8,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from llm_models import VOCAB, batches, n_params, state_equal
+from llm_models import VOCAB, batches, n_params, one_thread, state_equal  # noqa: F401
 
 from prunekit.errors import ConfigError
 from prunekit.transformers import moe_layers, prune_experts
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 transformers = pytest.importorskip("transformers", reason="pip install transformers")
 
@@ -81,8 +83,8 @@ def test_experts_and_widths_cut_match_the_masked_dense_model(family: str) -> Non
 def test_half_the_experts_removes_most_expert_parameters() -> None:
     model = tiny_moe()
     cut = prune_experts(model, batches(), expert_ratio=0.5)
-    expert_params = sum(l.experts.gate_up_proj.numel() + l.experts.down_proj.numel()
-                        for l in moe_layers(tiny_moe()))
+    expert_params = sum(m.experts.gate_up_proj.numel() + m.experts.down_proj.numel()
+                        for m in moe_layers(tiny_moe()))
     removed = cut.params_before - cut.params_after
     assert removed >= 0.5 * expert_params  # all of half the experts, plus router rows
     assert model.config.num_local_experts == 4

@@ -6,11 +6,13 @@ import copy
 
 import pytest
 import torch
-from llm_models import batches, n_params, state_equal, tiny
+from llm_models import batches, n_params, one_thread, state_equal, tiny  # noqa: F401
 
 import prunekit as pk
 from prunekit.errors import ConfigError
 from prunekit.transformers import prune_width
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])

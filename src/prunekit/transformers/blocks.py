@@ -114,9 +114,9 @@ def _shortgpt(cos: torch.Tensor, count: int, n: int) -> BlockRanking:
 @_METRICS.register("angular")
 def _angular(cos: torch.Tensor, count: int, n: int) -> BlockRanking:
     influence = [float(1 - cos[i, i + 1]) for i in range(count)]
-    window = [math.acos(max(-1.0, min(1.0, float(cos[l, l + n])))) / math.pi
-              for l in range(count - n + 1)]
-    start = min(range(len(window)), key=lambda l: window[l])
+    window = [math.acos(max(-1.0, min(1.0, float(cos[s, s + n])))) / math.pi
+              for s in range(count - n + 1)]
+    start = min(range(len(window)), key=lambda s: window[s])
     return BlockRanking("angular", influence, window, list(range(start, start + n)))
 
 

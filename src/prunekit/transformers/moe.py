@@ -191,12 +191,12 @@ def _top(scores: torch.Tensor, k: int) -> list[int]:
 
 def _calibrate(model: nn.Module, layers: list[MoELayer], batches: list, *,
                want_width: bool) -> dict[str, dict[str, Any]]:
-    stats = {l.path: {"mass": torch.zeros(l.count, dtype=torch.float64),
-                      "count": torch.zeros(l.count, dtype=torch.float64),
-                      "width": torch.zeros(l.count, l.width, dtype=torch.float64)}
-             for l in layers}
-    hooks = [l.experts.register_forward_pre_hook(_usage_hook(l, stats[l.path], want_width),
-                                                 with_kwargs=True) for l in layers]
+    stats = {m.path: {"mass": torch.zeros(m.count, dtype=torch.float64),
+                      "count": torch.zeros(m.count, dtype=torch.float64),
+                      "width": torch.zeros(m.count, m.width, dtype=torch.float64)}
+             for m in layers}
+    hooks = [m.experts.register_forward_pre_hook(_usage_hook(m, stats[m.path], want_width),
+                                                 with_kwargs=True) for m in layers]
     was_training = model.training
     try:
         model.eval()
@@ -207,9 +207,9 @@ def _calibrate(model: nn.Module, layers: list[MoELayer], batches: list, *,
         for h in hooks:
             h.remove()
         model.train(was_training)
-    for l in layers:
-        st = stats[l.path]
-        down = l.experts.down_proj.detach().to("cpu", torch.float64).abs().sum(1)  # (E, width)
+    for m in layers:
+        st = stats[m.path]
+        down = m.experts.down_proj.detach().to("cpu", torch.float64).abs().sum(1)  # (E, width)
         st["width"] = st["width"].sqrt() * down
     return stats
 
