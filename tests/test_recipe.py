@@ -107,7 +107,10 @@ def test_criterion_error_lists_every_registered_criterion():
     from prunekit.importance import list_criteria
 
     message = error_of({"prune": {"criterion": "nope"}})
-    assert all(name in message for name in list_criteria())
+    assert all(name in message for name in list_criteria(kind="mask"))
+    assert "bn_scale" not in message  # group-only: not offered for masks
+    channel = error_of({"prune": {"granularity": "channel", "criterion": "nope"}})
+    assert all(name in channel for name in list_criteria(kind="group"))
 
 
 def test_exactly_one_amount():

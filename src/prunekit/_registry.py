@@ -42,6 +42,11 @@ class Registry(Generic[T]):
 
         return add
 
+    def replace(self, name: str, obj: T) -> None:
+        """Swap the object registered as ``name`` (which must exist) for ``obj``."""
+        self.get(name)
+        self._items[name] = obj
+
     def get(self, name: str) -> T:
         """The object registered as ``name``; an unknown name lists the valid ones."""
         try:

@@ -6,11 +6,14 @@ import platform
 import random
 import re
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from ._version import __version__
+from .errors import ConfigError
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -36,6 +39,39 @@ def name_matches(name: str, pattern: str) -> bool:
 def match_any(name: str, patterns: Iterable[str]) -> bool:
     """Whether ``name`` matches at least one of ``patterns`` (see :func:`name_matches`)."""
     return any(name_matches(name, p) for p in patterns)
+
+
+def resolve_ignore(model: nn.Module, ignore: Any) -> set[str]:
+    """Module paths of ``model`` that ``ignore`` names: module objects, qualified module or
+    parameter names (a parameter stands for its module) and ``"re:..."`` patterns.
+
+    The one reading of "leave these alone" for masks and channels alike. A module that is
+    not part of the model, or a name or pattern that matches nothing, is a ConfigError.
+    """
+    if isinstance(ignore, (str, nn.Module)):
+        ignore = [ignore]
+    named = dict(model.named_modules())
+    by_id = {id(m): n for n, m in reversed(list(named.items()))}
+    params = [n for n, _ in model.named_parameters()]
+    out: set[str] = set()
+    for item in ignore:
+        if isinstance(item, nn.Module):
+            if id(item) not in by_id:
+                raise ConfigError(f"ignored module {type(item).__name__} is not part of this "
+                                  "model; pass modules of the model or name patterns")
+            out.add(by_id[id(item)])
+        elif isinstance(item, str):
+            hits = {n for n in named if n and name_matches(n, item)}
+            hits |= {p.rpartition(".")[0] for p in params if name_matches(p, item)}
+            if not hits:
+                sample = ", ".join(n for n in list(named)[1:7])
+                raise ConfigError(f"ignore pattern {item!r} matches no module or parameter of "
+                                  f"the model; names look like: {sample}")
+            out.update(hits)
+        else:
+            raise ConfigError(f"ignore takes modules, names or 're:' patterns, "
+                              f"got {type(item).__name__}")
+    return out
 
 
 def versions() -> dict[str, str]:

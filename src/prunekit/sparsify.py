@@ -9,6 +9,7 @@ first mask is attached, and a rejected call leaves the model untouched.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,7 +17,8 @@ from torch import nn
 from . import mask as _mask
 from ._registry import Registry
 from ._utils import match_any
-from .allocation import Rule, nm_keep, parse_pattern, select
+from .allocation import nm_keep, select
+from .config import NM, SparsifyConfig, deprecated, split_ignore
 from .errors import ConfigError
 from .importance import collect_stats, get_criterion
 from .mask.targets import Target, find_targets
@@ -73,26 +75,15 @@ _GRANULARITIES.register("neuron")(_Neurons())
 
 def sparsify(
     model: nn.Module,
+    config: SparsifyConfig | None = None,
     *,
-    sparsity: float | None = None,
-    threshold: float | None = None,
-    percentile: float | None = None,
-    std_k: float | None = None,
-    pattern: str | None = None,
-    criterion: str = "magnitude",
-    scope: str | None = None,
-    granularity: str = "weight",
-    exclude: Sequence[str] = (),
-    protect_output: bool = False,
     data: Iterable | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    batches: int = 8,
-    fisher_samples: int = 256,
-    seed: int = 0,
+    **options: Any,
 ) -> dict[str, float]:
     """Mask the least important weights of ``model`` in place.
 
-    Exactly one rule says how much to cut: ``sparsity`` (fraction in [0, 1)),
+    Exactly one amount says how much to cut: ``sparsity`` (fraction in [0, 1)),
     ``threshold`` (absolute score), ``percentile`` (of the scores, in [0, 100)),
     ``std_k`` (prune scores below mean + k * std), or ``pattern`` ("N:M", keep N
     of every M consecutive input weights). Weights pruned by an earlier call stay
@@ -102,21 +93,15 @@ def sparsify(
         model: the network; Linear, Conv, ConvTranspose, LSTM/GRU/RNN and
             MultiheadAttention weights are prunable. Biases and normalization
             parameters are left alone (except the bias of a pruned neuron).
-        criterion: a name from :func:`list_criteria`.
-        scope: ``"layer"`` (each layer on its own), ``"global"`` (one ranking),
-            ``"lamp"`` (global over LAMP-normalized scores) or ``"row"`` (each output
-            row on its own, as Wanda compares). Default: the criterion's own scope
-            (``"row"`` for ``wanda``), else ``"layer"``.
-        granularity: ``"weight"`` or ``"neuron"`` (whole rows / filters).
-        exclude: module or parameter name patterns to leave dense (``"fc"``,
-            ``"re:layer[0-9]+\\.conv1"``); a pattern that matches nothing is an error.
-        protect_output: leave the last prunable layer (the classifier) dense.
+        config: a :class:`~prunekit.config.SparsifyConfig`; or give its fields as keywords:
+            ``sparsity`` / ``threshold`` / ``percentile`` / ``std_k`` / ``pattern``,
+            ``criterion`` (:func:`list_criteria`), ``scope`` (``layer``, ``global``,
+            ``lamp``), ``granularity`` (``weight`` or ``neuron``), ``ignore`` (modules,
+            module or parameter names, ``re:`` patterns left dense; ``exclude`` is the
+            deprecated spelling), ``protect_output``, ``batches``, ``fisher_samples``, ``seed``.
         data: ``(inputs, targets)`` batches for data-driven criteria (gradient,
-            taylor, obd).
+            taylor, obd, fisher).
         loss_fn: loss for data-driven criteria; cross-entropy by default.
-        batches: batches used for mean gradients.
-        fisher_samples: single samples used for the Fisher diagonal (obd).
-        seed: seed of the ``random`` criterion.
 
     Returns:
         Qualified weight name -> its sparsity after the call.
@@ -124,16 +109,12 @@ def sparsify(
     Example:
         >>> pk.sparsify(model, sparsity=0.9, criterion="magnitude", scope="global")
         >>> pk.sparsify(model, pattern="2:4")
+        >>> pk.sparsify(model, SparsifyConfig(amount=Rule("sparsity", 0.5), ignore=("fc",)))
     """
-    rule, nm = _parse_rule(sparsity, threshold, percentile, std_k, pattern)
-    crit = get_criterion(criterion)
-    scope = scope or crit.scope or "layer"
-    if rule and scope != ROW_SCOPE:
-        select({}, rule, scope=scope)  # validates the scope name early
-    gran = _GRANULARITIES.get(granularity)
-    if nm and granularity != "weight":
-        raise ConfigError("an N:M pattern works on single weights; use granularity='weight'")
-    targets = _select_targets(model, exclude, protect_output)
+    config = _config(model, config, options)
+    crit = get_criterion(config.criterion)
+    gran = _GRANULARITIES.get(config.granularity)
+    targets = select_targets(model, config.ignore, config.protect_output)
     weights = {t.name: t.weight for t in targets}
     stats = collect_stats(
         model,
@@ -141,43 +122,42 @@ def sparsify(
         data,
         needs=crit.needs,
         loss_fn=loss_fn,
-        batches=batches,
-        fisher_samples=fisher_samples,
-        generator=torch.Generator().manual_seed(seed),
+        batches=config.calibration.batches,
+        fisher_samples=config.calibration.fisher_samples,
+        generator=torch.Generator().manual_seed(config.seed),
     )
     scores = {t.name: _scores(t, crit(t.weight, stats[t.name])) for t in targets}
-    if nm:
-        keep = {t.name: nm_keep(scores[t.name], *nm, dim=t.spec.in_dim) for t in targets}
+    if isinstance(config.amount, NM):
+        nm = config.amount
+        keep = {t.name: nm_keep(scores[t.name], nm.n, nm.m, dim=t.spec.in_dim) for t in targets}
     else:
-        keep = _keep(targets, scores, rule, scope, gran, granularity)
-    _attach(targets, keep, neurons=granularity == "neuron")
+        units = {t.name: gran.unit_scores(scores[t.name], t) for t in targets}
+        pruned = select(units, config.amount, scope=config.scope)
+        keep = {t.name: ~gran.expand(pruned[t.name], t) for t in targets}
+    _attach(targets, keep, neurons=config.granularity == "neuron")
     return {t.name: _zero_fraction(t.weight) for t in targets}
 
 
-ROW_SCOPE = "row"
+def _config(model: nn.Module, config: SparsifyConfig | None, options: dict) -> SparsifyConfig:
+    """The config of a call: the one given, or the one its keywords spell."""
+    if config is not None:
+        if options:
+            raise ConfigError(f"give a SparsifyConfig or keywords, not both (got "
+                              f"{', '.join(options)})")
+        if not isinstance(config, SparsifyConfig):
+            raise ConfigError(f"config must be a SparsifyConfig, got {type(config).__name__}")
+        return config
+    if "exclude" in options:
+        deprecated("sparsify(exclude=...)", "ignore=...")
+        options["ignore"] = tuple(_as_list(options.pop("exclude"))) + \
+            tuple(_as_list(options.pop("ignore", ())))
+    if "ignore" in options:
+        options["ignore"], _ = split_ignore(model, options["ignore"])
+    return SparsifyConfig.from_keywords(**options)
 
 
-def _keep(targets, scores, rule, scope, gran, granularity) -> dict[str, torch.Tensor]:
-    if scope == ROW_SCOPE:
-        if granularity != "weight":
-            raise ConfigError("scope='row' ranks single weights; use granularity='weight'")
-        return {t.name: ~_row_prune(scores[t.name], rule, t.spec.out_dim) for t in targets}
-    units = {t.name: gran.unit_scores(scores[t.name], t) for t in targets}
-    pruned = select(units, rule, scope=scope)
-    return {t.name: ~gran.expand(pruned[t.name], t) for t in targets}
-
-
-def _row_prune(scores: torch.Tensor, rule: Rule, out_dim: int) -> torch.Tensor:
-    """The rule applied to each output row on its own (Wanda's comparison group)."""
-    rows = scores.movedim(out_dim, 0).flatten(1)  # (out, rest)
-    if rule.kind == "sparsity":  # vectorized: the k lowest of every row
-        k = int(round(rule.value * rows.shape[1]))
-        order = torch.argsort(rows, dim=1, stable=True)
-        pruned = torch.zeros_like(rows, dtype=torch.bool).scatter_(1, order[:, :k], True)
-        pruned |= torch.isneginf(rows)
-    else:
-        pruned = torch.stack([rule.prune(r) for r in rows]) if rows.numel() else rows.bool()
-    return pruned.reshape(scores.movedim(out_dim, 0).shape).movedim(0, out_dim)
+def _as_list(items: Any) -> list:
+    return [items] if isinstance(items, (str, nn.Module)) else list(items)
 
 
 def sparsity_of(model: nn.Module) -> float:
@@ -195,43 +175,25 @@ def sparsity_of(model: nn.Module) -> float:
     return zeros / total
 
 
-def list_granularities() -> list[str]:
-    """Names of the unit granularities ``sparsify`` accepts."""
-    return _GRANULARITIES.names()
+#: Granularities that rebuild the network smaller (``pk.plan`` / ``pk.prune``).
+STRUCTURED_GRANULARITIES = ("channel",)
 
 
-def _parse_rule(
-    sparsity, threshold, percentile, std_k, pattern
-) -> tuple[Rule | None, tuple | None]:
-    given = {
-        k: v
-        for k, v in dict(
-            sparsity=sparsity, threshold=threshold, percentile=percentile, std=std_k
-        ).items()
-        if v is not None
-    }
-    if pattern is not None:
-        if given:
-            raise ConfigError(
-                f"pattern={pattern!r} fixes the sparsity itself; drop {', '.join(given)}"
-            )
-        return None, parse_pattern(pattern)
-    if len(given) != 1:
-        raise ConfigError(
-            "give exactly one of sparsity, threshold, percentile, std_k or pattern"
-            + (f" (got {', '.join(given)})" if given else "")
-        )
-    ((kind, value),) = given.items()
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{kind} must be a number, got {value!r}") from None
-    return Rule(kind, value), None
+def list_granularities(kind: str = "all") -> list[str]:
+    """Names of the unit granularities: ``"mask"`` (``sparsify``: shapes stay),
+    ``"structured"`` (``plan``: shapes shrink) or ``"all"``."""
+    masks = _GRANULARITIES.names()
+    choices = {"mask": masks, "structured": list(STRUCTURED_GRANULARITIES),
+               "all": sorted([*masks, *STRUCTURED_GRANULARITIES])}
+    if kind not in choices:
+        raise ConfigError(f"unknown granularity kind {kind!r}; valid: {', '.join(choices)}")
+    return choices[kind]
 
 
-def _select_targets(model: nn.Module, exclude: Sequence[str], protect_output: bool) -> list[Target]:
-    if isinstance(exclude, str):
-        exclude = [exclude]
+def select_targets(model: nn.Module, ignore: Sequence[str], protect_output: bool) -> list[Target]:
+    """The prunable weights of ``model`` less those ``ignore`` names (and the classifier's
+    with ``protect_output``); none left is a ConfigError."""
+    exclude = list(ignore)
     targets = find_targets(model)
     if not targets:
         raise ConfigError(
@@ -243,7 +205,7 @@ def _select_targets(model: nn.Module, exclude: Sequence[str], protect_output: bo
         if not any(match_any(n, [pattern]) for n in names):
             sample = ", ".join(t.name for t in targets[:6])
             raise ConfigError(
-                f"exclude pattern {pattern!r} matches no module or parameter; "
+                f"ignore pattern {pattern!r} matches no module or parameter; "
                 f"prunable weights are named like: {sample}"
             )
     kept = [
@@ -252,7 +214,7 @@ def _select_targets(model: nn.Module, exclude: Sequence[str], protect_output: bo
     if protect_output and kept and kept[-1].module is targets[-1].module:
         kept = [t for t in kept if t.module is not targets[-1].module]
     if not kept:
-        raise ConfigError("every prunable weight is excluded; nothing left to prune")
+        raise ConfigError("every prunable weight is ignored; nothing left to prune")
     return kept
 
 

@@ -13,25 +13,27 @@ A plan is plain data: ``plan.save("plan.json")`` and later
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
+from ._utils import resolve_ignore
 from .allocation.channels import (
     _allocate,
     _candidates,
-    _check_args,
     _one_factor_per_dim,
     _Options,
     _producers,
-    _resolve_ignore,
     _unit_rounding,
 )
+from .allocation.rules import lamp_scores
+from .config import PlanConfig, split_ignore
 from .errors import ConfigError
 from .export import load_pruned, save_pruned
 from .graph import Graph, Group
+from .importance.group import group_importance
 from .surgery import Plan, apply_plan
 from .surgery.build import build_plan
 from .surgery.exclusion import _analogues, _failing_groups, _runner
@@ -79,77 +81,66 @@ def trace(model: nn.Module, example_inputs: Any) -> Graph:
 # -- planning ------------------------------------------------------------------------------------
 def plan(
     graph: Graph,
+    config: PlanConfig | None = None,
     *,
-    ratio: float | None = None,
-    ratios: Mapping[str, float] | None = None,
-    criterion: str = "l2",
-    scope: str = "layer",
-    max_ratio: float = 0.9,
-    target: Mapping[str, float] | None = None,
-    round_to: int = 1,
-    ignore: Iterable[nn.Module | str] = (),
     data: Iterable | None = None,
     loss_fn: Callable | None = None,
-    batches: int = 4,
-    seed: int = 0,
-    check: bool | str = True,
+    **options: Any,
 ) -> Plan:
-    """Decide which units of each group to remove.
+    """Decide which units of each group to remove. The graph is not changed.
 
     Args:
         graph: from :func:`trace`.
-        ratio: fraction of units removed from each group (default 0.5); with
-            ``scope="global"`` the fraction of all units, ranked across groups.
-        ratios: per-group ratio by module name pattern (``{"re:layer4\\..*": 0.7}``); the
-            first pattern matching a module of the group wins.
-        criterion: unit importance: ``l1``, ``l2``, ``taylor``, ``bn_scale``, ``random``,
-            ``lamp`` or any criterion of the registry.
-        scope: ``"layer"`` (each group on its own) or ``"global"`` (one ranking).
-        max_ratio: with global scope or a target, the most any one group loses.
-        target: instead of a ratio, the fraction of ``{"params": f}`` or ``{"macs": f}``
-            to remove; the ratio is searched to meet it.
-        round_to: kept units per group are a multiple of this (8 or 16 suit hardware).
-        ignore: modules (objects or name patterns) whose own outputs keep their size;
-            their inputs may still shrink with the layer that feeds them.
-        data: ``(inputs, targets)`` batches for gradient-based criteria (``taylor``).
+        config: a :class:`~prunekit.config.PlanConfig`; or its fields as keywords:
+            ``ratio`` (fraction of units removed from each group, default 0.5; with
+            ``scope="global"`` the fraction of all units), ``ratios`` (per-group ratio by
+            module name pattern, ``{"re:layer4\\..*": 0.7}``), ``budget`` (a
+            :class:`~prunekit.config.Budget`; ``target={"macs": f}`` is the older
+            spelling), ``criterion`` (any name of :func:`prunekit.list_criteria`),
+            ``scope`` (``layer``, ``global``, ``lamp``), ``max_ratio``, ``round_to``,
+            ``ignore`` (modules, names or ``re:`` patterns whose own outputs keep their
+            size; their inputs may still shrink with the layer that feeds them),
+            ``batches`` / ``fisher_samples`` (calibration), ``seed``, ``check``
+            (``"always"``, the default: dry-run the plan on a weightless copy and leave out
+            groups whose cut breaks the forward pass, since code can take a size from
+            another tensor's shape, which no trace sees; ``"auto"``: only when a cut size
+            is spelled out in the code; ``"never"``; ``True`` / ``False`` are accepted).
+        data: ``(inputs, targets)`` batches for data-driven criteria (``taylor``, ``obd`` ...).
         loss_fn: loss for those criteria (cross-entropy by default).
-        batches: batches used for gradients.
-        seed: seed for ``random``.
-        check: dry-run the plan on a weightless copy and leave out groups whose cut
-            breaks the forward pass (sizes baked into the code): ``True`` (default)
-            always, since code can also take a size from another tensor's shape
-            (``reshape(B, N, x.shape[-1])``), which no trace can see; ``"auto"`` only
-            when a cut group's size is spelled out in the code (``x.view(-1, 400)``);
-            ``False`` never.
 
     Returns:
-        The :class:`Plan`.
+        The :class:`Plan`; ``plan.info["excluded"]`` names the groups the dry run left out.
 
     Example:
         >>> plan = pk.plan(graph, ratio=0.5, criterion="l2", round_to=8)
+        >>> plan = pk.plan(graph, PlanConfig(budget=Budget("macs", 0.5), scope="global"))
     """
-    from .importance.group import check_criterion, group_importance
-
-    ratio = _check_args(graph, ratio, ratios, scope, max_ratio, target, round_to, check)
-    check_criterion(criterion)
-    ignored = _resolve_ignore(graph.model, ignore)
+    if not isinstance(graph, Graph):
+        raise ConfigError(f"plan needs the Graph that pk.trace returns, got {type(graph).__name__}")
+    config = _plan_config(graph.model, config, options)
+    ignored = resolve_ignore(graph.model, config.ignore)
     candidates, skipped = _one_factor_per_dim(graph, _candidates(graph, ignored))
-    if not candidates and (ratio > 0 or target):
+    if not candidates and (config.ratio or config.budget):
         raise ConfigError(_nothing_to_prune(graph, ignored))
-    scores = group_importance(graph, candidates, criterion=criterion, data=data,
-                              loss_fn=loss_fn, batches=batches, seed=seed)
-    options = _Options(ratio, dict(ratios or {}), scope, max_ratio, dict(target or {}), round_to,
-                       _producers(graph, candidates), _unit_rounding(graph, candidates, round_to),
-                       normalize=criterion != "lamp")
-    info = {"criterion": criterion, "ratio": ratio, "scope": scope, "round_to": round_to,
-            "target": dict(target or {}), "model": type(graph.model).__name__,
-            "ignored": sorted(ignored), **({"skipped": skipped} if skipped else {})}
+    scores = group_importance(graph, candidates, criterion=config.criterion, data=data,
+                              loss_fn=loss_fn, batches=config.calibration.batches,
+                              seed=config.seed)
+    if config.scope == "lamp":
+        scores = {gid: lamp_scores(s) for gid, s in scores.items()}
+    options_ = _Options.of(config, _producers(graph, candidates),
+                           _unit_rounding(graph, candidates, config.round_to))
+    info = {"criterion": config.criterion, "ratio": config.ratio, "scope": config.scope,
+            "round_to": config.round_to,
+            "target": {config.budget.kind: config.budget.fraction} if config.budget else {},
+            "model": type(graph.model).__name__, "ignored": sorted(ignored),
+            **({"skipped": skipped} if skipped else {})}
     excluded: dict[int, str] = {}
     while True:
         groups = [g for g in candidates if g.id not in excluded]
-        kept, reached = _allocate(graph, groups, scores, options)
+        kept, reached = _allocate(graph, groups, scores, options_)
         result = build_plan(graph, kept, info={**info, **reached})
-        if not (check is True or check == "auto" and any(graph.groups[g].literal for g in kept)):
+        if not (config.check == "always"
+                or config.check == "auto" and any(graph.groups[g].literal for g in kept)):
             break
         bad, where = _failing_groups(graph, _runner(graph), result, kept)
         if not bad:
@@ -158,11 +149,20 @@ def plan(
         excluded.update(_analogues(graph, groups, bad, excluded, where))
     if excluded:
         result.info["excluded"] = {graph.groups[g].name: why for g, why in excluded.items()}
-        for gid, why in excluded.items():
-            reason = f"forward pass fails when cut ({why})"
-            if reason not in graph.groups[gid].extra_blocked:
-                graph.groups[gid].extra_blocked.append(reason)
     return result
+
+
+def _plan_config(model: nn.Module, config: PlanConfig | None, options: dict) -> PlanConfig:
+    """The config of a call: the one given, or the one its keywords spell."""
+    if config is None:
+        if "ignore" in options:
+            options["ignore"], _ = split_ignore(model, options["ignore"])
+        return PlanConfig.from_keywords(**options)
+    if options:
+        raise ConfigError(f"give a PlanConfig or keywords, not both (got {', '.join(options)})")
+    if not isinstance(config, PlanConfig):
+        raise ConfigError(f"config must be a PlanConfig, got {type(config).__name__}")
+    return config
 
 
 def _nothing_to_prune(graph: Graph, ignored: set[str]) -> str:
@@ -197,14 +197,16 @@ def apply(model: nn.Module, plan: Plan) -> nn.Module:
     return model
 
 
-def prune(model: nn.Module, example_inputs: Any, **options: Any) -> Plan:
-    """Trace, plan and apply in one call; returns the plan (keywords as for :func:`plan`).
+def prune(model: nn.Module, example_inputs: Any, config: PlanConfig | None = None,
+          **options: Any) -> Plan:
+    """Trace, plan and apply in one call; returns the plan (config or keywords as for
+    :func:`plan`, and ``data`` / ``loss_fn``).
 
     Example:
         >>> plan = pk.prune(model, torch.randn(1, 3, 32, 32), ratio=0.5)
     """
     graph = trace(model, example_inputs)
-    result = plan(graph, **options)
+    result = plan(graph, config, **options)
     apply(model, result)
     return result
 

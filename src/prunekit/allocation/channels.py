@@ -9,7 +9,6 @@ and rounding of kept counts to hardware-friendly multiples.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +20,6 @@ from ..errors import ConfigError
 from ..graph import Graph, Group
 from ..graph import _axes as ax
 from ..surgery.surgeons import input_dims
-
-_SCOPES = ("layer", "global")
-_TARGETS = ("params", "macs")
 
 
 @dataclass
@@ -37,55 +33,22 @@ class _Options:
     producers: dict[int, list[str]] = field(default_factory=dict)
     unit_round: dict[int, int] = field(default_factory=dict)
     normalize: bool = True
+    lamp: bool = False
 
+    @classmethod
+    def of(cls, config: Any, producers: dict[int, list[str]],
+           unit_round: dict[int, int]) -> _Options:
+        """The allocation options of a :class:`~prunekit.config.PlanConfig`.
 
-def _check_args(graph, ratio, ratios, scope, max_ratio, target, round_to, check) -> float:
-    if not isinstance(graph, Graph):
-        raise ConfigError(f"plan needs the Graph that pk.trace returns, got {type(graph).__name__}")
-    if target and (ratio is not None or ratios):
-        raise ConfigError("give either ratio/ratios or target, not both")
-    ratio = 0.5 if ratio is None else ratio
-    for name, r in [("ratio", ratio), ("max_ratio", max_ratio), *(ratios or {}).items()]:
-        if not isinstance(r, (int, float)) or not 0 <= r < 1:
-            raise ConfigError(f"{name} must be a fraction in [0, 1), got {r!r}")
-    if scope not in _SCOPES:
-        raise ConfigError(f"unknown scope {scope!r}; valid scopes: {', '.join(_SCOPES)}")
-    for key, f in (target or {}).items():
-        if key not in _TARGETS:
-            raise ConfigError(f"unknown target {key!r}; valid targets: {', '.join(_TARGETS)}")
-        if not isinstance(f, (int, float)) or not 0 <= f < 1:
-            raise ConfigError(f"target {key} must be a fraction in [0, 1), got {f!r}")
-    if target and len(target) != 1:
-        raise ConfigError("target takes one entry: {'params': f} or {'macs': f}")
-    if check not in (True, False, "auto"):
-        raise ConfigError(f"check must be True, False or 'auto', got {check!r}")
-    if not isinstance(round_to, int) or round_to < 1:
-        raise ConfigError(f"round_to must be a positive integer, got {round_to!r}")
-    return float(ratio)
-
-
-def _resolve_ignore(model: nn.Module, ignore: Iterable[nn.Module | str]) -> set[str]:
-    """Module paths to ignore; a module or pattern not in the model is an error."""
-    if isinstance(ignore, (str, nn.Module)):
-        ignore = [ignore]
-    named = dict(model.named_modules())
-    by_id = {id(m): n for n, m in reversed(list(named.items()))}
-    out: set[str] = set()
-    for item in ignore:
-        if isinstance(item, nn.Module):
-            if id(item) not in by_id:
-                raise ConfigError(f"ignored module {type(item).__name__} is not part of this "
-                                  "model; pass modules of the traced model or name patterns")
-            out.add(by_id[id(item)])
-        elif isinstance(item, str):
-            hits = [n for n in named if n and name_matches(n, item)]
-            if not hits:
-                raise ConfigError(f"ignore pattern {item!r} matches no module of the model; "
-                                  "check the name (see model.named_modules())")
-            out.update(hits)
-        else:
-            raise ConfigError(f"ignore takes modules or name patterns, got {type(item).__name__}")
-    return out
+        Scope ``lamp`` ranks across groups like ``global`` but on LAMP-normalized scores,
+        which compare across layers as they are (criterion ``lamp`` is the older spelling).
+        """
+        lamp = config.scope == "lamp" or config.criterion == "lamp"
+        budget = {config.budget.kind: config.budget.fraction} if config.budget else {}
+        return cls(float(config.ratio or 0.0), dict(config.ratios),
+                   "global" if config.scope == "lamp" else config.scope,
+                   config.max_ratio, budget, config.round_to, producers, unit_round,
+                   normalize=not lamp, lamp=config.scope == "lamp")
 
 
 def _is_input_dim(model: nn.Module, name: str, dim: int) -> bool:

@@ -1,9 +1,13 @@
-"""The criteria registry: per-weight importance scores.
+"""The one criteria registry, for masks and channels alike.
 
 A criterion maps a weight tensor (and, for data-driven criteria, statistics
 gathered on calibration data) to a non-negative score of the same shape; higher
 means more important. Coarser units (neurons, N:M blocks, channel groups) are
-scored by summing the scores of their weights.
+scored by summing the scores of their weights. A criterion may also offer a
+*group-level reduction*: a function that scores the units of channel groups
+directly (``bn_scale`` reads only the norms' scales, ``wanda`` / ``flap`` read the
+consumers' inputs); ``pk.plan`` uses it where it exists. A criterion with only a
+group reduction works with ``pk.plan`` and is refused by ``pk.sparsify``.
 
 Registering your own takes one decorated function::
 
@@ -42,6 +46,8 @@ class ParamStats:
 
 
 ScoreFn = Callable[[torch.Tensor, ParamStats], torch.Tensor]
+#: ``fn(graph, groups, *, data, loss_fn, batches, generator) -> {group id: unit scores}``
+GroupScoreFn = Callable[..., dict]
 
 
 @dataclass(frozen=True)
@@ -50,11 +56,23 @@ class Criterion:
     "act_norm") and the scope its scores are meant to be compared in (None: any)."""
 
     name: str
-    fn: ScoreFn
+    fn: ScoreFn | None
     needs: tuple[str, ...] = ()
     scope: str | None = None
+    group: GroupScoreFn | None = None
+
+    @property
+    def per_weight(self) -> bool:
+        """Whether single weights can be scored (masks); else only whole groups."""
+        return self.fn is not None
 
     def __call__(self, weight: torch.Tensor, stats: ParamStats) -> torch.Tensor:
+        if self.fn is None:
+            raise ConfigError(
+                f"criterion {self.name!r} scores whole channel groups only; use it with "
+                f"pk.plan / pk.prune, or pick one of {', '.join(list_criteria(kind='mask'))} "
+                "for masks"
+            )
         for need in self.needs:
             if getattr(stats, need) is None:
                 raise ConfigError(
@@ -84,10 +102,39 @@ def register_criterion(
         raise ConfigError(f"unknown needs {bad}; valid: {', '.join(_VALID_NEEDS)}")
 
     def add(fn: ScoreFn) -> ScoreFn:
-        _CRITERIA.register(name)(Criterion(name, fn, tuple(needs), scope))
+        old = _CRITERIA.get(name) if name in _CRITERIA else None
+        if old is not None and old.fn is not None:
+            raise ConfigError(f"criterion {name!r} is already registered; pick another name")
+        entry = Criterion(name, fn, tuple(needs), scope, None if old is None else old.group)
+        _set(name, entry, replace=old is not None)
         return fn
 
     return add
+
+
+def register_group_criterion(name: str) -> Callable[[GroupScoreFn], GroupScoreFn]:
+    """Register a group-level reduction under ``name`` (beside, or instead of, a per-weight
+    score of the same name): ``fn(graph, groups, *, data, loss_fn, batches, generator)``
+    returns ``{group id: 1-D unit scores}``; :func:`prunekit.plan` calls it.
+    """
+
+    def add(fn: GroupScoreFn) -> GroupScoreFn:
+        old = _CRITERIA.get(name) if name in _CRITERIA else None
+        if old is not None and old.group is not None:
+            raise ConfigError(f"criterion {name!r} already has a group reduction")
+        entry = Criterion(name, None, (), None, fn) if old is None else \
+            Criterion(old.name, old.fn, old.needs, old.scope, fn)
+        _set(name, entry, replace=old is not None)
+        return fn
+
+    return add
+
+
+def _set(name: str, entry: Criterion, *, replace: bool) -> None:
+    if replace:
+        _CRITERIA.replace(name, entry)
+    else:
+        _CRITERIA.register(name)(entry)
 
 
 def get_criterion(name: str) -> Criterion:
@@ -95,9 +142,21 @@ def get_criterion(name: str) -> Criterion:
     return _CRITERIA.get(name)
 
 
-def list_criteria(pattern: str = "*") -> list[str]:
-    """Names of the registered criteria, optionally filtered (``"l*"``)."""
-    return _CRITERIA.names(pattern)
+def list_criteria(pattern: str = "*", *, kind: str = "all") -> list[str]:
+    """Names of the registered criteria, optionally filtered (``"l*"``).
+
+    Args:
+        pattern: shell-style filter on the names.
+        kind: ``"all"``; ``"mask"``: those that score single weights (``pk.sparsify``);
+            ``"group"``: those that score channel groups (``pk.plan``: every criterion,
+            per-weight ones summed over each unit's slices).
+    """
+    if kind not in ("all", "mask", "group"):
+        raise ConfigError(f"unknown criterion kind {kind!r}; valid: all, mask, group")
+    names = _CRITERIA.names(pattern)
+    if kind == "mask":
+        return [n for n in names if _CRITERIA.get(n).per_weight]
+    return names
 
 
 @register_criterion("magnitude")

@@ -4,8 +4,8 @@ A unit (a channel, a neuron, an attention head) spans slices of several tensors:
 the producer's output rows, its bias, the norm's scale, the consumers' input
 columns. Its score sums the per-weight criterion over all of those slices
 (DepGraph's group L1/L2: Fang et al. 2023, "DepGraph: Towards Any Structural
-Pruning"). Any criterion of the per-weight registry works (``l1``, ``l2``,
-``taylor``, ``obd`` ...); three more are defined here:
+Pruning"). Any per-weight criterion of the registry works (``l1``, ``l2``, ``taylor``, ``obd`` ...);
+three group reductions are registered here:
 
 - ``random``: uniform scores that never read weights, so it works on the meta device.
 - ``bn_scale``: |gamma| of the normalization layers in the group (Liu et al. 2017,
@@ -18,32 +18,29 @@ Pruning"). Any criterion of the per-weight registry works (``l1``, ``l2``,
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..allocation.rules import lamp_scores
+from ..config import DEFAULT_CALIBRATION_BATCHES
 from ..errors import ConfigError
-from .criteria import ParamStats, get_criterion, list_criteria
+from .criteria import ParamStats, get_criterion, list_criteria, register_group_criterion
 
 if TYPE_CHECKING:
     from ..graph import Graph, Group
 
-GROUP_CRITERIA = ("random", "bn_scale", "lamp")
 _NORM_TYPES = ("BatchNorm", "GroupNorm", "LayerNorm", "InstanceNorm", "RMSNorm", "SyncBatchNorm")
 
 
 def list_group_criteria() -> list[str]:
-    """Every criterion :func:`group_importance` accepts."""
-    from .group_activation import list_group_activation
-
-    return sorted(set(list_criteria()) | set(GROUP_CRITERIA) | set(list_group_activation()))
+    """Every criterion :func:`group_importance` accepts (``list_criteria(kind="group")``)."""
+    return list_criteria(kind="group")
 
 
 def check_criterion(name: str) -> None:
     """Raise ConfigError for an unknown criterion name (listing the valid ones)."""
-    if name not in list_group_criteria():
-        raise ConfigError(f"unknown criterion {name!r}; valid criteria: "
-                          f"{', '.join(list_group_criteria())}")
+    get_criterion(name)
 
 
 def group_importance(
@@ -53,20 +50,23 @@ def group_importance(
     criterion: str = "l2",
     data: Iterable | None = None,
     loss_fn: Callable | None = None,
-    batches: int = 4,
+    batches: int = DEFAULT_CALIBRATION_BATCHES,
     seed: int = 0,
 ) -> dict[int, torch.Tensor]:
     """Score every unit of every group.
 
+    A criterion's group reduction scores groups directly where it has one
+    (``random``, ``bn_scale``, ``wanda``, ``flap``); any other criterion's per-weight
+    scores are summed over every slice of each unit.
+
     Args:
         graph: the traced graph (its model's weights are read, never changed).
         groups: the groups to score.
-        criterion: ``l1``/``magnitude``, ``l2``, ``random``, ``taylor``, ``bn_scale``,
-            ``lamp`` or any per-weight criterion of the registry.
+        criterion: any name of :func:`prunekit.list_criteria`.
         data: ``(inputs, targets)`` batches, for criteria that need gradients; batches of
             model inputs for the activation criteria (``wanda``, ``flap``).
         loss_fn: loss for those criteria (cross-entropy by default).
-        batches: number of batches used for gradients.
+        batches: number of calibration batches read.
         seed: seed of the ``random`` criterion.
 
     Returns:
@@ -75,40 +75,53 @@ def group_importance(
     Example:
         >>> scores = group_importance(graph, graph.prunable_groups, criterion="l2")
     """
-    check_criterion(criterion)
+    crit = get_criterion(criterion)
     groups = list(groups)
     gen = torch.Generator().manual_seed(seed)
-    if criterion == "random":
-        return {g.id: torch.rand(g.size, generator=gen) for g in groups}
-    from .group_activation import activation_importance, list_group_activation
+    if crit.group is not None:
+        return crit.group(graph, groups, data=data, loss_fn=loss_fn, batches=batches,
+                          generator=gen)
+    return _summed(graph, groups, crit, data, loss_fn, batches, gen)
 
-    if criterion in list_group_activation():  # scored from consumers' columns and their inputs
-        _require_values(_tensors(graph), groups, criterion)
-        return activation_importance(graph, groups, criterion=criterion, data=data,
-                                     batches=batches)
+
+def _summed(graph, groups, crit, data, loss_fn, batches, gen) -> dict[int, torch.Tensor]:
+    """Per-weight scores of ``crit`` summed over every slice of each unit."""
     tensors = _tensors(graph)
-    _require_values(tensors, groups, criterion)
-    if criterion == "bn_scale":
-        per_position = _PerPosition(tensors, lambda n, t: t.detach().abs())
-        return {g.id: _bn_scale(graph, g, per_position) for g in groups}
-    base = "l2" if criterion == "lamp" else criterion
-    stats = _stats(graph, groups, tensors, base, data, loss_fn, batches, gen)
-    crit = get_criterion(base)
+    _require_values(tensors, groups, crit.name)
+    stats = _stats(graph, groups, tensors, crit.name, data, loss_fn, batches, gen)
     per_position = _PerPosition(tensors, lambda n, t: crit(t, stats[n]))
-    scores = {g.id: _aggregate(graph, g, per_position) for g in groups}
-    if criterion == "lamp":
-        scores = {gid: lamp(s) for gid, s in scores.items()}
-    return scores
+    return {g.id: _aggregate(graph, g, per_position) for g in groups}
+
+
+@register_group_criterion("random")
+def _random_groups(graph, groups, *, generator, **_: Any) -> dict[int, torch.Tensor]:
+    """Uniform scores that never read weights, so planning works on the meta device."""
+    return {g.id: torch.rand(g.size, generator=generator) for g in groups}
+
+
+@register_group_criterion("bn_scale")
+def _bn_scale_groups(graph, groups, **_: Any) -> dict[int, torch.Tensor]:
+    """|gamma| of the normalization layers in the group (Liu et al. 2017, "Learning
+    Efficient Convolutional Networks through Network Slimming"); groups without one use l1."""
+    tensors = _tensors(graph)
+    _require_values(tensors, groups, "bn_scale")
+    per_position = _PerPosition(tensors, lambda n, t: t.detach().abs())
+    return {g.id: _bn_scale(graph, g, per_position) for g in groups}
+
+
+@register_group_criterion("lamp")
+def _lamp_groups(graph, groups, *, data, loss_fn, batches, generator,
+                 **_: Any) -> dict[int, torch.Tensor]:
+    """Group L2 scores, LAMP-normalized: the older spelling of ``criterion="l2",
+    scope="lamp"`` (kept so that existing recipes and plans work)."""
+    scores = _summed(graph, groups, get_criterion("l2"), data, loss_fn, batches, generator)
+    return {gid: lamp(s) for gid, s in scores.items()}
 
 
 def lamp(scores: torch.Tensor) -> torch.Tensor:
-    """LAMP normalization: s_u / sum of scores s_v >= s_u (Lee et al. 2021)."""
-    order = torch.argsort(scores)
-    sorted_s = scores[order]
-    tail = torch.flip(torch.cumsum(torch.flip(sorted_s, [0]), 0), [0])
-    out = torch.empty_like(scores)
-    out[order] = sorted_s / tail.clamp_min(torch.finfo(scores.dtype).tiny)
-    return out
+    """LAMP normalization of group L2 scores (sums of squares): s_u / sum of s_v >= s_u
+    (Lee et al. 2021), the mask path's :func:`~prunekit.allocation.lamp_scores` on the norms."""
+    return lamp_scores(scores.double().clamp_min(0).sqrt()).to(scores.dtype)
 
 
 def _tensors(graph: Graph) -> dict[str, torch.Tensor]:

@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from torch import nn
 
 from .._registry import Registry
 from ..errors import ConfigError
+from .criteria import register_group_criterion
 
 if TYPE_CHECKING:
     from ..graph import Graph, Group
@@ -42,8 +44,23 @@ _COLUMN_SCORES: Registry[ColumnScore] = Registry("activation group criterion")
 
 
 def register_group_activation(name: str) -> Callable[[ColumnScore], ColumnScore]:
-    """Register ``fn(weight (out, in), stats) -> (in,)`` column scores under ``name``."""
-    return _COLUMN_SCORES.register(name)
+    """Register ``fn(weight (out, in), stats) -> (in,)`` column scores under ``name``,
+    and the group reduction that uses them in the one criteria registry."""
+
+    def add(fn: ColumnScore) -> ColumnScore:
+        _COLUMN_SCORES.register(name)(fn)
+        register_group_criterion(name)(functools.partial(_reduction, criterion=name))
+        return fn
+
+    return add
+
+
+def _reduction(graph: Graph, groups: list[Group], *, criterion: str, data: Iterable | None,
+               batches: int | None = None, **_: object) -> dict[int, torch.Tensor]:
+    from .group import _require_values, _tensors  # group.py imports this module
+
+    _require_values(_tensors(graph), groups, criterion)
+    return activation_importance(graph, groups, criterion=criterion, data=data, batches=batches)
 
 
 def list_group_activation() -> list[str]:

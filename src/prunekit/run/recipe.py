@@ -51,7 +51,6 @@ from pydantic import (
 from ..data import list_datasets
 from ..errors import ConfigError
 from ..importance import list_criteria
-from ..importance.group import list_group_criteria
 from ..models import list_models
 from ..recovery import list_bn_modes
 from ..recovery.penalty import list_penalties
@@ -297,7 +296,7 @@ class PruneConfig(_Section):
 
     def _check_criterion(self, family: str) -> None:
 
-        names = list_group_criteria() if family == "channel" else list_criteria()
+        names = list_criteria(kind="group" if family == "channel" else "mask")
         try:
             _registry_name("criterion", self.criterion, names, plural="criteria")
         except ValueError as err:

@@ -15,6 +15,7 @@ from torch import nn
 from .. import mask as _mask
 from ..errors import ConfigError
 from ..mask.targets import Target
+from ..sparsify import select_targets
 from ._state import broadcast_masks, set_masks, unwrap
 
 
@@ -58,7 +59,8 @@ class Surgery:
         gamma, power: decay of the mask-update probability.
         frequency: revise masks every this many steps.
         stop: no more revisions after this step (None: never stop).
-        exclude, protect_output: as in :func:`prunekit.sparsify`.
+        ignore, protect_output: as in :func:`prunekit.sparsify` (``exclude`` is the older
+            spelling of ``ignore``).
         seed: seed of the update draws.
 
     Example:
@@ -78,15 +80,15 @@ class Surgery:
         power: float = 1.0,
         frequency: int = 1,
         stop: int | None = None,
+        ignore: Sequence[str] = (),
         exclude: Sequence[str] = (),
         protect_output: bool = False,
         seed: int = 0,
     ) -> None:
-        from ..sparsify import _select_targets
-
         _check(sparsity, c_rate, margin, gamma, power, frequency, stop)
         self.model = unwrap(model)
-        self.targets: list[Target] = _select_targets(self.model, exclude, protect_output)
+        self.targets: list[Target] = select_targets(
+            self.model, [*_names(ignore), *_names(exclude)], protect_output)
         self.options = dict(gamma=gamma, power=power, frequency=frequency, stop=stop)
         self.thresholds = {
             t.name: _thresholds(t.weight.detach(), sparsity, c_rate, margin) for t in self.targets
@@ -212,3 +214,7 @@ def _check(sparsity, c_rate, margin, gamma, power, frequency, stop) -> None:
         raise ConfigError(f"frequency must be an integer >= 1, got {frequency!r}")
     if stop is not None and (not isinstance(stop, int) or stop < 0):
         raise ConfigError(f"stop must be None or an integer >= 0, got {stop!r}")
+
+
+def _names(items: Sequence[str] | str) -> list[str]:
+    return [items] if isinstance(items, str) else list(items)

@@ -12,14 +12,16 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from ..config import NM, Rule, SparsifyConfig, deprecated
 from ..errors import ConfigError
 from ..mask import enforce
+from ..sparsify import sparsify
 from ._state import broadcast_masks, masks_of, set_masks, unwrap
 from .curves import Schedule, make_schedule
 
@@ -42,8 +44,10 @@ class MaskPruning:
     ``1 - N / M`` (0.5 for 2:4), and the pattern tightens from M:M down to N:M.
 
     Args:
-        criterion, scope, granularity, exclude, protect_output, data, loss_fn,
-            batches, fisher_samples, seed: as in :func:`prunekit.sparsify`. For
+        config: a :class:`~prunekit.config.SparsifyConfig` (its amount is replaced by the
+            schedule's value at each cut); or its fields as keywords (criterion, scope,
+            granularity, ignore, protect_output, batches, fisher_samples, seed).
+        data, loss_fn: as in :func:`prunekit.sparsify`. For
             exactly repeatable (resumable) runs with a data-driven criterion, pass
             ``data`` as a fixed list of batches, not a shuffling loader.
         pattern: ``"N:M"`` for gradual N:M sparsity (see above).
@@ -55,52 +59,42 @@ class MaskPruning:
 
     def __init__(
         self,
+        config: SparsifyConfig | None = None,
         *,
-        criterion: str = "magnitude",
-        scope: str = "layer",
-        granularity: str = "weight",
-        pattern: str | None = None,
-        exclude: Sequence[str] = (),
-        protect_output: bool = False,
         data: Iterable | None = None,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-        batches: int = 8,
-        fisher_samples: int = 256,
-        seed: int = 0,
+        **options: Any,
     ) -> None:
-        from ..allocation import parse_pattern
-        from ..importance import get_criterion
-
-        get_criterion(criterion)  # unknown names fail here, not at the first cut
-        self.nm = parse_pattern(pattern) if pattern is not None else None
-        self.options = dict(
-            criterion=criterion,
-            scope=scope,
-            granularity=granularity,
-            exclude=tuple([exclude] if isinstance(exclude, str) else exclude),
-            protect_output=protect_output,
-            data=data,
-            loss_fn=loss_fn,
-            batches=batches,
-            fisher_samples=fisher_samples,
-            seed=seed,
-        )
+        if config is None:
+            pattern = options.pop("pattern", None)
+            if "exclude" in options:
+                deprecated("exclude=...", "ignore=...")
+                options["ignore"] = (*_names(options.pop("exclude")),
+                                     *_names(options.pop("ignore", ())))
+            amount = {"pattern": pattern} if pattern is not None else {"sparsity": 0.0}
+            config = SparsifyConfig.from_keywords(**amount, **options)
+        elif options:
+            raise ConfigError(f"give a SparsifyConfig or keywords, not both ({', '.join(options)})")
+        self.config = config
+        self.nm = config.amount if isinstance(config.amount, NM) else None
+        self.data, self.loss_fn = data, loss_fn
 
     def __call__(self, model: nn.Module, sparsity: float) -> dict[str, float]:
-        from ..sparsify import sparsify
-
         if self.nm is None:
-            return sparsify(model, sparsity=sparsity, **self.options)
-        n, m = self.nm
-        keep = max(n, min(m, round(m * (1.0 - sparsity))))
-        if keep == m:
-            return {}
-        return sparsify(model, pattern=f"{keep}:{m}", **self.options)
+            amount: Rule | NM = Rule("sparsity", sparsity)
+        else:
+            n, m = self.nm.n, self.nm.m
+            keep = max(n, min(m, round(m * (1.0 - sparsity))))
+            if keep == m:
+                return {}
+            amount = NM(keep, m)
+        return sparsify(model, self.config.replace(amount=amount), data=self.data,
+                        loss_fn=self.loss_fn)
 
     def check(self, schedule: Schedule) -> None:
         """ConfigError when ``schedule`` cannot reach this method's N:M pattern."""
-        if self.nm is not None and schedule.final < 1.0 - self.nm[0] / self.nm[1] - 1e-9:
-            n, m = self.nm
+        if self.nm is not None and schedule.final < self.nm.sparsity - 1e-9:
+            n, m = self.nm.n, self.nm.m
             raise ConfigError(
                 f"pattern {n}:{m} needs the schedule to end at sparsity {1 - n / m:g}, "
                 f"but it ends at {schedule.final:g}; set final={1 - n / m:g}"
@@ -218,3 +212,7 @@ class Pruner:
 
 def _normalized(d: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def _names(items: Any) -> list:
+    return [items] if isinstance(items, str) else list(items)

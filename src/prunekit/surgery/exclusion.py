@@ -8,6 +8,7 @@ left out, together with their analogues in repeated blocks.
 from __future__ import annotations
 
 import re
+import weakref
 
 from torch import nn
 
@@ -16,14 +17,20 @@ from .build import build_plan
 from .dryrun import DryRunner, find_failing
 from .plan import Plan
 
+_RUNNERS: dict[int, tuple[weakref.ref, DryRunner]] = {}
 
-def _runner(graph: Graph):
-    runner = getattr(graph, "_dry_runner", None)
-    if runner is None:
+
+def _runner(graph: Graph) -> DryRunner:
+    """The dry runner of ``graph``'s model, built once per graph and kept beside it (not on
+    it: planning leaves its input unchanged); dropped when the graph is collected."""
+    key = id(graph)
+    entry = _RUNNERS.get(key)
+    if entry is None or entry[0]() is not graph:
         runner = DryRunner(graph.model, graph.example_inputs, graph.output_shapes,
                            real_seconds=graph.trace_seconds)
-        graph._dry_runner = runner
-    return runner
+        _RUNNERS[key] = (weakref.ref(graph, lambda _: _RUNNERS.pop(key, None)), runner)
+        return runner
+    return entry[1]
 
 
 def _signature(graph: Graph, g: Group) -> tuple:
