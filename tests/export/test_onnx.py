@@ -66,12 +66,18 @@ def test_tiny_hf_bert_from_config_with_int8(tmp_path):
     transformers = pytest.importorskip("transformers", reason="pip install transformers")
     torch.manual_seed(0)
     cfg = transformers.BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64,
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
     )
     model = transformers.BertModel(cfg).eval()
-    inputs = {"input_ids": torch.randint(0, 100, (2, 8)),
-              "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+    inputs = {
+        "input_ids": torch.randint(0, 100, (2, 8)),
+        "attention_mask": torch.ones(2, 8, dtype=torch.long),
+    }
     onnx = _onnx()
     report = onnx.export_onnx(model, inputs, tmp_path / "bert.onnx")
     assert report.input_names == ("input_ids", "attention_mask")
@@ -125,8 +131,9 @@ def test_export_run_replays_plan_and_weights(zoo, tmp_path):
     plan = pk.prune(case.model, case.inputs, ratio=0.5)
     pk.save_pruned(case.model, plan, tmp_path)
     os.replace(tmp_path / "weights.safetensors", tmp_path / "pruned.safetensors")
-    report = _onnx().export_run(tmp_path, model=zoo("conv_bn_relu").model,
-                                example_inputs=case.inputs)
+    report = _onnx().export_run(
+        tmp_path, model=zoo("conv_bn_relu").model, example_inputs=case.inputs
+    )
     assert report.path == tmp_path / "pruned.onnx"
     out = torch.from_numpy(_onnx().run_onnx(report.path, case.inputs)[0])
     assert torch.allclose(out, case.model(case.inputs), rtol=0, atol=1e-4)

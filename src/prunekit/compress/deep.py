@@ -144,7 +144,9 @@ def _state(model_or_state_dict: Any) -> dict[str, torch.Tensor]:
     out = {}
     for name, value in model_or_state_dict.items():
         if not isinstance(value, torch.Tensor):
-            raise ConfigError(f"state dict entry {name!r} is a {type(value).__name__}, not a tensor")
+            raise ConfigError(
+                f"state dict entry {name!r} is a {type(value).__name__}, not a tensor"
+            )
         if value.is_meta:
             raise ConfigError(f"tensor {name!r} is on the meta device; materialize the weights")
         out[name] = value.detach().cpu().contiguous()
@@ -165,8 +167,11 @@ def _encode_shared(t: torch.Tensor) -> tuple[dict[str, Any], dict[str, bytes]] |
     positions = torch.nonzero(kept).reshape(-1).numpy()
     gaps = np.diff(positions, prepend=-1) - 1  # zeros before each non-zero
     entry = {
-        "encoding": "shared", "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
-        "nnz": int(positions.size), "clusters": int(codebook.numel()),
+        "encoding": "shared",
+        "shape": list(t.shape),
+        "dtype": str(t.dtype).removeprefix("torch."),
+        "nnz": int(positions.size),
+        "clusters": int(codebook.numel()),
     }
     parts = {
         "codebook": codebook.numpy().tobytes(),
@@ -209,7 +214,9 @@ def _blob(body: bytes, span: list[int]) -> bytes:
 
 def _read_header(raw: bytes) -> tuple[dict[str, Any], bytes]:
     if raw[:4] != MAGIC or len(raw) < 8:
-        raise DataError("not a prunekit Deep-Compression file (bad magic); was it written by save_compressed?")
+        raise DataError(
+            "not a prunekit Deep-Compression file (bad magic); was it written by save_compressed?"
+        )
     size = int.from_bytes(raw[4:8], "little")
     try:
         header = json.loads(zlib.decompress(raw[8 : 8 + size]))

@@ -115,8 +115,13 @@ def _unpack(payload: bytes, n: int, lengths: dict[int, int]) -> np.ndarray:
 
 
 def _walk(
-    bits: list[int], n: int, first: list[int], offset: list[int], per_len: list[int],
-    syms: list[int], max_len: int,
+    bits: list[int],
+    n: int,
+    first: list[int],
+    offset: list[int],
+    per_len: list[int],
+    syms: list[int],
+    max_len: int,
 ) -> list[int]:
     out, i = [], 0
     for _ in range(n):

@@ -111,7 +111,8 @@ class StaticInt8Config:
             )
         if self.calibration_batches < 1:
             raise ConfigError(
-                f"StaticInt8Config.calibration_batches is {self.calibration_batches}; use at least 1"
+                f"StaticInt8Config.calibration_batches is {self.calibration_batches}; "
+                "use at least 1"
             )
 
 

@@ -115,10 +115,14 @@ def share_weights(
     from ..mask import bake
 
     bake(model)
-    plans = {name: _cluster(mod.weight.detach(), _bits(mod, config), config) for name, mod in targets}
+    plans = {
+        name: _cluster(mod.weight.detach(), _bits(mod, config), config) for name, mod in targets
+    }
     for name, mod in targets:
         codebook, index = plans[name]
-        parametrize.register_parametrization(mod, "weight", SharedWeight(codebook, index), unsafe=True)
+        parametrize.register_parametrization(
+            mod, "weight", SharedWeight(codebook, index), unsafe=True
+        )
     return {name: int(plans[name][0].numel()) for name, _ in targets}
 
 
@@ -234,7 +238,9 @@ def _config(config: ShareConfig | None, overrides: dict[str, object]) -> ShareCo
         raise ConfigError(f"unknown ShareConfig field(s) {unknown}; valid: {sorted(fields)}")
     values = {f: getattr(base, f) for f in fields} | overrides
     if isinstance(values["ignore"], str | list):
-        values["ignore"] = tuple([values["ignore"]] if isinstance(values["ignore"], str) else values["ignore"])
+        values["ignore"] = tuple(
+            [values["ignore"]] if isinstance(values["ignore"], str) else values["ignore"]
+        )
     return ShareConfig(**values)
 
 
@@ -258,9 +264,7 @@ def _targets(model: nn.Module, ignore: tuple[str, ...]) -> list[tuple[str, nn.Mo
 
 
 def _ignored(name: str, ignore: tuple[str, ...]) -> bool:
-    return any(
-        re.fullmatch(p[3:], name) if p.startswith("re:") else p == name for p in ignore
-    )
+    return any(re.fullmatch(p[3:], name) if p.startswith("re:") else p == name for p in ignore)
 
 
 def _bits(module: nn.Module, config: ShareConfig) -> int:

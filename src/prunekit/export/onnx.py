@@ -106,7 +106,9 @@ def export_onnx(
     args, kwargs = _split_inputs(example_inputs)
     work = _exportable(model)
     with _eval(work), torch.no_grad():
-        expected = [t.detach().cpu() for t in tree_leaves(work(*args, **kwargs)) if torch.is_tensor(t)]
+        expected = [
+            t.detach().cpu() for t in tree_leaves(work(*args, **kwargs)) if torch.is_tensor(t)
+        ]
         data = _export_bytes(work, args, kwargs, opset=opset, dynamic_batch=dynamic_batch)
     names, outputs = _session_io(data) if check else ((), ())
     abs_diff, rel_diff = (float("nan"),) * 2
@@ -115,13 +117,20 @@ def export_onnx(
         abs_diff, rel_diff = _compare(expected, actual, outputs, rtol=rtol, atol=atol)
     write_bytes(path, data)
     return OnnxReport(
-        path=Path(path), size_bytes=Path(path).stat().st_size, input_names=tuple(names),
-        output_names=tuple(outputs), max_abs_diff=abs_diff, max_rel_diff=rel_diff,
-        tolerance=rtol, opset=opset,
+        path=Path(path),
+        size_bytes=Path(path).stat().st_size,
+        input_names=tuple(names),
+        output_names=tuple(outputs),
+        max_abs_diff=abs_diff,
+        max_rel_diff=rel_diff,
+        tolerance=rtol,
+        opset=opset,
     )
 
 
-def run_onnx(model: bytes | str | os.PathLike[str], inputs: Any, *, threads: int = 0) -> list[np.ndarray]:
+def run_onnx(
+    model: bytes | str | os.PathLike[str], inputs: Any, *, threads: int = 0
+) -> list[np.ndarray]:
     """Run an ONNX model (bytes or file) in onnxruntime on PyTorch-style ``inputs``.
 
     Inputs are matched to the graph's inputs by name for a dict, by position otherwise.
@@ -181,12 +190,17 @@ def quantize_onnx(
     try:
         with _quiet():
             quantization.quantize_dynamic(
-                src, tmp, op_types_to_quantize=list(op_types), per_channel=per_channel,
+                src,
+                tmp,
+                op_types_to_quantize=list(op_types),
+                per_channel=per_channel,
                 weight_type=quantization.QuantType.QInt8,
             )
         write_bytes(dst, tmp.read_bytes())
     except Exception as exc:  # onnxruntime raises plain Exceptions for bad graphs
-        raise ConfigError(f"onnxruntime could not quantize {src}: {str(exc).splitlines()[0][:200]}") from None
+        raise ConfigError(
+            f"onnxruntime could not quantize {src}: {str(exc).splitlines()[0][:200]}"
+        ) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -275,13 +289,20 @@ def _export_bytes(
     try:
         with _quiet(), contextlib.redirect_stdout(io.StringIO()):
             program = torch.onnx.export(
-                model, args, None, kwargs=kwargs or None, dynamo=True, opset_version=opset,
-                dynamic_shapes=dynamic, verbose=False,
+                model,
+                args,
+                None,
+                kwargs=kwargs or None,
+                dynamo=True,
+                opset_version=opset,
+                dynamic_shapes=dynamic,
+                verbose=False,
             )
     except Exception as exc:  # the exporter raises many types; the user needs the reason
         first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
         raise ConfigError(
-            f"{type(model).__name__} does not export to ONNX ({type(exc).__name__}: {first[:300]}); "
+            f"{type(model).__name__} does not export to ONNX "
+            f"({type(exc).__name__}: {first[:300]}); "
             "make its forward traceable by torch.export (no data-dependent Python control "
             "flow), or try dynamic_batch=False"
         ) from None
@@ -309,7 +330,9 @@ def _session(model: bytes | str | os.PathLike[str], *, threads: int) -> Any:
     try:
         return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise DataError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0][:200]}") from None
+        raise DataError(
+            f"onnxruntime cannot load the model: {str(exc).splitlines()[0][:200]}"
+        ) from None
 
 
 def _session_io(data: bytes) -> tuple[list[str], list[str]]:
@@ -336,8 +359,12 @@ def _numpy(t: Any) -> np.ndarray:
 
 
 def _compare(
-    expected: list[torch.Tensor], actual: list[np.ndarray], names: Sequence[str], *,
-    rtol: float, atol: float,
+    expected: list[torch.Tensor],
+    actual: list[np.ndarray],
+    names: Sequence[str],
+    *,
+    rtol: float,
+    atol: float,
 ) -> tuple[float, float]:
     if len(expected) != len(actual):
         raise ConfigError(
