@@ -172,3 +172,26 @@ def test_reading_values_without_branching_is_not_refused():
 
     graph = pk.trace(Reads(), torch.randn(2, 8))
     assert [g.name for g in graph.prunable_groups] == ["a.weight:0"]
+
+
+@pytest.mark.parametrize("sdpa", [True, False])
+def test_single_head_attention_keeps_head_dim(sdpa):
+    """One head: head_dim is the whole width, and it sets the scale 1/sqrt(head_dim)."""
+    torch.manual_seed(0)
+
+    class OneHeadHand(LiteralHeads):
+        def forward(self, x):
+            x = self.inp(x)
+            b, n, _ = x.shape
+            q, k, v = self.qkv(x).view(b, n, 3, 1, -1).permute(2, 0, 3, 1, 4)  # (B, 1, L, D)
+            if sdpa:
+                y = F.scaled_dot_product_attention(q, k, v)
+            else:
+                y = (q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5).softmax(-1) @ v
+            return self.head(self.proj(y.transpose(1, 2).reshape(b, n, -1)))
+
+    x = torch.randn(2, 5, 8)
+    model = OneHeadHand(h=1)
+    original, plan = _pruned(model, x, ratio=0.5)
+    assert model.qkv.out_features == 96
+    assert pk.verify(original, model, plan, x).ok

@@ -528,6 +528,9 @@ def matmul(call: Call) -> None:
     call.set(out, new)
     if batch and a.dim() >= 3 and b.dim() >= 3:
         _head_siblings(call, batch)
+        if not {id(a), id(b)} & call.tracer.tensors:  # two activations: q @ k^T
+            call.block(aa[-1], "contracted dimension of a product of activations (attention "
+                               "scores: head_dim usually sets the scale, read from a shape)")
     n_batch = 1
     for s in out.shape[:-2]:
         n_batch *= s
@@ -855,6 +858,8 @@ def sdpa(call: Call) -> None:
     qa, ka, va = call.axes(q), call.axes(k), call.axes(v)
     call.unify(qa[-1], ka[-1])
     call.unify(ka[-2], va[-2])
+    if call.kwargs.get("scale") is None:
+        call.block(qa[-1], "head_dim sets the attention scale 1/sqrt(head_dim)")
     for i in range(q.dim() - 3):
         call.unify(qa[i], ka[i])
         call.unify(qa[i], va[i])
