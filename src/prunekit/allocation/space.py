@@ -146,13 +146,30 @@ class ChannelSpace(_Space):
                 "criterion": self.criterion, "ignore": list(self.ignore), **self.plan_options}
 
     def build(self, ratios: Sequence[float], round_to: int = 1) -> nn.Module:
-        """A pruned copy of the model."""
+        """A pruned copy of the model: the plan ``pk.plan(graph, **plan_kwargs)`` makes,
+        with the unit scores computed once."""
         import prunekit as pk
+        from ..surgery.build import build_plan
 
-        plan = pk.plan(self.graph, check="auto", **self.plan_kwargs(ratios, round_to))
+        scores = self._scores()
+        kept = {gid: torch.sort(torch.topk(scores[gid], k).indices).values
+                for gid, k in self.counts(ratios, round_to).items()
+                if k < self.graph.groups[gid].size}
+        plan = build_plan(self.graph, kept, info={"criterion": self.criterion,
+                                                  "round_to": round_to})
         pruned = copy.deepcopy(self.graph.model)
         pk.apply(pruned, plan)
         return pruned
+
+    def _scores(self) -> dict[int, torch.Tensor]:
+        if getattr(self, "_unit_scores", None) is None:
+            from ..importance.group import group_importance
+
+            extra = {k: v for k, v in self.plan_options.items()
+                     if k in ("data", "loss_fn", "batches", "seed")}
+            self._unit_scores = group_importance(self.graph, self.groups,
+                                                 criterion=self.criterion, **extra)
+        return self._unit_scores
 
     def build_counts(self, counts: Mapping[int, int]) -> nn.Module:
         """A pruned copy keeping ``counts[gid]`` units of each group (round_to 1)."""
