@@ -17,6 +17,8 @@ from .export import save_pruned as save_pruned
 from .importance import list_criteria as list_criteria
 from .importance import register_criterion as register_criterion
 from .mask import bake as bake
+from .oneshot import OneShotConfig as OneShotConfig
+from .oneshot import oneshot as oneshot
 from .schedules import Pruner as Pruner
 from .schedules import list_schedules as list_schedules
 from .schedules import make_schedule as make_schedule
