@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .graph._tracer import _tracing_state, flatten_tensors, run_model
+from .graph import flatten_tensors, run_model, tracing_state
 from .surgery import Plan, apply_plan
 
 __all__ = ["VerifyResult", "verify"]
@@ -147,7 +147,7 @@ def _remap(sub: Plan, name: str, dim: int, kept: list[int]) -> list[int]:
 
 
 def _outputs(model: nn.Module, inputs: Any) -> list[torch.Tensor]:
-    with _tracing_state(model):
+    with tracing_state(model):
         return [t.detach().float() for t in flatten_tensors(run_model(model, inputs))
                 if t.is_floating_point()]
 

@@ -18,7 +18,7 @@ from torch import nn
 from .._utils import name_matches
 from ..errors import ConfigError
 from ..graph import Graph, Group
-from ..graph import _axes as ax
+from ..graph import axes as ax
 from ..surgery.surgeons import input_dims
 
 

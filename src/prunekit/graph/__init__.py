@@ -4,6 +4,10 @@ from typing import Any
 
 from torch import nn
 
+from . import _axes as axes  # dimension algebra, shared with surgery and importance
+from ._tracer import _tracing_state as tracing_state
+from ._tracer import flatten_tensors as flatten_tensors
+from ._tracer import run_model as run_model
 from .graph import Graph as Graph
 from .graph import Group as Group
 from .graph import Member as Member
@@ -11,7 +15,19 @@ from .rules import list_op_rules as list_op_rules
 from .rules import register_module as register_module
 from .rules import register_op as register_op
 
-__all__ = ["Graph", "Group", "Member", "list_op_rules", "register_module", "register_op", "trace"]
+__all__ = [
+    "Graph",
+    "Group",
+    "Member",
+    "axes",
+    "flatten_tensors",
+    "list_op_rules",
+    "register_module",
+    "register_op",
+    "run_model",
+    "trace",
+    "tracing_state",
+]
 
 
 def trace(model: nn.Module, example_inputs: Any) -> Graph:

@@ -25,6 +25,7 @@ import torch
 from ..allocation.rules import lamp_scores
 from ..config import DEFAULT_CALIBRATION_BATCHES
 from ..errors import ConfigError
+from ..graph import axes as ax
 from .criteria import ParamStats, get_criterion, list_criteria, register_group_criterion
 
 if TYPE_CHECKING:
@@ -164,8 +165,6 @@ class _PerPosition:
 def _aggregate(graph: Graph, group: Group, per_position: _PerPosition,
                members: Iterable | None = None) -> torch.Tensor:
     """Sum per-weight scores over every member slice, per unit."""
-    from ..graph import _axes as ax
-
     total = torch.zeros(group.size, dtype=torch.float64)
     leaf = ax.find(group.leaf)
     for m in group.members if members is None else members:

@@ -1,5 +1,6 @@
 """Masks that keep pruned weights exactly zero through training and state-dict round trips."""
 
+from ._mask import SUFFIX as SUFFIX
 from ._mask import attach_mask as attach_mask
 from ._mask import bake as bake
 from ._mask import enforce as enforce
@@ -9,6 +10,7 @@ from ._mask import pass_gradients as pass_gradients
 from ._mask import remove_mask as remove_mask
 
 __all__ = [
+    "SUFFIX",
     "attach_mask",
     "bake",
     "enforce",

@@ -11,7 +11,7 @@ from torch import nn
 
 from .. import mask as _mask
 from ..errors import ConfigError
-from ..mask._mask import SUFFIX
+from ..mask import SUFFIX
 
 
 def unwrap(model: nn.Module) -> nn.Module:

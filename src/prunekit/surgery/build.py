@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..graph import axes as ax
 from .apply import module_attrs
 from .plan import GroupCut, Plan, TensorCut
 
@@ -96,8 +97,6 @@ def _plain(v: Any) -> Any:
 
 
 def _group_cut(graph: Graph, gid: int, mask: torch.Tensor, bound: dict) -> GroupCut:
-    from ..graph import _axes as ax
-
     g = graph.groups[gid]
     leaf = ax.find(g.leaf)
     members: dict[str, dict[int, list[int]]] = {}
@@ -114,8 +113,6 @@ def _group_cut(graph: Graph, gid: int, mask: torch.Tensor, bound: dict) -> Group
 
 
 def _leaf_groups(graph: Graph, axes: list) -> tuple[int, ...]:
-    from ..graph import _axes as ax
-
     leaves = {leaf for a in axes for leaf in ax.leaves(a)}
     return tuple(g.id for g in graph.groups if ax.find(g.leaf) in leaves)
 
@@ -166,8 +163,6 @@ def _size_attrs(graph: Graph, plan: Plan, counts: dict[int, int], *,
                 skip: dict) -> dict[tuple, Any]:
     """(module, attr, group ids) -> new width for attributes of containers
     (``intermediate_size``, ``hidden_dim``) that all their children's changed sizes agree on."""
-    from ..graph import _axes as ax
-
     cut = {ax.find(graph.groups[g].leaf): g for g in counts}
     near: dict[str, list[tuple[int, int, frozenset]]] = {}  # module -> (old, new, groups)
     for name, tcut in plan.tensors.items():
