@@ -1,0 +1,144 @@
+"""The per-layer latency table: predictions checked against a deterministic fake timer
+(exact), the on-disk cache, and one real measurement with a wide tolerance (slow)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from prunekit.allocation.space import ChannelSpace
+
+GRID = [0.0, 0.5, 0.75]
+REST_MS = 0.3  # what the fake network costs beyond its timed layers
+
+
+class SmallNet(nn.Module):
+    """Stem, a residual block, a depthwise-separable block and a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16),
+                                  nn.ReLU())
+        self.c1 = nn.Conv2d(16, 24, 3, padding=1, bias=False)
+        self.b1 = nn.BatchNorm2d(24)
+        self.c2 = nn.Conv2d(24, 16, 3, padding=1, bias=False)
+        self.b2 = nn.BatchNorm2d(16)
+        self.dw = nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16, bias=False)
+        self.pw = nn.Conv2d(16, 32, 1, bias=False)
+        self.b3 = nn.BatchNorm2d(32)
+        self.fc1 = nn.Linear(32, 20)
+        self.fc = nn.Linear(20, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = torch.relu(x + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
+        x = torch.relu(self.b3(self.pw(self.dw(x))))
+        x = x.mean(dim=(2, 3))  # (B, 32)
+        return self.fc(torch.relu(self.fc1(x)))
+
+
+def layer_cost(module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> float:
+    """A deterministic 'latency' of one layer: MACs for conv/linear, elements for norms."""
+    if isinstance(module, nn.Conv2d):
+        k = math.prod(module.kernel_size)
+        return module.in_channels // module.groups * module.out_channels * k * out[0, 0].numel() \
+            * out.shape[0] * 1e-6
+    if isinstance(module, nn.Linear):
+        return module.in_features * module.out_features * out.numel() / out.shape[-1] * 1e-6
+    if isinstance(module, nn.BatchNorm2d):
+        return out.numel() * 1e-7
+    return 0.0
+
+
+class FakeTimer:
+    """Sums layer costs over a forward pass; a whole network costs REST_MS more."""
+
+    __qualname__ = "FakeTimer"
+
+    def __init__(self) -> None:
+        self.layer_calls = 0
+
+    def __call__(self, module: nn.Module, inputs: torch.Tensor) -> float:
+        module, inputs = copy.deepcopy(module).to("meta"), inputs.to("meta")  # shapes only
+        total = []
+        hooks = [m.register_forward_hook(lambda m, a, o: total.append(layer_cost(m, a[0], o)))
+                 for m in module.modules()]
+        try:
+            with torch.no_grad():
+                module.eval()(inputs)
+        finally:
+            for h in hooks:
+                h.remove()
+        network = any(True for _ in module.children())
+        self.layer_calls += not network
+        return sum(total) + (REST_MS if network else 0.0)
+
+
+@pytest.fixture(scope="module")
+def space():
+    torch.manual_seed(0)
+    return ChannelSpace(SmallNet().eval(), torch.randn(1, 3, 16, 16), round_to_choices=(1, 4))
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_table_predicts_the_fake_latency_exactly(space, tmp_path, batch_size):
+    timer = FakeTimer()
+    space.use_latency(batch_size=batch_size, timer=timer, cache_dir=tmp_path, grid=GRID)
+    table = space.tables[batch_size]
+    assert table.fit[0] == pytest.approx(REST_MS, abs=1e-9)
+    x = torch.randn(batch_size, 3, 16, 16)
+    rng = random.Random(0)
+    for _ in range(3):  # off-grid ratios too: the table interpolates between widths
+        ratios = [rng.choice([0.0, 0.1, 0.25, 0.4, 0.5, 0.66, 0.75]) for _ in space.units]
+        for rt in (1, 4):
+            predicted = space.cost(ratios, rt)["latency_ms"]
+            assert predicted == pytest.approx(timer(space.build(ratios, rt), x), rel=1e-9)
+    assert space.dense_cost()["latency_ms"] == pytest.approx(timer(space.model, x), rel=1e-9)
+
+
+def test_table_is_measured_once_and_cached_on_disk(space, tmp_path):
+    first = FakeTimer()
+    space.use_latency(timer=first, cache_dir=tmp_path, grid=GRID)
+    assert first.layer_calls == space.tables[1].measured > 0
+    files = list((tmp_path / "latency").glob("*.json"))
+    assert len(files) == 1
+    again = FakeTimer()
+    space.use_latency(timer=again, cache_dir=tmp_path, grid=GRID)
+    assert again.layer_calls == 0 and space.tables[1].measured == 0
+    # another batch size needs new entries
+    space.use_latency(batch_size=2, timer=again, cache_dir=tmp_path, grid=GRID)
+    assert again.layer_calls > 0
+
+
+def test_identical_layers_are_timed_once(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                        nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    sp = ChannelSpace(net, torch.randn(1, 3, 8, 8))
+    timer = FakeTimer()
+    sp.use_latency(timer=timer, cache_dir=None, grid=[0.0, 0.5])
+    # conv 2 and 3 share a configuration: widths {4, 8} x {4, 8} timed once for both
+    keys = [k for k in sp.tables[1].entries if k.startswith("Conv2d|k(3, 3)|s(1, 1)")]
+    assert len(keys) == len(set(keys))
+    assert timer.layer_calls == sp.tables[1].measured == len(sp.tables[1].entries)
+
+
+@pytest.mark.slow
+def test_table_predicts_measured_latency_roughly():
+    from prunekit.measure import measure_latency
+    from prunekit.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", input_shape=(1, 28, 28), num_classes=10).eval()
+    x = torch.randn(1, 1, 28, 28)
+    sp = ChannelSpace(model, x)
+    sp.use_latency(threads=1, cache_dir=None, grid=GRID)
+    for ratios in ([0.5] * len(sp.units), [0.0, 0.75] * (len(sp.units) // 2)):
+        predicted = sp.cost(ratios)["latency_ms"]
+        measured = measure_latency(sp.build(ratios), x, threads=1, runs=50).median_ms
+        assert abs(predicted - measured) / measured < 0.5
