@@ -103,6 +103,14 @@ def _registry_name(kind: str, value: str, names: list[str], *, plural: str = "")
     raise ValueError(f"unknown {kind} {value!r}; {hint}valid {valid}: {', '.join(names)}")
 
 
+def _keyed(key: str, kind: str, value: str, names: list[str]) -> str:
+    """:func:`_registry_name` whose error names ``key`` of the section."""
+    try:
+        return _registry_name(kind, value, names)
+    except ValueError as err:
+        raise KeyProblem(key, str(err)) from None
+
+
 class KeyProblem(ValueError):
     """A cross-field check that failed, naming the key (relative to the section) to fix."""
 
@@ -117,6 +125,11 @@ class DataConfig(_Section):
     ``train_samples`` / ``test_samples`` keep a seeded random subset (for runs that must
     stay short); ``val_fraction`` holds out that part of the training split as a
     validation split (needed by ``schedule.floor``, which must not look at the test split).
+
+    Your own data: ``kind`` (``image-folder``, ``arrays``, ``hf-dataset``, ``text``) with
+    that kind's keys beside it (``root``, ``transforms``, ...), or ``python:
+    "module:make_loaders"``; see :func:`prunekit.data.sources.load_data`. Those keys are
+    kept under ``options`` in the resolved recipe.
     """
 
     name: str = "digits"
@@ -126,25 +139,114 @@ class DataConfig(_Section):
     train_samples: Int | None = Field(None, ge=1)
     test_samples: Int | None = Field(None, ge=1)
     val_fraction: Float = Field(0.0, ge=0, le=0.5)
+    kind: str | None = None
+    python: str | None = None
+    options: dict[str, Any] | None = None
 
     @field_validator("name")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-
         return _registry_name("dataset", value, list_datasets())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_options(cls, data: Any) -> Any:
+        """With ``kind`` or ``python``, the keys of that kind go into ``options``."""
+        if not isinstance(data, dict) or ("kind" not in data and "python" not in data):
+            return data
+        own = {k: v for k, v in data.items() if k not in cls.model_fields}
+        rest = {k: v for k, v in data.items() if k in cls.model_fields}
+        return {**rest, "options": {**(data.get("options") or {}), **own}}
+
+    @model_validator(mode="after")
+    def _known_kind(self) -> DataConfig:
+        from ..data.sources import DATA_KINDS, _check_keys
+
+        if self.kind is None and self.python is None:
+            if self.options:
+                raise KeyProblem("options", "goes with kind: or python: (your own data)")
+            return self
+        if self.kind is not None and self.python is not None:
+            raise KeyProblem("python", "give kind: or python:, not both")
+        kind = self.kind or "python"
+        _keyed("kind", "data kind", kind, DATA_KINDS.names())
+        spec = {**(self.options or {}), **({"python": self.python} if self.python else {})}
+        try:
+            _check_keys(kind, spec, DATA_KINDS.get(kind))
+        except ConfigError as err:
+            raise ValueError(str(err).removeprefix("data: ")) from None
+        return self
+
+    @property
+    def own(self) -> bool:
+        """Whether this is the user's own data (a ``kind`` or ``python``)."""
+        return self.kind is not None or self.python is not None
+
+    def spec(self) -> dict[str, Any]:
+        """The ``load_data`` spec of the user's own data."""
+        if self.python is not None:
+            return {"python": self.python, **(self.options or {})}
+        return {"kind": self.kind, **(self.options or {})}
+
+
+_OWN_MODEL_KEYS = ("path", "kwargs", "config", "num_classes", "auto", "input_shape")
 
 
 class ModelConfig(_Section):
-    """Which reference network, and optionally a trained baseline to load instead of training."""
+    """Which network, and optionally a trained baseline to load instead of training.
 
-    name: str = "lenet300"
+    A reference network by ``name`` (``lenet300``...), or your own: ``source``
+    (``torchvision``, ``timm``, ``transformers``) with ``name`` (or ``path``, a local
+    Hugging Face folder), or ``python: "package.module:factory"``; ``checkpoint`` (a
+    safetensors or weights-only ``.pt`` state dict), ``num_classes``, ``new_head``,
+    ``kwargs``, ``config``, ``auto``, ``input_shape``; see
+    :func:`prunekit.models.sources.load_model`.
+    """
+
+    name: str | None = None
     checkpoint: str | None = None
+    source: str | None = None
+    python: str | None = None
+    path: str | None = None
+    kwargs: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None
+    num_classes: Int | None = Field(None, ge=1)
+    new_head: Bool = False
+    auto: str | None = None
+    input_shape: list[Annotated[Int, Field(ge=1)]] | None = None
 
-    @field_validator("name")
+    @model_validator(mode="before")
     @classmethod
-    def _known_model(cls, value: str) -> str:
+    def _reference_by_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not any(k in data for k in ("name", "source", "python")):
+            return {**data, "name": "lenet300"}
+        return data
 
-        return _registry_name("model", value, list_models())
+    @model_validator(mode="after")
+    def _known_model(self) -> ModelConfig:
+        from ..models.sources import list_model_sources
+
+        if self.source is not None:
+            _keyed("source", "model source", self.source, list_model_sources())
+            return self
+        if self.python is not None:
+            return self
+        given = [k for k in _OWN_MODEL_KEYS if getattr(self, k) is not None]
+        if given or self.new_head:
+            raise KeyProblem((given or ["new_head"])[0], "goes with source: or python: (your "
+                             "own model); a reference network takes name and checkpoint")
+        _keyed("name", "model", str(self.name), list_models())
+        return self
+
+    @property
+    def own(self) -> bool:
+        """Whether this is the user's own model (a ``source`` or ``python``)."""
+        return self.source is not None or self.python is not None
+
+    def spec(self) -> dict[str, Any]:
+        """The ``load_model`` spec of the user's own model."""
+        keys = ("source", "name", "python", "checkpoint", "new_head", *_OWN_MODEL_KEYS)
+        return {k: getattr(self, k) for k in keys if getattr(self, k) not in (None, False)}
 
 
 class _OptimConfig(_Section):
@@ -602,7 +704,20 @@ class Recipe(_Section):
     sweep: SweepConfig | None = None
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    task: str = "classification"
     versions: dict[str, str] | None = None
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        from ..measure.tasks import list_tasks
+
+        return _registry_name("task", value, list_tasks())
+
+    @property
+    def own(self) -> bool:
+        """Whether the run uses the user's own model or data (:mod:`prunekit.run.user`)."""
+        return self.model.own or self.data.own
 
     @field_validator("name")
     @classmethod
@@ -774,6 +889,25 @@ def _check_penalty(r: Recipe) -> None:
         )
 
 
+def _check_own(r: Recipe) -> None:
+    """Runs on your own model or data: one cut, then fine-tuning; the task chosen."""
+    if not r.own:
+        if r.task != "classification":
+            raise KeyProblem("task", f"task {r.task} needs your own model or data (model.source "
+                             "or data.kind); the reference networks are classifiers")
+        return
+    for key, what in (("sweep", r.sweep), ("penalty", r.penalty)):
+        if what is not None:
+            raise KeyProblem(key, "is not available yet with your own model or data; drop it")
+    if r.schedule.kind != "oneshot":
+        raise KeyProblem("schedule.kind", "your own model or data is cut once (kind oneshot) "
+                         "here; for gradual, iterative or DNS schedules in your own training "
+                         "loop use prunekit.integrations (Trainer / Lightning callbacks)")
+    if any(v is not None for v in r.recovery.model_dump().values()):
+        raise KeyProblem("recovery", "is not available yet with your own model or data; "
+                         "drop it (finetune still runs)")
+
+
 def _needs_finetuning(r: Recipe, key: str, why: str) -> None:
     if r.finetune.epochs == 0:
         raise KeyProblem(key, f"{why}, but finetune.epochs is 0; give it epochs > 0")
@@ -788,6 +922,7 @@ _RECIPE_CHECKS = (
     _check_lottery,
     _check_recovery,
     _check_penalty,
+    _check_own,
 )
 
 
