@@ -166,3 +166,12 @@ def test_failure_after_biases_were_added_is_undone(monkeypatch) -> None:
 def test_not_a_transformers_model() -> None:
     with pytest.raises(ConfigError, match="Hugging Face config"):
         prune_width(torch.nn.Linear(4, 4), [torch.randn(2, 4)])
+
+
+def test_importing_the_package_does_not_import_transformers() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, prunekit.transformers; "
+            "sys.exit('transformers' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
