@@ -76,7 +76,7 @@ class Budget:
                               f"got {type(budget).__name__}")
         unknown = sorted(set(budget) - set(METRIC))
         if unknown:
-            raise ConfigError(f"unknown budget key(s) {', '.join(map(repr, unknown))}; "
+            raise ConfigError(f"unknown budget key {', '.join(map(repr, unknown))}; "
                               f"valid keys: {', '.join(METRIC)}")
         return cls(**dict(budget))
 

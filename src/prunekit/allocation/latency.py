@@ -231,7 +231,7 @@ class LatencyTable:
 
     def _axis_widths(self, axis: Any) -> list[int]:
         """Candidate widths of an axis: its size when each group in it keeps each candidate."""
-        from ..graph import _axes as ax
+        from ..graph import axes as ax
 
         leaves = {ax.find(leaf) for leaf in ax.leaves(axis)}
         gids = [g for g in self.widths if ax.find(self.graph.groups[g].leaf) in leaves]

@@ -168,7 +168,7 @@ def _mask_ranked(space: Any, s: float, lamp: bool) -> list[float]:
         return [0.0] * len(space.units)
     model = copy.deepcopy(space.model)
     per_weight = pk.sparsify(model, sparsity=float(s), criterion=space.criterion,
-                             scope="lamp" if lamp else "global", exclude=space.exclude)
+                             scope="lamp" if lamp else "global", ignore=space.exclude)
     out = []
     for unit, size in zip(space.units, space.sizes, strict=True):
         zeros = sum(v * dict(model.named_parameters())[k].numel()

@@ -307,7 +307,7 @@ def mask_layers(model: nn.Module, ratios: Mapping[str, float], *, criterion: str
     for r in sorted({float(r) for r in ratios.values() if r > 0}):
         others = [exact[u] for u, x in ratios.items() if float(x) != r]
         out.update(pk.sparsify(model, sparsity=r, criterion=criterion, scope="layer",
-                               exclude=[*exclude, *others]))
+                               ignore=[*exclude, *others]))
     return out
 
 
