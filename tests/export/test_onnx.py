@@ -139,3 +139,14 @@ def test_export_run_replays_plan_and_weights(zoo, tmp_path):
     assert torch.allclose(out, case.model(case.inputs), rtol=0, atol=1e-4)
     with pytest.raises(ConfigError, match="no pruned.safetensors"):
         _onnx().export_run(tmp_path / "empty", model=case.model, example_inputs=case.inputs)
+
+
+def test_export_run_of_an_unstructured_run_with_mask_buffers(zoo, tmp_path):
+    from prunekit._io import save_safetensors
+
+    case = zoo("mlp")
+    pk.sparsify(case.model, sparsity=0.5)
+    save_safetensors(tmp_path / "pruned.safetensors", case.model.state_dict())
+    report = _onnx().export_run(tmp_path, model=zoo("mlp").model, example_inputs=case.inputs)
+    out = torch.from_numpy(_onnx().run_onnx(report.path, case.inputs)[0])
+    assert torch.allclose(out, case.model(case.inputs), rtol=0, atol=1e-5)

@@ -393,8 +393,12 @@ def _compare(
 def _load_plain(model: nn.Module, weights: Path) -> None:
     from safetensors.torch import load_file
 
+    state = load_file(os.fspath(weights))
+    own = model.state_dict()
+    # An unbaked masked checkpoint carries <param>_mask buffers: its weights are already zero there.
+    state = {k: v for k, v in state.items() if k in own or not k.endswith("_mask")}
     try:
-        model.load_state_dict(load_file(os.fspath(weights)))
+        model.load_state_dict(state)
     except RuntimeError as exc:
         raise ConfigError(
             f"{weights} does not fit the model ({str(exc).splitlines()[0][:200]}); build the "
