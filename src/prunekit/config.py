@@ -156,7 +156,8 @@ class SparsifyConfig:
     Attributes:
         amount: a :class:`Rule` (sparsity / threshold / percentile / std) or an :class:`NM`.
         criterion: a name from :func:`prunekit.list_criteria`.
-        scope: ``layer``, ``global`` or ``lamp``.
+        scope: ``layer``, ``global``, ``lamp`` or ``row`` (each output row on its own);
+            None: the criterion's own (``row`` for ``wanda``), else ``layer``.
         granularity: ``weight`` or ``neuron`` (whole rows / filters, shapes kept).
         ignore: module or parameter names / ``re:`` patterns left dense.
         protect_output: leave the last prunable layer (the classifier) dense.
@@ -166,7 +167,7 @@ class SparsifyConfig:
 
     amount: Rule | NM
     criterion: str = "magnitude"
-    scope: str = "layer"
+    scope: str | None = None
     granularity: str = "weight"
     ignore: tuple[str, ...] = ()
     protect_output: bool = False
@@ -179,8 +180,15 @@ class SparsifyConfig:
         if not isinstance(self.amount, (Rule, NM)):
             raise ConfigError(f"amount must be a Rule or an NM pattern, got {self.amount!r}")
         _check_registered("criterion", self.criterion, list_criteria())
+        if self.scope is None:
+            from .importance import get_criterion
+
+            object.__setattr__(self, "scope", get_criterion(self.criterion).scope or "layer")
         _check_registered("scope", self.scope, list_scopes())
         _check_registered("granularity", self.granularity, list_granularities("mask"))
+        if self.scope == "row" and self.granularity != "weight":
+            raise ConfigError("scope='row' ranks the weights of each output row; "
+                              "use granularity='weight'")
         if isinstance(self.amount, NM) and self.granularity != "weight":
             raise ConfigError("an N:M pattern works on single weights; use granularity='weight'")
         object.__setattr__(self, "ignore", _check_names(self.ignore))

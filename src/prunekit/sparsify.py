@@ -96,7 +96,8 @@ def sparsify(
         config: a :class:`~prunekit.config.SparsifyConfig`; or give its fields as keywords:
             ``sparsity`` / ``threshold`` / ``percentile`` / ``std_k`` / ``pattern``,
             ``criterion`` (:func:`list_criteria`), ``scope`` (``layer``, ``global``,
-            ``lamp``), ``granularity`` (``weight`` or ``neuron``), ``ignore`` (modules,
+            ``lamp``, ``row``; default: the criterion's own, ``row`` for ``wanda``, else
+            ``layer``), ``granularity`` (``weight`` or ``neuron``), ``ignore`` (modules,
             module or parameter names, ``re:`` patterns left dense; ``exclude`` is the
             deprecated spelling), ``protect_output``, ``batches``, ``fisher_samples``, ``seed``.
         data: ``(inputs, targets)`` batches for data-driven criteria (gradient,
@@ -131,9 +132,12 @@ def sparsify(
         nm = config.amount
         keep = {t.name: nm_keep(scores[t.name], nm.n, nm.m, dim=t.spec.in_dim) for t in targets}
     else:
-        units = {t.name: gran.unit_scores(scores[t.name], t) for t in targets}
+        rows = config.scope == "row"  # (out, rest) scores, each row ranked on its own
+        units = {t.name: _rows(scores[t.name], t) if rows else gran.unit_scores(scores[t.name], t)
+                 for t in targets}
         pruned = select(units, config.amount, scope=config.scope)
-        keep = {t.name: ~gran.expand(pruned[t.name], t) for t in targets}
+        keep = {t.name: ~(_unrows(pruned[t.name], t) if rows else gran.expand(pruned[t.name], t))
+                for t in targets}
     _attach(targets, keep, neurons=config.granularity == "neuron")
     return {t.name: _zero_fraction(t.weight) for t in targets}
 
@@ -216,6 +220,15 @@ def select_targets(model: nn.Module, ignore: Sequence[str], protect_output: bool
     if not kept:
         raise ConfigError("every prunable weight is ignored; nothing left to prune")
     return kept
+
+
+def _rows(scores: torch.Tensor, target: Target) -> torch.Tensor:
+    return scores.movedim(target.spec.out_dim, 0).flatten(1)  # (out, rest)
+
+
+def _unrows(pruned: torch.Tensor, target: Target) -> torch.Tensor:
+    shape = target.weight.movedim(target.spec.out_dim, 0).shape
+    return pruned.reshape(shape).movedim(0, target.spec.out_dim)
 
 
 def _scores(target: Target, scores: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,30 @@ def test_wanda_keeps_the_columns_with_the_largest_weight_times_input_norm_in_eve
     assert keep_mag[3].all() and not keep_mag[0].any()  # per layer: whole rows go
 
 
+def test_sparsify_wanda_criterion_compares_within_rows_and_attaches_masks():
+    lin, x = _known_layer()
+    model = nn.Sequential(lin)
+    result = pk.sparsify(model, sparsity=0.5, criterion="wanda", data=[x[:32], (x[32:], None)])
+    assert result == {"0.weight": 0.5}
+    kept = mask.get_mask(lin, "weight")
+    assert kept is not None and kept[:, 4:].all() and not kept[:, :4].any()
+    # scope="layer" ranks the whole layer instead: the small rows go entirely
+    lin2, _ = _known_layer()
+    pk.sparsify(nn.Sequential(lin2), sparsity=0.5, criterion="wanda", scope="layer", data=[x])
+    kept2 = mask.get_mask(lin2, "weight")
+    assert not kept2[0].any() and kept2[3].all()
+
+
+def test_row_scope_on_a_transposed_conv_ranks_each_output_channel():
+    conv = nn.ConvTranspose1d(3, 2, 2)  # weight (in=3, out=2, k=2): out_dim is 1
+    with torch.no_grad():
+        conv.weight.copy_(torch.arange(12.0).reshape(3, 2, 2) + 1)
+        conv.weight[:, 1] *= 100  # a per-layer ranking would prune channel 0 entirely
+    pk.sparsify(nn.Sequential(conv), sparsity=0.5, scope="row")
+    kept = mask.get_mask(conv, "weight")
+    assert kept[:, 0].sum() == 3 and kept[:, 1].sum() == 3
+
+
 def test_sparsify_wanda_with_2_4_pattern_keeps_the_two_best_of_every_four():
     lin, x = _known_layer()
     pk.sparsify(nn.Sequential(lin), pattern="2:4", criterion="wanda", data=[x])

@@ -13,6 +13,8 @@ Scopes:
 
 - ``layer``: the rule is applied to each layer on its own (uniform sparsity);
 - ``global``: one ranking across all layers, so layers with small scores lose more;
+- ``row``: each output row of each layer on its own (Wanda's comparison group;
+  ``sparsify`` hands this scope ``(out, rest)`` scores);
 - ``lamp``: global ranking of LAMP scores (Lee et al. 2021, "Layer-adaptive
   Sparsity for the Magnitude-based Pruning"), which are comparable across layers
   and never empty a layer before the others.
@@ -121,6 +123,25 @@ def _global(scores: dict[str, torch.Tensor], rule: Rule) -> dict[str, torch.Tens
             strict=False,
         )
     )
+
+
+@_SCOPES.register("row")
+def _row(scores: dict[str, torch.Tensor], rule: Rule) -> dict[str, torch.Tensor]:
+    """Each row of a 2-D ``(out, rest)`` score tensor on its own: the per-output comparison
+    group of Wanda (Sun et al. 2023). A 1-D tensor is one row."""
+    return {name: _prune_rows(s, rule) for name, s in scores.items()}
+
+
+def _prune_rows(scores: torch.Tensor, rule: Rule) -> torch.Tensor:
+    rows = scores.reshape(-1, scores.shape[-1]) if scores.dim() else scores.reshape(1, 1)
+    if rule.kind == "sparsity":  # vectorized: the k lowest of every row
+        k = int(round(rule.value * rows.shape[1]))
+        order = torch.argsort(rows, dim=1, stable=True)
+        pruned = torch.zeros_like(rows, dtype=torch.bool).scatter_(1, order[:, :k], True)
+        pruned |= torch.isneginf(rows)
+    else:
+        pruned = torch.stack([rule.prune(r) for r in rows])
+    return pruned.reshape(scores.shape)
 
 
 @_SCOPES.register("lamp")
