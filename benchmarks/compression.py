@@ -36,7 +36,7 @@ import torch
 from _common import interleaved_medians, machine, versions_line, write_section
 
 import prunekit as pk
-from prunekit._io import save_safetensors
+from prunekit._io import save_safetensors, write_json
 from prunekit.compress import (
     ShareConfig,
     StaticInt8Config,
@@ -81,6 +81,7 @@ SETTINGS = {
         int8="static",
     ),
 }
+TITLE = "# Compression\n"
 # Deep Compression (Han et al., ICLR 2016), Table 1: LeNet-300-100 on MNIST.
 PUBLISHED = {"lenet300": "40x (1070 KB -> 27 KB), error 1.64% -> 1.58%"}
 
@@ -274,12 +275,16 @@ def _mean_or_none(pts, key):
     return statistics.mean(vals) if vals else None
 
 
-def markdown(rows: list[dict], args, seconds: float) -> str:
+def markdown(rows: list[dict], runs: list[dict]) -> str:
+    models = {r["model"] for r in rows}
     lines = [
         "## Measured: prune, int8, Deep Compression on Fashion-MNIST",
         "",
-        f"Command: `.venv/bin/python benchmarks/compression.py {' '.join(sys.argv[1:])}` "
-        f"(seeds {' '.join(map(str, args.seeds))}, {seconds / 60:.1f} min).  ",
+        *(
+            f"Command: `.venv/bin/python benchmarks/compression.py {run['command']}` "
+            f"({run['seconds'] / 60:.0f} min).  "
+            for run in runs
+        ),
         f"Machine: {machine()} (shared with other jobs while it ran: latencies are indicative).  ",
         f"Versions: {versions_line()}.",
         "",
@@ -292,7 +297,7 @@ def markdown(rows: list[dict], args, seconds: float) -> str:
             f"sharing {c['bits']}-bit Linear / {c['conv_bits']}-bit conv with linear centroid "
             f"init, {c['share_epochs']} epoch of centroid fine-tuning at lr {c['share_lr']}"
             for m, c in SETTINGS.items()
-            if m in args.models
+            if m in models
         )
         + ".",
         "",
@@ -349,7 +354,18 @@ def main() -> None:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     p.add_argument("--no-docs", action="store_true")
+    p.add_argument(
+        "--from-json",
+        nargs="+",
+        default=None,
+        help="write the docs section from earlier --json files instead of running",
+    )
     args = p.parse_args()
+    if args.from_json:
+        runs = [json.loads(Path(f).read_text()) for f in args.from_json]
+        rows = [r for run in runs for r in run["rows"]]
+        write_section("docs/compress.md", "compression", markdown(rows, runs), title=TITLE)
+        return
     t0 = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -359,17 +375,11 @@ def main() -> None:
                 for row in one_seed(name, seed, data, args, Path(tmp)):
                     rows.append(row)
                     print(json.dumps(row), flush=True)
+    run = {"command": " ".join(sys.argv[1:]), "seconds": time.perf_counter() - t0, "rows": rows}
     if args.json:
-        from prunekit._io import write_json
-
-        write_json(args.json, {"rows": rows})
+        write_json(args.json, run)
     if not args.no_docs:
-        write_section(
-            "docs/compress.md",
-            "compression",
-            markdown(rows, args, time.perf_counter() - t0),
-            title="# Compression\n",
-        )
+        write_section("docs/compress.md", "compression", markdown(rows, [run]), title=TITLE)
 
 
 if __name__ == "__main__":
