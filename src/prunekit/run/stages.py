@@ -28,6 +28,7 @@ from torch import nn
 
 from .._registry import Registry
 from .._utils import versions
+from ..config import Budget, Calibration, PlanConfig, SparsifyConfig, amount_of
 from ..data import Splits, make_loader
 from ..errors import ConfigError
 from ..mask import bake, remove_mask
@@ -46,6 +47,8 @@ from ..schedules import (
     prune_iteratively,
 )
 from ..sparsify import sparsify, sparsity_of
+from ..structured import prune as prune_model
+from ..verify import verify
 from .plans import classifier_feeders, compose, out_index
 from .recipe import PruneConfig, Recipe
 
@@ -129,6 +132,31 @@ def train_phase(
         after_step=after_step,
     )
     return phase.epochs * len(loader)
+
+
+def mask_config(prune: PruneConfig, *, seed: int, criterion: str | None = None
+                ) -> SparsifyConfig:
+    """The :class:`~prunekit.config.SparsifyConfig` a mask prune section spells."""
+    key, value = prune.amount
+    return SparsifyConfig(
+        amount=amount_of(**{key: value}), criterion=criterion or prune.criterion,
+        scope=prune.scope, granularity=prune.granularity, ignore=tuple(prune.exclude or ()),
+        protect_output=prune.protect_output,
+        calibration=Calibration(batches=prune.calibration_batches), seed=seed)
+
+
+def plan_config(prune: PruneConfig, model: nn.Module, example: Any, *, seed: int,
+                criterion: str | None = None) -> PlanConfig:
+    """The :class:`~prunekit.config.PlanConfig` a channel prune section spells (with the
+    classifier's feeders ignored under ``protect_output``)."""
+    ignore = list(prune.ignore or ())
+    if prune.protect_output:
+        ignore += classifier_feeders(model, example)
+    key, value = prune.amount
+    amount = {"ratio": value} if key == "ratio" else {"budget": Budget(key, value)}
+    return PlanConfig(**amount, criterion=criterion or prune.criterion, scope=prune.scope,
+                      max_ratio=prune.max_ratio, round_to=prune.round_to, ignore=tuple(ignore),
+                      calibration=Calibration(batches=prune.calibration_batches), seed=seed)
 
 
 def penalty_loss(model: nn.Module, recipe: Recipe) -> Callable | None:
@@ -250,38 +278,25 @@ class MaskCut:
         p, ctx = job.prune, job.ctx
         self.prune, self.keep_before = p, keep_before
         self.final = p.sparsity
-        self.options = dict(
-            criterion=p.criterion,
-            scope=p.scope,
-            granularity=p.granularity,
-            exclude=tuple(p.exclude or ()),
-            protect_output=p.protect_output,
-            data=ctx.loader("train", train=True),
-            batches=p.calibration_batches,
-            seed=ctx.recipe.seed,
-        )
+        self.config = mask_config(p, seed=ctx.recipe.seed)
+        self.data = ctx.loader("train", train=True)
         self.log: list[float] = []
         self.before: nn.Module | None = None
 
     def __call__(self, model: nn.Module, amount: float) -> None:
-
         self._keep(model)
-        MaskPruning(**self.options)(model, amount)
+        MaskPruning(self.config, data=self.data)(model, amount)
         self.log.append(self.measure(model))
 
     def once(self, model: nn.Module) -> None:
-
         self._keep(model)
-        key, value = self.prune.amount
-        sparsify(model, **{key: value}, **self.options)
+        sparsify(model, self.config, data=self.data)
         self.log.append(self.measure(model))
 
     def measure(self, model: nn.Module) -> float:
-
         return sparsity_of(model)
 
     def finish(self, model: nn.Module) -> None:
-
         bake(model)
 
     def undo(self) -> None:
@@ -302,23 +317,11 @@ class ChannelCut:
     quantity = "params removed"
 
     def __init__(self, model: nn.Module, job: Job, *, keep_before: bool = False) -> None:
-
         p, ctx = job.prune, job.ctx
         self.key, self.final = p.amount
         self.example, self.keep_before = job.example, keep_before
-        ignore = list(p.ignore or ())
-        if p.protect_output:
-            ignore += classifier_feeders(model, job.example)
-        self.options = dict(
-            criterion=p.criterion,
-            scope=p.scope,
-            max_ratio=p.max_ratio,
-            round_to=p.round_to,
-            ignore=ignore,
-            data=ctx.loader("train", train=True),
-            batches=p.calibration_batches,
-            seed=ctx.recipe.seed,
-        )
+        self.config = plan_config(p, model, job.example, seed=ctx.recipe.seed)
+        self.data = ctx.loader("train", train=True)
         self.dense = self._cost(model)
         self.done = 0.0
         self.plan: Any = None
@@ -329,14 +332,12 @@ class ChannelCut:
         self._earlier: list[tuple[Any, Any, float]] = []  # (plan, last, done) before each cut
 
     def __call__(self, model: nn.Module, amount: float) -> None:
-        import prunekit as pk
-
-
         self._earlier.append((self.plan, self.last, self.done))
         before = copy.deepcopy(model)
         start = self._cost(model)
-        plan = pk.prune(model, self.example, **self._step(start, amount), **self.options)
-        result = pk.verify(before, model, plan, self.example)
+        plan = prune_model(model, self.example, self.config.replace(**self._step(start, amount)),
+                        data=self.data)
+        result = verify(before, model, plan, self.example)
         self.cuts.append(self._summary(plan, start, self._cost(model), result))
         self.plan = plan if self.plan is None else compose(self.plan, plan)
         self.last, self.done = plan, amount
@@ -359,7 +360,6 @@ class ChannelCut:
         self.log.pop()
 
     def out_index(self, model: nn.Module) -> dict[str, list[int]]:
-
         return out_index(model, self.last)
 
     def _step(self, now: dict[str, int], amount: float) -> dict[str, Any]:
@@ -367,10 +367,9 @@ class ChannelCut:
         if self.key == "ratio":
             return {"ratio": 1.0 - (1.0 - amount) / (1.0 - self.done)}
         left = now[self.key] / self.dense[self.key]  # fraction of the dense cost still there
-        return {"target": {self.key: max(0.0, 1.0 - (1.0 - amount) / left)}}
+        return {"budget": Budget(self.key, max(0.0, 1.0 - (1.0 - amount) / left))}
 
     def _cost(self, model: nn.Module) -> dict[str, int]:
-
         return {"params": count_params(model), "macs": count_macs(model, self.example[:1]).dense}
 
     def _summary(self, plan: Any, start: dict, end: dict, result: Any) -> dict[str, Any]:
@@ -628,8 +627,8 @@ def _surgery(model: nn.Module, job: Job) -> tuple[Outcome, Cut]:
     s, p, ctx = job.recipe.schedule, job.prune, job.ctx
     cut = make_cut(model, job)
     surgery = Surgery(model, sparsity=p.sparsity, margin=s.margin, gamma=s.gamma, power=s.power,
-                      frequency=s.frequency, exclude=p.exclude, protect_output=p.protect_output,
-                      seed=ctx.recipe.seed)
+                      frequency=s.frequency, ignore=p.exclude or (),
+                      protect_output=p.protect_output, seed=ctx.recipe.seed)
     total = job.recipe.finetune.epochs * ctx.steps_per_epoch()
     stop = total if s.stop is None else max(1, round(s.stop * ctx.steps_per_epoch()))
     every = max(1, total // 200)
@@ -698,24 +697,13 @@ def preflight(model: nn.Module, ctx: Context, example: torch.Tensor) -> None:
 
 def _try_cut(model: nn.Module, prune: PruneConfig, example: torch.Tensor) -> None:
     """The cut on a copy, with a criterion that needs no data (the name was checked already)."""
-    import prunekit as pk
-
 
     trial = copy.deepcopy(model)
     try:
         if prune.structured:
-            ignore = list(prune.ignore or ())
-            if prune.protect_output:
-                ignore += classifier_feeders(trial, example)
-            key, value = prune.amount
-            amount = {"ratio": value} if key == "ratio" else {"target": {key: value}}
-            pk.prune(trial, example, **amount, criterion="l2", scope=prune.scope,
-                     max_ratio=prune.max_ratio, round_to=prune.round_to, ignore=ignore)
+            prune_model(trial, example, plan_config(prune, trial, example, seed=0, criterion="l2"))
         else:
-            key, value = prune.amount
-            pk.sparsify(trial, **{key: value}, criterion="magnitude", scope=prune.scope,
-                        granularity=prune.granularity, exclude=tuple(prune.exclude or ()),
-                        protect_output=prune.protect_output)
+            sparsify(trial, mask_config(prune, seed=0, criterion="magnitude"))
     except ConfigError as err:
         raise ConfigError(f"prune settings do not fit the model: {err}") from None
 
