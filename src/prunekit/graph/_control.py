@@ -5,13 +5,14 @@ one trace sees one path only, and a cut planned on it can be wrong on the other
 (a permutation, a slice, a layer that the traced path skipped). Values reach Python
 only through a few operators (``_local_scalar_dense`` behind ``bool()``, ``.item()``
 and ``.tolist()``; ``equal``), so the tracer notes where they are read; when there
-are such reads, the model is run again on perturbed inputs and the two operator
-sequences are compared. A difference blocks every dimension the deciding module
-touches, naming the line.
+are such reads, each ``bool(tensor)`` is answered the other way in a run of its own,
+and other reads are checked on perturbed inputs; where the operators differ from the
+traced run, every dimension the deciding module touches is blocked, naming the line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import linecache
 import os
 import sys
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import _axes as ax
@@ -102,31 +104,70 @@ def _map(obj: Any, fn) -> Any:
     return obj
 
 
+class _FlipBool(TorchFunctionMode):
+    """Answers the ``which``-th ``bool(tensor)`` of a forward pass with the other value."""
+
+    def __init__(self, which: int) -> None:
+        super().__init__()
+        self.which, self.seen = which, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.Tensor.__bool__:
+            self.seen += 1
+            if self.seen - 1 == self.which:
+                return not out
+        return out
+
+
+MAX_BRANCHES = 8  # ``bool(tensor)`` calls tried the other way; past these, perturbed inputs
+
+
 def check_paths(graph: Any, model: nn.Module, inputs: Any, ops: list[str],
-                reads: list[Read]) -> None:
-    """Run ``model`` on perturbed inputs; where the operators differ, block the deciding module.
+                reads: list[Read], bools: list[Read]) -> None:
+    """Find data-dependent branches; block the module that decides, naming the line.
+
+    Each ``bool(tensor)`` of the traced run (``if x.sum() > 0:``) is answered the other
+    way in a run of its own: if that run completes with other operators, the branch
+    decides what the model computes. Other values read into Python (``.item()``,
+    ``float()``) are checked by running perturbed inputs and comparing the operators.
 
     Args:
         graph: the graph being built (``module_axes`` filled in).
         model: the traced model.
         inputs: the example inputs.
         ops: operator names of the traced run, in order.
-        reads: the values read into Python during the traced run.
+        reads: the values read into Python during the traced run (any kind).
+        bools: the ``bool(tensor)`` calls among them (``index`` counts those calls).
     """
-    from ._tracer import _tracing_state, run_model
-
-    if not reads:
+    for read in bools[:MAX_BRANCHES]:
+        got = _ops_of(model, inputs, _FlipBool(read.index))
+        if got is not None and _first_difference(ops, got) is not None:
+            _block_branch(graph, read)
+            return
+    if not reads or bools and len(bools) <= MAX_BRANCHES and len(bools) == len(reads):
         return
     for other in perturbations(inputs):
-        try:
-            with _tracing_state(model), _Ops() as rec:
-                run_model(model, other)
-        except Exception:  # another path that fails outright is the user's own input problem
-            continue
-        at = _first_difference(ops, rec.ops)
+        got = _ops_of(model, other)
+        at = None if got is None else _first_difference(ops, got)
         if at is not None:
-            _block_branch(graph, reads, at)
+            before = [r for r in reads if r.index <= at] or reads[:1]
+            _block_branch(graph, before[-1])
             return
+
+
+def _ops_of(model: nn.Module, inputs: Any, mode: TorchFunctionMode | None = None
+            ) -> list[str] | None:
+    """Operator names of one forward pass (``None`` if it raises: an error path, such as a
+    failed assertion, computes nothing else)."""
+    from ._tracer import _tracing_state, run_model
+
+    try:
+        with _tracing_state(model), _Ops() as rec, mode or contextlib.nullcontext():
+            run_model(model, inputs)
+    except Exception:
+        return None
+    return rec.ops
 
 
 def _first_difference(a: list[str], b: list[str]) -> int | None:
@@ -136,11 +177,8 @@ def _first_difference(a: list[str], b: list[str]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def _block_branch(graph: Any, reads: list[Read], at: int) -> None:
-    """Block every dimension that the module deciding the path (the last read before the
-    first different operator) and its submodules touched."""
-    before = [r for r in reads if r.index <= at] or reads[:1]
-    read = before[-1]
+def _block_branch(graph: Any, read: Read) -> None:
+    """Block every dimension that the module deciding the path and its submodules touched."""
     path = read.module
     reason = (f"data-dependent control flow at {read.line} (in {path or '<model>'}): another input "
               "runs other operators, which one trace cannot see; make the branch independent of "

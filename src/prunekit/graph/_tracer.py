@@ -151,6 +151,7 @@ class Tracer(TorchDispatchMode):
         self.tensors: set[int] = set()  # ids of the model's parameters and buffers
         self.ops: list[str] = []  # every operator, in order (to compare with another input)
         self.reads: list[Read] = []  # tensor values read into Python
+        self.bools: list[Read] = []  # bool(tensor) calls, the usual data-dependent branches
         self.input_sizes: set[int] = set()  # sizes of the example inputs' dimensions
 
     @property
@@ -298,6 +299,9 @@ class _Literals(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if func is torch.Tensor.__bool__:
+            bools = self.tracer.bools
+            bools.append(Read(len(bools), self.tracer.module_path, user_line()))
         handler = self.handlers.get(func)
         if handler is None:
             return out
@@ -496,7 +500,7 @@ def build_graph(model: nn.Module, example_inputs: Any, rules: Any) -> Graph:
         for a in tracer.axes_of(t, "model output"):
             ax.mark(a, "size of a model output")
     graph.output_shapes = [tuple(t.shape) for t in outputs]
-    check_paths(graph, model, example_inputs, tracer.ops, tracer.reads)
+    check_paths(graph, model, example_inputs, tracer.ops, tracer.reads, tracer.bools)
     graph.trace_seconds = time.perf_counter() - start
     _block_unused(graph, tracer, model)
     graph.finalize()
