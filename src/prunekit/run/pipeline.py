@@ -46,6 +46,7 @@ from ..models import build_model
 from ..recovery import predict
 from ..sparsify import sparsity_of
 from . import stages as _stages
+from .html import render_html
 from .recipe import PruneConfig, Recipe, dump_recipe
 from .report import (
     CHART_NAME,
@@ -72,6 +73,7 @@ OUTPUT_FILES = (
     SCHEDULE_CHART,
     *SWEEP_CHARTS.values(),
     "report.md",
+    "report.html",
     "metrics.json",
 )
 # The files of one sweep point, in points/<NN>_<key>-<value>/; metrics.json last.
@@ -146,6 +148,10 @@ def run(recipe: Recipe, *, out_dir: str | os.PathLike[str], quiet: bool = False)
             before any training.
         DataError: the dataset cannot be found or read.
     """
+    if recipe.own:  # your own model or data: prunekit.run.user
+        from .user import run_user
+
+        return run_user(recipe, out_dir=out_dir, quiet=quiet)
     start = time.perf_counter()
     seed_everything(recipe.seed)
     ctx = _context(recipe, Path(out_dir), quiet)
@@ -417,6 +423,7 @@ def _save_report(
         chart=CHART_NAME,
     )
     files["report.md"] = _write(ctx.out / "report.md", write_text, text)
+    files["report.html"] = render_html(ctx.out, metrics=metrics, markdown=text)
     return files
 
 
