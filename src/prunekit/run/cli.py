@@ -1,6 +1,8 @@
 """The ``prunekit`` command: thin wrappers over the library, one function per subcommand.
 
-    prunekit run [RECIPE.yaml] [--out DIR] [--quiet] [--data-dir DIR]
+    prunekit run [RECIPE.yaml] [--out DIR] [--quiet] [--data-dir DIR] [--dry-run]
+    prunekit init [--source SOURCE] [--task TASK] [--out RECIPE.yaml]
+    prunekit report RUN_DIR [--no-open]
     prunekit inspect MODEL [--all]
 
 A user mistake (a bad recipe, missing data) prints one sentence to stderr and exits
@@ -15,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .._version import __version__
-from ..errors import PrunekitError
+from ..errors import ConfigError, DataError, PrunekitError
 from ..models.lookup import resolve_model
 from ..structured import inspect_model
 
@@ -33,7 +35,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "run",
         help="train, prune, fine-tune, measure and report, as a recipe says",
         description="Run a pruning recipe end to end. Without a recipe, runs the built-in "
-        "quick start (8x8 digits, LeNet-300-100, 90%% sparsity).",
+        "quick start (8x8 digits, LeNet-300-100, 90% sparsity).",
     )
     p.add_argument(
         "recipe",
@@ -44,6 +46,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<recipe name>)")
     p.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset files")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--dry-run", action="store_true", help="validate, build the model and one "
+                   "batch, trace and say what would be cut; no training, nothing written")
     p.set_defaults(handler=_run)
 
 
@@ -53,10 +57,23 @@ def _run(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe)
     if args.data_dir is not None:
+        if not Path(args.data_dir).expanduser().is_dir():
+            raise DataError(f"--data-dir {args.data_dir} does not exist; give the folder that "
+                            "holds the dataset files, or leave --data-dir out")
         recipe.data.data_dir = str(args.data_dir)
+    if args.dry_run:
+        from .user import dry_run
+
+        print(dry_run(recipe, quiet=args.quiet))
+        return 0
     out = Path(args.out or recipe.output.dir or Path("runs") / recipe.name)
     result = run(recipe, out_dir=out, quiet=args.quiet)
-    print(_summary(result.metrics, result.out_dir, result.seconds))
+    if recipe.own:
+        from .user_report import summary_lines
+
+        print(summary_lines(result.metrics, result.out_dir, result.seconds))
+    else:
+        print(_summary(result.metrics, result.out_dir, result.seconds))
     return 0
 
 
@@ -69,11 +86,11 @@ def _summary(metrics: dict, out: Path, seconds: float) -> str:
         m = metrics[side]
         sparse = side == "pruned" and not shrunk  # a smaller dense network: dense encoding
         size = m.get("sparse_size_bytes" if sparse else "size_bytes", 0)
-        line = (
-            f"{side:>6}: accuracy {100 * m['accuracy']:6.2f}%  sparsity {100 * m['sparsity']:5.1f}%"
-            f"  size {size / 1024:8.1f} KiB{' (sparse)' if sparse else ''}"
-        )
-        lines.append(line + (f"  params {m['params']:,}" if shrunk else ""))
+        # a network rebuilt smaller has no zeros to count: say how much smaller it is
+        amount = (f"params {m['params']:,}  MACs {m.get('macs', 0):,}" if shrunk
+                  else f"sparsity {100 * m['sparsity']:5.1f}%")
+        lines.append(f"{side:>6}: accuracy {100 * m['accuracy']:6.2f}%  {amount}"
+                     f"  size {size / 1024:8.1f} KiB{' (sparse)' if sparse else ''}")
     if metrics.get("points"):
         lines.append(f"sweep: {len(metrics['points'])} points (see report.md)")
     lines.append(f"outputs in {out}/ (report.md, metrics.json) after {seconds:.1f} s")
@@ -103,9 +120,70 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- prunekit init / prunekit report ------------------------------------------------
+
+
+def _add_init(sub: argparse._SubParsersAction) -> None:
+    from .init import INIT_SOURCES, INIT_TASKS
+
+    p = sub.add_parser(
+        "init",
+        help="write a commented recipe for your own model and data",
+        description="Write a commented recipe, valid as written, for a model source and a task; "
+        "edit the names and folders, then `prunekit run --dry-run RECIPE`.",
+    )
+    p.add_argument("--source", choices=INIT_SOURCES, default="torchvision",
+                   help="where the model comes from (default: torchvision)")
+    p.add_argument("--task", choices=INIT_TASKS, default="classification",
+                   help="what the model does (default: classification)")
+    p.add_argument("--out", metavar="FILE", default="recipe.yaml",
+                   help="recipe file to write (default: recipe.yaml; never overwritten)")
+    p.set_defaults(handler=_init)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from .._io import write_text
+    from .init import init_recipe
+
+    out = Path(args.out)
+    if out.exists():
+        raise ConfigError(f"{out} exists; pass --out NEW_FILE (init never overwrites)")
+    name = out.name.removesuffix(".yaml").removesuffix(".yml")
+    name = name if name.replace("-", "").replace("_", "").isalnum() else "my-model"
+    write_text(out, init_recipe(source=args.source, task=args.task, name=name))
+    print(f"wrote {out}; edit it, then: prunekit run --dry-run {out}")
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="open a run's HTML report (written from its folder if missing)",
+        description="Write RUN_DIR/report.html (tables and every chart in one self-contained "
+        "file) when it is missing, and open it in a browser.",
+    )
+    p.add_argument("run_dir", help="the output folder of a prunekit run")
+    p.add_argument("--no-open", action="store_true", help="write it and print its path only")
+    p.set_defaults(handler=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    import webbrowser
+
+    from .html import HTML_NAME, render_html
+
+    page = Path(args.run_dir) / HTML_NAME
+    if not page.is_file():
+        page = render_html(args.run_dir)
+    print(page)
+    if not args.no_open:
+        webbrowser.open(page.resolve().as_uri())
+    return 0
+
+
 # Each entry adds one subcommand (its parser and its handler).
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_run, _add_inspect
+    _add_run, _add_init, _add_report, _add_inspect
 ]
 
 
