@@ -1000,7 +1000,7 @@ def parse_recipe(
         source: how error messages refer to the recipe (its file name).
 
     Raises:
-        ConfigError: the first invalid key or value, by key path, with the valid choices.
+        ConfigError: every invalid key or value, by key path, with the valid choices.
     """
     if name is not None and "name" not in data:
         data = {**data, "name": name}
@@ -1008,8 +1008,10 @@ def parse_recipe(
         return Recipe.model_validate(data)
     except ValidationError as err:
         errors = err.errors()
-        more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
-        raise ConfigError(f"{source}: {_describe(errors[0])}{more}") from None
+        if len(errors) == 1:
+            raise ConfigError(f"{source}: {_describe(errors[0])}") from None
+        listed = "; ".join(f"({i}) {_describe(e)}" for i, e in enumerate(errors, start=1))
+        raise ConfigError(f"{source}: {len(errors)} problems: {listed}") from None
 
 
 def dump_recipe(recipe: Recipe, *, versions: dict[str, str] | None = None) -> str:
