@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .._io import atomic_open
 from .._registry import Registry
@@ -158,7 +157,7 @@ def train(
         model.train()
         try:
             for epoch in range(len(losses), epochs):
-                bar = tqdm(
+                bar = progress(
                     ranks.shard(loader),
                     total=ranks.batches(_num_batches(loader)),
                     desc=f"{desc} {epoch + 1}/{epochs}",
@@ -444,3 +443,12 @@ def _cuda_indices(device: torch.device) -> list[int]:
     if device.type != "cuda":
         return []
     return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def progress(items: Any, **options: Any) -> Any:
+    """``tqdm(items, **options)`` when tqdm is installed (the ``cli`` extra), else ``items``."""
+    try:
+        from tqdm.auto import tqdm  # optional: progress bars only
+    except ImportError:
+        return items
+    return tqdm(items, **options)
