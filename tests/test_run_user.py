@@ -1,0 +1,194 @@
+"""prunekit run on your own model and data: end-to-end runs with tiny models, the dry run,
+prunekit init / report, report.html, and the errors found before any training."""
+
+from __future__ import annotations
+
+import base64
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from prunekit.errors import ConfigError, DataError
+from prunekit.run import load_recipe, parse_recipe, run
+from prunekit.run.cli import main
+from prunekit.run.init import INIT_SOURCES, INIT_TASKS, init_recipe
+from prunekit.run.user import dry_run
+
+NETS = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    def mlp(classes=3):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                             nn.Linear(32, classes))
+
+    class TinyLM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.embed = nn.Embedding(256, 16)
+            self.hidden = nn.Linear(16, 32)
+            self.out = nn.Linear(32, 256)
+
+        def forward(self, ids):
+            return self.out(torch.relu(self.hidden(self.embed(ids))))
+
+    def lm():
+        return TinyLM()
+""")
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder with an importable module of tiny nets, labelled arrays and a text file."""
+    (tmp_path / "tiny_nets.py").write_text(NETS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 1).astype(np.int64)  # 3 classes
+    np.savez(tmp_path / "train.npz", x=x[:64], y=y[:64])
+    np.savez(tmp_path / "test.npz", x=x[64:], y=y[64:])
+    (tmp_path / "text.txt").write_text("the quick brown fox jumps over the lazy dog. " * 12)
+    return tmp_path
+
+
+def _recipe(workspace: Path, **sections) -> dict:
+    base = {
+        "name": "mine",
+        "model": {"python": "tiny_nets:mlp"},
+        "data": {"kind": "arrays", "train": str(workspace / "train.npz"),
+                 "test": str(workspace / "test.npz"), "batch_size": 16},
+        "prune": {"granularity": "channel", "ratio": 0.5},
+        "finetune": {"epochs": 2, "lr": 0.05},
+        "measure": {"latency_runs": 2, "batch_sizes": [1]},
+    }
+    base.update(sections)
+    return base
+
+
+def test_classification_run_with_channels(workspace: Path) -> None:
+    recipe = parse_recipe(_recipe(workspace))
+    result = run(recipe, out_dir=workspace / "out", quiet=True)
+    dense, pruned = result.metrics["dense"], result.metrics["pruned"]
+    assert pruned["params"] < dense["params"] and pruned["macs"] < dense["macs"]
+    assert 0.0 <= pruned["accuracy"] <= 1.0 and "confusion_matrix" in pruned
+    assert pruned["agreement"] <= 1.0 and dense["agreement"] == 1.0
+    cut = result.metrics["run"]["cut"]
+    assert cut["kind"] == "channels" and cut["verify"]["ok"] and cut["groups_cut"] == 2
+    assert result.metrics["run"]["finetune"].startswith("2 epochs")
+    assert result.model[-1].out_features == 3  # the head kept its classes
+    out = workspace / "out"
+    for name in ("recipe.yaml", "pruned.safetensors", "plan.json", "layers.png", "report.md",
+                 "report.html", "metrics.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "metrics.json").read_text())["pruned"]["params"] == pruned["params"]
+    again = load_recipe(out / "recipe.yaml")  # the resolved recipe reads back
+    assert again.model.python == "tiny_nets:mlp" and again.data.spec() == recipe.data.spec()
+
+
+def test_report_html_embeds_every_chart(workspace: Path) -> None:
+    run(parse_recipe(_recipe(workspace, finetune={"epochs": 0, "lr": 0.1})),
+        out_dir=workspace / "out", quiet=True)
+    page = (workspace / "out" / "report.html").read_text()
+    charts = sorted((workspace / "out").glob("*.png"))
+    assert charts
+    for png in charts:
+        assert base64.b64encode(png.read_bytes()).decode() in page
+    assert "<table>" in page and "agreement with dense top-1" in page
+    assert "src='http" not in page and "href=" not in page  # self-contained
+
+
+def test_language_modelling_run_with_masks(workspace: Path) -> None:
+    recipe = parse_recipe(_recipe(
+        workspace, task="language-modelling", model={"python": "tiny_nets:lm"},
+        data={"kind": "text", "test": str(workspace / "text.txt"), "seq_len": 16,
+              "tokenizer": "bytes"},
+        prune={"sparsity": 0.5}, finetune={"epochs": 1, "lr": 0.1}))
+    result = run(recipe, out_dir=workspace / "lm", quiet=True)
+    dense, pruned = result.metrics["dense"], result.metrics["pruned"]
+    assert pruned["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert dense["perplexity"] > 1 and pruned["perplexity"] > 1 and dense["tokens"] > 0
+    assert result.metrics["run"]["finetune"].startswith("none (task language-modelling")
+    assert not (workspace / "lm" / "plan.json").exists()
+
+
+def test_dry_run_says_what_would_be_cut(workspace: Path) -> None:
+    text = dry_run(parse_recipe(_recipe(workspace)), quiet=True)
+    assert "recipe mine: valid" in text and "groups cut: 2" in text
+    assert "params: 1,379 -> 435 (-68.5%)" in text and "verified: yes" in text  # 16 of 32 kept
+    assert "heads kept whole: 4" in text and "nothing trained or written" in text
+    assert not (workspace / "runs").exists()
+
+
+def test_dry_run_of_a_reference_recipe() -> None:
+    recipe = parse_recipe({"prune": {"granularity": "channel", "ratio": 0.5},
+                           "model": {"name": "lenet5"}, "data": {"test_samples": 16}})
+    text = dry_run(recipe, quiet=True)
+    assert "model: lenet5" in text and "heads kept whole: fc" in text and "MACs:" in text
+
+
+def test_errors_before_any_training(workspace: Path) -> None:
+    with pytest.raises(DataError, match="3 classes but the model's head has 5 outputs"):
+        run(parse_recipe(_recipe(workspace, model={"python": "tiny_nets:mlp",
+                                                   "kwargs": {"classes": 5}})),
+            out_dir=workspace / "x", quiet=True)
+    with pytest.raises(DataError, match="needs labels"):
+        run(parse_recipe(_recipe(workspace, data={"kind": "arrays", "test": {
+            "inputs": _npy(workspace)}})), out_dir=workspace / "x", quiet=True)
+    with pytest.raises(DataError, match="does not exist"):
+        run(parse_recipe(_recipe(workspace, data={"kind": "arrays", "test": "nope.npz"})),
+            out_dir=workspace / "x", quiet=True)
+    assert not (workspace / "x").exists()
+
+
+def _npy(workspace: Path) -> str:
+    np.save(workspace / "inputs.npy", np.zeros((4, 6), dtype=np.float32))
+    return str(workspace / "inputs.npy")
+
+
+@pytest.mark.parametrize("source", INIT_SOURCES)
+@pytest.mark.parametrize("task", INIT_TASKS)
+def test_init_recipes_are_valid_as_written(source: str, task: str) -> None:
+    recipe = parse_recipe(yaml.safe_load(init_recipe(source=source, task=task)))
+    assert recipe.task == task and recipe.own
+
+
+def test_cli_init_report_and_errors(workspace: Path, capsys: pytest.CaptureFixture,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(workspace)
+    assert main(["init", "--source", "timm", "--task", "agreement", "--out", "r.yaml"]) == 0
+    assert load_recipe("r.yaml").model.source == "timm"
+    assert main(["init", "--out", "r.yaml"]) == 2  # never overwrites
+    assert "exists" in capsys.readouterr().err
+    (workspace / "mine.yaml").write_text(yaml.safe_dump(_recipe(workspace, finetune={
+        "epochs": 0, "lr": 0.1})))
+    assert main(["run", "mine.yaml", "--dry-run", "--quiet"]) == 0
+    assert "groups cut: 2" in capsys.readouterr().out
+    assert main(["run", "mine.yaml", "--out", "o", "--quiet"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    (workspace / "o" / "report.html").unlink()
+    assert main(["report", "o", "--no-open"]) == 0
+    assert (workspace / "o" / "report.html").is_file()
+    assert main(["report", "missing", "--no-open"]) == 2
+    assert main(["run", "mine.yaml", "--data-dir", "no/such/dir"]) == 2
+    assert "--data-dir no/such/dir does not exist" in capsys.readouterr().err
+
+
+def test_every_recipe_problem_is_listed() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_recipe({"prune": {"sparsty": 0.5}, "finetune": {"lr": -1}})
+    assert "2 problems: (1) unknown key 'prune.sparsty'" in str(err.value)
+    assert "(2) finetune.lr" in str(err.value)
+
+
+def test_cli_help_has_no_doubled_percent(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert "90% sparsity" in out and "%%" not in out
