@@ -227,3 +227,38 @@ def test_a_failure_midway_rolls_every_block_back():
         oneshot(model, calibration(), method="_fails_on_block_1", sparsity=0.5, quiet=True)
     assert_unchanged(model, before)
     assert mask.get_mask(model.model.layers[0].self_attn.q_proj, "weight") is not None
+
+
+def test_non_sequential_equals_statistics_from_one_dense_pass():
+    ids = calibration()
+    ours, ref = tiny_llama(), tiny_llama()
+    oneshot(ours, ids, method="sparsegpt", sparsity=0.5, sequential=False, quiet=True,
+            batch_size=3)
+    layers = [x for i, b in enumerate(ref.model.layers) for x in _linears(b, f"L{i}")]
+    stats = {n: InputStats(m, gram=True) for n, m in layers}
+    with torch.no_grad():
+        for batch in ids.split(3):
+            ref(batch, use_cache=False)
+    for s in stats.values():
+        s.remove()
+    for name, m in layers:
+        new, keep = get_method("sparsegpt").fn(m.weight.detach(), stats[name], None,
+                                               LayerTarget(0.5, None))
+        with torch.no_grad():
+            m.weight.copy_(new)
+    for (name, a), b in zip(ours.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_layers_fed_the_same_tensor_share_statistics_correctly():
+    a, b, c = nn.Linear(5, 3), nn.Linear(5, 2), nn.Linear(5, 4)
+    stats = [InputStats(m, gram=True) for m in (a, b, c)]
+    x, y = torch.randn(7, 5), torch.randn(4, 5)
+    a(x), b(x), c(y), a(y), b(y), c(x)
+    for s in stats:
+        s.remove()
+    for s, seen in zip(stats, [(x, y), (x, y), (y, x)], strict=True):
+        rows = torch.cat(seen)
+        torch.testing.assert_close(s.gram, rows.T @ rows)
+        torch.testing.assert_close(s.feature_norm(), rows.norm(dim=0))
+        assert s.rows == 11

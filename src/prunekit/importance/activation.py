@@ -27,6 +27,7 @@ from ..errors import ConfigError
 from .criteria import ParamStats, register_criterion
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_LAST_BATCH: dict = {}  # the last input tensor seen by any hook and its sums
 
 
 class InputStats:
@@ -51,19 +52,33 @@ class InputStats:
         self.handle = module.register_forward_pre_hook(self._hook)
 
     def _hook(self, module: nn.Module, args: tuple) -> None:
-        x = _as_rows(module, args[0]).float()  # (tokens, in)
+        sq, gram, rows = self._batch_sums(module, args[0])
         if self.sq_sum is None:
-            self.sq_sum = torch.zeros(x.shape[1], device=x.device)
+            self.sq_sum = torch.zeros_like(sq)
             if self.want_gram:
-                self.gram = torch.zeros(x.shape[1], x.shape[1], device=x.device)
-        self.sq_sum += x.pow(2).sum(dim=0)
+                self.gram = torch.zeros_like(gram)
+        self.sq_sum += sq
         if self.want_gram:
-            self.gram.addmm_(x.T, x)
-        self.rows += x.shape[0]
+            self.gram += gram
+        self.rows += rows
+
+    def _batch_sums(self, module: nn.Module, x_in: torch.Tensor) -> tuple:
+        """Sums of one batch; layers fed the same tensor (q/k/v, gate/up) share them."""
+        last = _LAST_BATCH
+        if (last.get("x") is x_in and last["version"] == x_in._version
+                and last["kind"] is type(module) and (last["gram"] is not None
+                                                      or not self.want_gram)):
+            return last["sq"], last["gram"], last["rows"]
+        x = _as_rows(module, x_in).float()  # (tokens, in)
+        gram = x.T @ x if self.want_gram else None
+        last.update(x=x_in, version=x_in._version, kind=type(module), sq=x.pow(2).sum(dim=0),
+                    gram=gram, rows=x.shape[0])
+        return last["sq"], gram, x.shape[0]
 
     def remove(self) -> None:
-        """Detach the hook from the layer."""
+        """Detach the hook from the layer (and drop the shared last batch)."""
         self.handle.remove()
+        _LAST_BATCH.clear()
 
     def feature_norm(self) -> torch.Tensor:
         """``||X_j||_2`` per input feature (zeros when no batch was seen)."""

@@ -140,22 +140,31 @@ def _run(model, blocks, layers, batches, method, cfg, undo, needs_data) -> list:
     hidden = list(captured.hidden) if captured else []
     for i in _progress(range(len(blocks)), cfg, f"oneshot {cfg.method}"):
         target = LayerTarget(sparsities[i] or 0.0, cfg.nm, cfg.blocksize, cfg.dampening)
-        stats = _gather(blocks[i], layers[i], hidden, captured, i, method.needs)
+        dense_out: list[torch.Tensor] = []
+        keep_out = not cfg.sequential and i + 1 < len(blocks)
+        stats = _gather(blocks[i], layers[i], hidden, captured, i, method.needs,
+                        outputs=dense_out if keep_out else None)
         for name, module in layers[i]:
             _prune_layer(name, module, stats.get(name), method, target, undo)
-        if captured is not None and i + 1 < len(blocks):
+        if dense_out:
+            hidden = dense_out
+        elif captured is not None and i + 1 < len(blocks):
             hidden = _advance(blocks[i], hidden, captured.calls[i])
     return sparsities
 
 
-def _gather(block, layers, hidden, captured, index, needs) -> dict[str, InputStats]:
-    """Run the block on its inputs with statistics hooks on its Linear layers."""
+def _gather(block, layers, hidden, captured, index, needs, *,
+            outputs: list | None = None) -> dict[str, InputStats]:
+    """Run the block on its inputs with statistics hooks on its Linear layers (its outputs
+    are appended to ``outputs`` when given)."""
     if needs is None:
         return {}
     stats = {name: InputStats(m, gram=needs == "gram") for name, m in layers}
     try:
         for h, call in zip(hidden, captured.calls[index], strict=True):
-            run_block(block, h, call)
+            out = run_block(block, h, call)
+            if outputs is not None:
+                outputs.append(out)
     finally:
         for s in stats.values():
             s.remove()

@@ -31,6 +31,10 @@ class OneShotConfig:
         blocks: dotted path of the ModuleList of blocks (``"model.layers"``); found by
             itself when empty.
         exclude: name patterns of layers left dense (``"re:.*\\.o_proj"``, ``"model.layers.0"``).
+        sequential: block ``i + 1``'s inputs come from the pruned block ``i`` (the
+            SparseGPT / Wanda reference scheme: two passes per block); False takes them from
+            the dense block's outputs of the statistics pass (one pass per block, about
+            half the time; as if all statistics came from one dense forward pass).
         quiet: no progress bar.
         rollback: keep a copy of each block's weights until the whole run succeeded, so a
             failure leaves the model as it was (costs one copy of the pruned weights).
@@ -47,6 +51,7 @@ class OneShotConfig:
     batch_size: int = 8
     blocks: str = ""
     exclude: tuple[str, ...] = ()
+    sequential: bool = True
     quiet: bool = False
     rollback: bool = True
 

