@@ -75,7 +75,15 @@ def test_data_dir_subfolder_and_fallback(tmp_path, monkeypatch):
     assert find_fashion_mnist(tmp_path / "arg") == tmp_path / "arg" / "fashion-mnist"
     make_idx_dataset(tmp_path / "env")
     monkeypatch.setenv(ds.ENV_VAR, str(tmp_path / "env"))
+    (tmp_path / "empty").mkdir()
     assert find_fashion_mnist(tmp_path / "empty") == tmp_path / "env"
+
+
+def test_data_dir_that_does_not_exist_is_an_error(tmp_path, monkeypatch):
+    make_idx_dataset(tmp_path / "env")
+    monkeypatch.setenv(ds.ENV_VAR, str(tmp_path / "env"))
+    with pytest.raises(DataError, match="data_dir .*missing does not exist"):
+        find_fashion_mnist(tmp_path / "missing")  # never silently another copy
 
 
 def test_missing_lists_every_place_and_both_ways_out(tmp_path, monkeypatch):

@@ -121,8 +121,9 @@ def find_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> Path:
     that order, and returns the first folder that holds all four files.
 
     Raises:
-        DataError: no folder qualifies; the message lists every place looked and how
-            to get the data (``apt-get install dataset-fashion-mnist`` or
+        DataError: ``data_dir`` is given but does not exist (never silently replaced by
+            another copy); or no folder qualifies: the message lists every place looked
+            and how to get the data (``apt-get install dataset-fashion-mnist`` or
             ``--data-dir DIR`` / ``PRUNEKIT_DATA``).
     """
     return find_idx_dir(
@@ -152,6 +153,11 @@ def find_idx_dir(
         system_dirs: system-wide folders searched last.
         install_hint: start of the way-out sentence of the error.
     """
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise DataError(
+            f"data_dir {data_dir} does not exist; give the folder that holds the {name} files, "
+            f"or leave data_dir / --data-dir out to search ${ENV_VAR} and the system copy"
+        )
     candidates = _candidate_dirs(name, data_dir=data_dir, env_root=env_root)
     candidates += [d for d in system_dirs if d not in candidates]
     problems = []
