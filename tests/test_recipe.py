@@ -193,8 +193,9 @@ def test_missing_file_and_folder(tmp_path):
 
 def test_assignment_is_validated():
     recipe = Recipe()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"(?s)\bsparsity\b.*less than 1"):
         recipe.prune.sparsity = 1.5
+    assert recipe.prune.sparsity == Recipe().prune.sparsity  # the bad value was not kept
 
 
 # --- schedule, recovery, penalty, sweep, structured granularity -------------------------

@@ -5,11 +5,14 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from torch import nn
 
 import prunekit
 import prunekit.run.pipeline
 import prunekit.run.stages
+from prunekit.errors import ConfigError
 from prunekit.run.recipe import SCHEDULE_KINDS, list_recipes, load_recipe, parse_recipe
 
 TOP = Path(__file__).resolve().parents[1] / "recipes"
@@ -60,13 +63,31 @@ def on_digits(name: str, **overrides) -> dict:
     return {**data, **overrides}
 
 
+def preflight(data: dict, out_dir) -> nn.Module:
+    """Run the pipeline's preflight on the recipe's model; the model is returned."""
+    recipe = parse_recipe(data)
+    ctx = prunekit.run.pipeline._context(recipe, out_dir, quiet=True)
+    model = prunekit.run.pipeline._build(ctx)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
+    prunekit.run.stages.preflight(model, ctx, ctx.splits.train.tensors[0][:8])
+    assert [m.training for m in model.modules()] == modes
+    assert model.state_dict().keys() == before.keys(), "the trial cuts ran on copies"
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    return model
+
+
 @pytest.mark.parametrize("name", FASHION)
 def test_each_fashion_recipe_fits_its_model(name, tmp_path):
-    """The model-dependent checks (patterns, penalty groups, batch norms) pass, on digits."""
-    recipe = parse_recipe(on_digits(name))
-    ctx = prunekit.run.pipeline._context(recipe, tmp_path, quiet=True)
-    model = prunekit.run.pipeline._build(ctx)
-    prunekit.run.stages.preflight(model, ctx, ctx.splits.train.tensors[0][:8])
+    """The model-dependent checks (patterns, penalty groups, batch norms) pass, on digits,
+    leave the model untouched, and reject the same recipe with a pattern that fits nothing."""
+    data = on_digits(name)
+    preflight(data, tmp_path / "fits")
+    key = "ignore" if parse_recipe(data).prune.structured else "exclude"
+    misfit = {**data, "prune": {**data["prune"], key: ["re:no_such_layer"]}}
+    with pytest.raises(ConfigError, match=r"^prune settings do not fit the model: .*"
+                       r"'re:no_such_layer' matches no module"):
+        preflight(misfit, tmp_path / "misfit")
 
 
 @pytest.mark.parametrize("name", FASHION)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 
@@ -63,20 +64,65 @@ def test_a_model_that_raises_is_recorded_as_a_failure(tmp_path):
 
 
 def test_time_limit_becomes_a_failure():
-    slow = ZooModel("slow", "test", _slow, _tokens)
-    start = time.perf_counter()
-    result = run_one(slow, time_limit_s=0.2)
-    assert time.perf_counter() - start < 3
-    assert not result.passed and result.reason.startswith("ZooTimeout")
+    # were the limit not enforced, the 5 s build would finish and the model would pass
+    result = run_one(ZooModel("slow", "test", _slow, _tokens), time_limit_s=1)
+    assert (result.passed, result.stage) == (False, "build")
+    assert result.reason == "ZooTimeout: ran past its time limit of 1 s"
+    assert result.params_before is None
 
 
-def test_prunekit_on_a_zoo_model_never_raises():
-    # whatever state the structured engine is in, the model gets a result with a reason
+def test_prunekit_on_a_zoo_model_passes_every_check():
     [r] = run_zoo("rnn", names=["char_lm"], progress=False, time_limit_s=120)
     assert (r.source, r.model, r.tool) == ("rnn", "char_lm", "prunekit")
-    assert r.passed == (r.stage == "done") == (r.reason == "")
+    assert (r.passed, r.stage, r.reason) == (True, "done", "")
     assert r.params_before == sum(p.numel() for p in CharLM().parameters())
-    json.dumps(r.to_dict())
+    assert r.params_after < r.params_before and r.macs_after < r.macs_before
+    assert (r.groups_checked, r.groups_unchecked, r.groups_left_whole) == (1, 0, 0)
+    assert ZooResult.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+
+
+def _features(gen: torch.Generator) -> torch.Tensor:
+    return torch.randn(2, 8, generator=gen)  # (B, in)
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+_builds = itertools.count(1)
+
+
+class _Drifting(nn.Module):
+    """Scales its output by how many of its kind were built before: a fresh build differs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net, self.scale = _mlp(), float(next(_builds))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) * self.scale
+
+
+def test_a_small_mlp_passes_with_half_its_hidden_units():
+    r = run_one(ZooModel("mlp", "test", _mlp, _features))
+    assert (r.passed, r.stage, r.reason) == (True, "done", "")
+    assert (r.params_before, r.params_after) == (8 * 16 + 16 + 16 * 4 + 4, 8 * 8 + 8 + 8 * 4 + 4)
+    assert (r.macs_before, r.macs_after) == (2 * (8 * 16 + 16 * 4), 2 * (8 * 8 + 8 * 4))
+    assert r.groups_checked == 1
+
+
+def test_a_model_with_nothing_to_prune_fails_at_the_prune_stage():
+    r = run_one(ZooModel("linear", "test", lambda: nn.Linear(8, 4), _features))
+    assert (r.passed, r.stage) == (False, "prune")
+    assert r.reason.startswith("ConfigError: nothing can be pruned")
+    assert r.params_before == 36 and r.params_after is None
+
+
+def test_a_model_that_changes_between_builds_fails_the_round_trip():
+    r = run_one(ZooModel("drifting", "test", _Drifting, _features))
+    assert (r.passed, r.stage) == (False, "round trip")
+    assert r.reason.startswith("plan round trip: output differs by up to ")
+    assert r.groups_checked == 1  # verify itself held: only the replay differs
 
 
 def test_bad_arguments_are_config_errors():

@@ -120,14 +120,17 @@ def test_resume_mid_run_gives_identical_masks_and_weights():
 
 def test_gradual_n_m_tightens_to_the_pattern():
     model = net()
-    pruner = Pruner(model, AGP(final=0.5, end=6, frequency=2), pattern="2:4")
-    seen = set()
-    for _ in range(6):
+    schedule = AGP(final=0.5, end=6, frequency=2)  # 0, 0.35, 0.35, 0.48, 0.48, 0.5 at steps 1-6
+    pruner = Pruner(model, schedule, pattern="2:4")
+    kept = []
+    for t in range(1, 7):
         pruner.step()
         blocks = (model[0].weight != 0).reshape(16, 2, 4).sum(-1)  # (out, in/4) kept per block
-        seen.add(int(blocks.max()))
-    assert seen == {4, 3, 2} or seen == {3, 2}
-    assert int(blocks.max()) == 2 and pk.sparsity_of(model) == pytest.approx(0.5)
+        assert int(blocks.min()) == int(blocks.max()), "every block keeps the same number"
+        assert int(blocks.max()) == round(4 * (1 - schedule(t)))  # round(M * (1 - s)) of M
+        kept.append(int(blocks.max()))
+    assert kept == [4, 3, 3, 2, 2, 2]
+    assert pk.sparsity_of(model) == 0.5
     with pytest.raises(ConfigError, match="set final=0.5"):
         Pruner(net(), AGP(final=0.4, end=6), pattern="2:4")
 
