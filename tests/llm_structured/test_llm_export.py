@@ -104,3 +104,17 @@ def test_saving_twice_replaces_the_folder(tmp_path) -> None:
 def test_load_errors(tmp_path) -> None:
     with pytest.raises(ConfigError, match="no config.json"):
         load_pretrained_pruned(tmp_path)
+
+
+def test_a_model_loaded_from_gguf_saves_as_floats(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    model = tiny()
+    marker = SimpleNamespace(quantization_config=SimpleNamespace(quant_method="gguf"))
+    model.hf_quantizer = marker  # what from_pretrained(gguf_file=...) leaves on the model
+    with pytest.raises(ValueError, match="not serializable"):
+        model.save_pretrained(tmp_path / "plain")
+    assert save_pretrained_pruned(model, tmp_path / "out") == "hf"
+    assert model.hf_quantizer is marker
+    reloaded = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "out")
+    assert torch.equal(reloaded.lm_head.weight, model.lm_head.weight)

@@ -78,7 +78,7 @@ def save_pretrained_pruned(
         raise ConfigError("the cut differs between blocks, so from_pretrained cannot rebuild "
                           "this model from its config; pass plan= (and blocks=) to save it "
                           "through a prunekit plan")
-    with _staging(directory) as tmp:
+    with _staging(directory) as tmp, _dequantized_gguf(model):
         if uniform:
             model.save_pretrained(tmp)
         else:
@@ -86,6 +86,37 @@ def save_pretrained_pruned(
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return "hf" if uniform else "plan"
+
+
+@contextlib.contextmanager
+def _dequantized_gguf(model: nn.Module):
+    """Save a model loaded from GGUF (``gguf_file=``) as the float model it is.
+
+    transformers dequantizes GGUF weights while loading but keeps a GGUF quantizer on the
+    model, and ``save_pretrained`` then refuses to write it. Its tensors are plain floats,
+    so the quantizer is set aside while saving.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    is_gguf = quantizer is not None and str(getattr(method, "value", method)).lower() == "gguf"
+    floats = all(p.is_floating_point() for p in model.parameters())
+    if not (is_gguf and floats):
+        yield
+        return
+    cfg = hf_config(model)
+    flag = model.__dict__.get("is_quantized")
+    qcfg = cfg.__dict__.pop("quantization_config", None)
+    model.hf_quantizer = None
+    if flag is not None:
+        model.__dict__["is_quantized"] = False
+    try:
+        yield
+    finally:
+        model.hf_quantizer = quantizer
+        if flag is not None:
+            model.__dict__["is_quantized"] = flag
+        if qcfg is not None:
+            cfg.quantization_config = qcfg
 
 
 def _save_with_plan(model: nn.Module, tmp: str, plan: Plan, blocks: BlockCut | None) -> None:
