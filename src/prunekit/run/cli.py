@@ -87,7 +87,8 @@ def _summary(metrics: dict, out: Path, seconds: float) -> str:
         sparse = side == "pruned" and not shrunk  # a smaller dense network: dense encoding
         size = m.get("sparse_size_bytes" if sparse else "size_bytes", 0)
         # a network rebuilt smaller has no zeros to count: say how much smaller it is
-        amount = (f"params {m['params']:,}  MACs {m.get('macs', 0):,}" if shrunk
+        macs = f"  MACs {m['macs']:,}" if "macs" in m else ""
+        amount = (f"params {m['params']:,}{macs}" if shrunk
                   else f"sparsity {100 * m['sparsity']:5.1f}%")
         lines.append(f"{side:>6}: accuracy {100 * m['accuracy']:6.2f}%  {amount}"
                      f"  size {size / 1024:8.1f} KiB{' (sparse)' if sparse else ''}")
