@@ -379,7 +379,11 @@ def evolutionary(ctx: SearchContext) -> Result:
 
     rng = np.random.default_rng(ctx.seed)
     extra = [0] if len(choices) > 1 else []
-    start = [[lv] * n + extra for lv in range(top + 1)][:pop]
+    # every uniform level when they fit (evenly spaced ones, the top included, otherwise):
+    # the most pruned one meets any budget that can be met, so a feasible parent exists
+    levels = sorted({round(i * top / max(1, min(pop, top + 1) - 1))
+                     for i in range(min(pop, top + 1))})
+    start = [[lv] * n + extra for lv in levels]
     while len(start) < pop:
         start.append(list(rng.integers(0, top + 1, size=n)) + [int(rng.integers(0, len(choices)))
                                                                  for _ in extra])

@@ -1,0 +1,275 @@
+"""Allocation under a measured latency budget: how well the per-layer latency table predicts,
+and what each allocation kind gives at the same predicted latency.
+
+Part ``table``: for ResNet-20 and the small VGG (Fashion-MNIST shapes, 1x28x28) and
+torchvision's resnet18 and mobilenet_v2 (3x224x224), the latency table is measured on
+this machine, then for the dense network, a uniform 50% cut and random per-group ratios
+(some off the table's grid, so interpolated) the table's prediction is compared with the
+measured median latency of the built network (interleaved with the dense one).
+
+Part ``accuracy``: a ResNet-20 trained briefly on a Fashion-MNIST subset is cut by each
+kind (uniform, global, greedy, evolutionary) to a latency budget of a fraction of the dense
+latency (as the table predicts it, at the given batch size); quality during the search is
+accuracy on training images held out of training (never the test set); then every cut gets
+the same fine-tuning budget and is scored on the test set; its latency is measured.
+
+Writes docs/allocation.md (section "allocation-bench") and docs/data/allocation.json; rows
+are appended to --rows as they finish (JSON lines), so a killed run keeps what it did.
+
+    .venv/bin/python benchmarks/allocation.py --part table
+    .venv/bin/python benchmarks/allocation.py --part accuracy
+    .venv/bin/python benchmarks/allocation.py --report-only      # docs from the rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from _common import TensorBatches, interleaved_medians, machine, versions_line, write_section
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from prunekit.allocation import allocate, apply_allocation
+from prunekit.allocation.space import ChannelSpace
+from prunekit.measure import count_macs
+from prunekit.models import build_model
+
+TABLE_NETS = {  # name -> (builder, input shape, table grid)
+    "resnet20": ("ref", (1, 28, 28), [0.25, 0.5, 0.75]),
+    "vgg-small": ("ref", (1, 28, 28), [0.25, 0.5, 0.75]),
+    "resnet18": ("torchvision", (3, 224, 224), [0.5, 0.75]),
+    "mobilenet_v2": ("torchvision", (3, 224, 224), [0.5, 0.75]),
+}
+RANDOM_CHOICES = [0.0, 0.25, 0.5, 0.75]
+SEARCH_GRID = [0.2, 0.35, 0.5, 0.65, 0.8]
+
+
+def build(name: str) -> tuple[nn.Module, torch.Tensor]:
+    kind, shape, _ = TABLE_NETS.get(name, ("ref", (1, 28, 28), None))
+    torch.manual_seed(0)
+    if kind == "ref":
+        model = build_model(name, input_shape=shape, num_classes=10)
+    else:
+        import torchvision
+
+        model = getattr(torchvision.models, name)(num_classes=1000)
+    return model.eval(), torch.zeros(1, *shape)
+
+
+def emit(row: dict, args) -> None:
+    print(json.dumps(row), flush=True)
+    with open(args.rows, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+# --- part 1: the table against measurements ---------------------------------------------------
+def table_rows(args) -> None:
+    for name in args.nets:
+        model, x = build(name)
+        grid = TABLE_NETS[name][2]
+        start = time.perf_counter()
+        space = ChannelSpace(model, x)
+        space.use_latency(batch_size=1, threads=args.threads, cache_dir=args.cache, grid=grid)
+        seconds = time.perf_counter() - start
+        rng = random.Random(0)
+        configs = {"dense": [0.0] * len(space.units), "uniform-0.5": [0.5] * len(space.units)}
+        for i in range(args.configs):
+            configs[f"random-{i}"] = [rng.choice(RANDOM_CHOICES) for _ in space.units]
+        nets = {key: space.build(r) if key != "dense" else model for key, r in configs.items()}
+        medians = interleaved_medians(nets, x, threads=args.threads, warmup=3, runs=args.runs,
+                                      rounds=args.rounds)
+        for key, ratios in configs.items():
+            measured = statistics.median(medians[key])
+            predicted = space.cost(ratios)["latency_ms"]
+            emit({"part": "table", "net": name, "config": key, "groups": len(space.units),
+                  "entries": len(space.tables[1].entries), "table_s": round(seconds, 1),
+                  "predicted_ms": round(predicted, 4), "measured_ms": round(measured, 4),
+                  "error_pct": round(100 * (predicted - measured) / measured, 2),
+                  "threads": args.threads}, args)
+
+
+# --- part 2: allocation kinds at the same latency budget --------------------------------------
+def data(args) -> dict[str, TensorDataset]:
+    from prunekit.data import load_dataset
+
+    splits = load_dataset("fashion-mnist")
+    x, y = splits.train.tensors
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    tr, ho = order[:args.train], order[args.train:args.train + args.holdout]
+    tx, ty = splits.test.tensors
+    return {"train": TensorDataset(x[tr], y[tr]), "holdout": TensorDataset(x[ho], y[ho]),
+            "test": TensorDataset(tx[:args.test], ty[:args.test])}
+
+
+def accuracy(model: nn.Module, ds: TensorDataset) -> float:
+    x, y = ds.tensors
+    model.eval()
+    with torch.no_grad():
+        hits = sum(int((model(x[i:i + 500]).argmax(1) == y[i:i + 500]).sum())
+                   for i in range(0, len(y), 500))
+    return hits / len(y)
+
+
+def baseline(args, splits) -> nn.Module:
+    from safetensors.torch import load_file
+
+    from prunekit._io import save_safetensors
+    from prunekit.recovery import train
+
+    model, _ = build(args.model)
+    path = Path(args.cache) / f"alloc-{args.model}-n{args.train}-e{args.epochs}-s0.safetensors"
+    if path.exists():
+        model.load_state_dict(load_file(path))
+        return model.eval()
+    train(model, TensorBatches(splits["train"], batch_size=128, seed=0), epochs=args.epochs,
+          lr=0.1, momentum=0.9, weight_decay=5e-4, seed=0, quiet=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_safetensors(path, model.state_dict())
+    return model.eval()
+
+
+def accuracy_rows(args) -> None:
+    from prunekit.recovery import train
+
+    splits = data(args)
+    base = baseline(args, splits)
+    x = torch.zeros(1, 1, 28, 28)
+    dense_test = accuracy(base, splits["test"])
+    holdout = splits["holdout"]
+
+    def evaluate(model: nn.Module) -> float:
+        return accuracy(model, holdout)
+
+    for batch in args.batches:
+        xb = x.repeat(batch, 1, 1, 1)
+        for fraction in args.fractions:
+            for kind in args.kinds:
+                start = time.perf_counter()
+                alloc = allocate(base, x, kind=kind, budget={"latency_ratio": fraction},
+                                 evaluate=evaluate, grid=SEARCH_GRID, round_to=(1, 8),
+                                 batch_size=batch, threads=args.threads, cache_dir=args.cache,
+                                 cache_key=f"fmnist-holdout-{args.train}-{args.holdout}",
+                                 population=args.population, generations=args.generations,
+                                 seed=0)
+                search_s = time.perf_counter() - start
+                for seed in args.seeds:
+                    model = copy.deepcopy(base)
+                    apply_allocation(model, alloc, x)
+                    cut_test = accuracy(model, splits["test"])
+                    train(model, TensorBatches(splits["train"], batch_size=128, seed=100 + seed),
+                          epochs=args.finetune_epochs, lr=0.01, momentum=0.9,
+                          weight_decay=5e-4, seed=seed, quiet=True)
+                    med = interleaved_medians({"dense": base, "pruned": model}, xb,
+                                              threads=args.threads, warmup=3, runs=args.runs,
+                                              rounds=args.rounds)
+                    emit({"part": "accuracy", "model": args.model, "kind": kind,
+                          "fraction": fraction, "batch": batch, "seed": seed,
+                          "dense_test": round(dense_test, 4),
+                          "search_holdout": alloc.quality, "cut_test": round(cut_test, 4),
+                          "test": round(accuracy(model, splits["test"]), 4),
+                          "predicted_ms": round(alloc.predicted["latency_ms"], 4),
+                          "predicted_dense_ms": round(alloc.dense["latency_ms"], 4),
+                          "measured_ms": round(statistics.median(med["pruned"]), 4),
+                          "measured_dense_ms": round(statistics.median(med["dense"]), 4),
+                          "macs_ratio": round(count_macs(model, x).dense / alloc.dense["macs"], 4),
+                          "round_to": alloc.round_to, "ratios": alloc.ratios,
+                          "search_s": round(search_s, 1), "finetune_epochs": args.finetune_epochs,
+                          "train": args.train, "epochs": args.epochs, "threads": args.threads},
+                         args)
+
+
+# --- report --------------------------------------------------------------------------------
+def report(args) -> None:
+    rows = [json.loads(line) for line in Path(args.rows).read_text().splitlines() if line.strip()]
+    table = [r for r in rows if r["part"] == "table"]
+    acc = [r for r in rows if r["part"] == "accuracy"]
+    lines = [f"Machine: {machine()}; {versions_line()}. Latency: median of {args.runs} runs x "
+             f"{args.rounds} interleaved rounds, {args.threads} thread(s), batch as stated. "
+             "The machine was shared with other jobs while this ran, so single numbers are "
+             "noisy.", ""]
+    if table:
+        lines += ["### How well the table predicts measured latency", "",
+                  "| network | groups | table entries | config | predicted ms | measured ms "
+                  "| error % |", "|---|---|---|---|---|---|---|"]
+        for r in table:
+            lines.append(f"| {r['net']} | {r['groups']} | {r['entries']} | {r['config']} | "
+                         f"{r['predicted_ms']:.3f} | {r['measured_ms']:.3f} | "
+                         f"{r['error_pct']:+.1f} |")
+        lines += ["", "| network | mean abs error % | max abs error % | table built in s |",
+                  "|---|---|---|---|"]
+        for net in dict.fromkeys(r["net"] for r in table):
+            errs = [abs(r["error_pct"]) for r in table if r["net"] == net]
+            secs = next(r["table_s"] for r in table if r["net"] == net)
+            lines.append(f"| {net} | {statistics.mean(errs):.1f} | {max(errs):.1f} | {secs} |")
+        lines.append("")
+    if acc:
+        lines += ["### Allocation kinds at the same predicted latency (ResNet-20, Fashion-MNIST)",
+                  "", "| batch | budget (x dense) | kind | predicted ms | measured ms "
+                  "(dense) | MACs x dense | held-out acc. after cut | test acc. after cut "
+                  "| test acc. after fine-tuning | round_to | search s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in acc:
+            lines.append(
+                f"| {r['batch']} | {r['fraction']:.3g} | {r['kind']} | {r['predicted_ms']:.3f} | "
+                f"{r['measured_ms']:.3f} ({r['measured_dense_ms']:.3f}) | {r['macs_ratio']:.3f} "
+                f"| {r['search_holdout']:.4f} | {r['cut_test']:.4f} | {r['test']:.4f} | "
+                f"{r['round_to']} | {r['search_s']} |")
+        r0 = acc[0]
+        lines += ["", f"Baseline: ResNet-20 trained {r0['epochs']} epochs on {r0['train']} "
+                  f"Fashion-MNIST training images (test accuracy {r0['dense_test']:.4f} on the "
+                  f"test subset); fine-tuning {r0['finetune_epochs']} epoch(s) on the same "
+                  f"images for every kind; seeds {sorted({r['seed'] for r in acc})}."]
+    write_section(args.docs, "allocation-bench", "\n".join(lines), title="# Allocation\n")
+    from prunekit._io import write_json
+
+    write_json(args.json, {"rows": rows})
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", choices=["table", "accuracy", "both"], default="both")
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--nets", nargs="+", default=list(TABLE_NETS))
+    ap.add_argument("--configs", type=int, default=4, help="random allocations per network")
+    ap.add_argument("--model", default="resnet20")
+    ap.add_argument("--kinds", nargs="+", default=["uniform", "global", "greedy", "evolutionary"])
+    ap.add_argument("--fractions", nargs="+", type=float, default=[1 / 2, 1 / 3])
+    ap.add_argument("--batches", nargs="+", type=int, default=[1])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--train", type=int, default=3000)
+    ap.add_argument("--holdout", type=int, default=256)
+    ap.add_argument("--test", type=int, default=2000)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--finetune-epochs", type=int, default=1)
+    ap.add_argument("--population", type=int, default=10)
+    ap.add_argument("--generations", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--cache", default="runs/bench-cache")
+    ap.add_argument("--rows", default="runs/allocation.rows.jsonl")
+    ap.add_argument("--docs", default="docs/allocation.md")
+    ap.add_argument("--json", default="docs/data/allocation.json")
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    Path(args.rows).parent.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        if args.part in ("table", "both"):
+            table_rows(args)
+        if args.part in ("accuracy", "both"):
+            accuracy_rows(args)
+    report(args)
+
+
+if __name__ == "__main__":
+    main()
