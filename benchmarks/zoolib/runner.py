@@ -121,7 +121,7 @@ def _load_peers() -> None:
 def count_params(model: nn.Module) -> int:
     """Parameters of ``model``, with prunekit.measure's counter where it exists."""
     try:
-        from ..measure import count_params as measure_params
+        from prunekit.measure import count_params as measure_params
     except ImportError:
         return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     return int(measure_params(model))
@@ -135,7 +135,7 @@ def count_macs(model: nn.Module, inputs: Inputs) -> tuple[int, str]:
     """
     with torch.no_grad():
         try:
-            from ..measure import count_macs as measure_macs
+            from prunekit.measure import count_macs as measure_macs
         except ImportError:
             from torch.utils.flop_counter import FlopCounterMode
 

@@ -33,6 +33,7 @@ from .config import PlanConfig, split_ignore
 from .errors import ConfigError
 from .export import load_pruned, save_pruned
 from .graph import Graph, Group
+from .graph.reasons import TRIVIAL_KINDS, kind_of
 from .importance.group import group_importance
 from .surgery import Plan, apply_plan
 from .surgery.build import build_plan
@@ -284,12 +285,8 @@ def inspect_model(model: nn.Module, example_inputs: Any, *, trivial: bool = Fals
                   unknown, list(graph.notes))
 
 
-_TRIVIAL = ("size of a model input", "size of a model output", "kernel size", "not used by",
-            "rows looked up by index", "spatial size", "integer buffer")
-
-
 def _trivially_blocked(g: Group) -> bool:
-    return g.size <= 1 or all(any(t in r for t in _TRIVIAL) for r in g.blocked)
+    return g.size <= 1 or all(kind_of(r) in TRIVIAL_KINDS for r in g.blocked)
 
 
 def _macs(model: nn.Module, inputs: Any, graph: Graph) -> int:

@@ -27,6 +27,15 @@ from . import _axes as ax
 from ._axes import ONE, Axis, AxisError
 from ._control import READS, Read, check_paths, user_line
 from .graph import Graph, HeadSplit, UnknownOp, ViewCall
+from .reasons import Reason, kind_of
+
+_MODEL_INPUT = Reason("size of a model input", kind="model_input")
+
+
+def _at(why: str, where: str) -> Reason:
+    """``why`` with the place it happened, keeping its kind."""
+    return Reason(f"{why} at {where}", kind=kind_of(why), op=getattr(why, "op", None),
+                  module=getattr(why, "module", None))
 
 aten = torch.ops.aten
 
@@ -100,7 +109,7 @@ class Call:
 
     def fresh(self, size: int, why: str = "size set by a constant") -> Axis:
         """A new axis that may not be pruned (its size does not follow any parameter)."""
-        return ax.new(size, f"{why} at {self.where}")
+        return ax.new(size, _at(why, self.where))
 
     def unify(self, a: Axis, b: Axis) -> None:
         """Couple two axes; if their structures cannot be aligned, block both."""
@@ -113,7 +122,7 @@ class Call:
 
     def block(self, a: Axis, why: str) -> None:
         """Make the leaves under ``a`` unprunable, saying why."""
-        ax.mark(a, f"{why} at {self.where}")
+        ax.mark(a, _at(why, self.where))
 
     def unchecked(self, a: Axis, why: str) -> None:
         """Leaves under ``a`` stay prunable but cannot be checked by zero-out equivalence."""
@@ -327,8 +336,8 @@ class _Literals(TorchFunctionMode):
     def _mark(self, t: torch.Tensor, dim: int, name: str) -> None:
         axes = self.tracer.table.get(id(t))
         if axes is not None and 0 <= dim < len(axes):
-            where = self.tracer.module_path or "<model>"
-            ax.mark(axes[dim], f"size written in the code ({name} in {where})", kind="literal")
+            ax.mark(axes[dim], Reason.literal(name, self.tracer.module_path or ""),
+                    kind="literal")
 
     def _sizes(self, name, args, kwargs, out) -> None:
         sizes = _int_args(args[1:]) or list(kwargs.get("shape", ()))
@@ -479,7 +488,7 @@ def build_graph(model: nn.Module, example_inputs: Any, rules: Any) -> Graph:
     tracer = Tracer(graph, rules)
     _seed_tensors(graph, tracer, model)
     for t in flatten_tensors(example_inputs):
-        tracer.seed(t, tuple(ax.new(s, "size of a model input") for s in t.shape))
+        tracer.seed(t, tuple(ax.new(s, _MODEL_INPUT) for s in t.shape))
         tracer.input_sizes.update(s for s in t.shape if s > 1)
     hooks = _ModuleHooks(tracer, model, rules)
     start = time.perf_counter()
@@ -498,7 +507,7 @@ def build_graph(model: nn.Module, example_inputs: Any, rules: Any) -> Graph:
         raise TraceError("the model returned no tensors; structured pruning needs tensor outputs")
     for t in outputs:
         for a in tracer.axes_of(t, "model output"):
-            ax.mark(a, "size of a model output")
+            ax.mark(a, Reason("size of a model output", kind="model_output"))
     graph.output_shapes = [tuple(t.shape) for t in outputs]
     check_paths(graph, model, example_inputs, tracer.ops, tracer.reads, tracer.bools)
     graph.trace_seconds = time.perf_counter() - start
@@ -514,7 +523,8 @@ def _block_unused(graph: Graph, tracer: Tracer, model: nn.Module) -> None:
     for name, axes in graph.param_axes.items():
         if id(named[name]) not in tracer.used:
             for a in axes:
-                ax.mark(a, f"{name} is not used by the traced forward pass")
+                ax.mark(a, Reason(f"{name} is not used by the traced forward pass",
+                                  kind="unused"))
 
 
 def _seed_tensors(graph: Graph, tracer: Tracer, model: nn.Module) -> None:
@@ -532,7 +542,7 @@ def _seed_tensors(graph: Graph, tracer: Tracer, model: nn.Module) -> None:
         axes = tuple(ONE if s == 1 else ax.Axis(s) for s in t.shape)
         if not (t.is_floating_point() or t.is_complex()):
             for a in axes:
-                ax.mark(a, f"integer buffer {name}")
+                ax.mark(a, Reason(f"integer buffer {name}", kind="int_buffer"))
         elif name in computed:
             for a in axes:
                 ax.mark(a, f"buffer {name} is rebuilt by the model's code (non-persistent)")

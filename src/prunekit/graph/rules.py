@@ -25,9 +25,11 @@ from .._registry import Registry
 from . import _axes as ax
 from ._axes import ONE, Axis
 from ._tracer import Call, ModuleCall
+from .reasons import Reason
 
 OpRule = Callable[[Call], None]
 _OPS: Registry[OpRule] = Registry("operator rule")
+SPATIAL = Reason("spatial size", kind="spatial")
 _MODULES: Registry[Callable[[ModuleCall], None]] = Registry("module rule")
 _POINTWISE_CACHE: dict[str, bool] = {}
 
@@ -603,7 +605,7 @@ def convolution(call: Call) -> None:
     out = call.out
     xa, wa = call.axes(x), call.axes(w)
     for k in wa[2:]:
-        call.block(k, "kernel size of a convolution")
+        call.block(k, Reason("kernel size of a convolution", kind="kernel"))
     unbatched = x.dim() == w.dim() - 1
     c_in, n_in = (xa[0], x.shape[0]) if unbatched else (xa[1], x.shape[1])
     x_group, x_per = _group_split(c_in, groups, n_in // groups)
@@ -619,7 +621,7 @@ def convolution(call: Call) -> None:
         _bind_owner(call, w, "groups", x_group)
     if b is not None:
         call.unify(out_ch, call.axes(b)[0])
-    spatial = [call.fresh(s, "spatial size") for s in out.shape[-(w.dim() - 2):]]
+    spatial = [call.fresh(s, SPATIAL) for s in out.shape[-(w.dim() - 2):]]
     new = [out_ch, *spatial] if unbatched else [xa[0], out_ch, *spatial]
     call.set(out, new)
     # as torch.utils.flop_counter: batch x weight size x output (input, if transposed) positions
@@ -769,7 +771,7 @@ def embedding(call: Call) -> None:
     """Rows are looked up by index (blocked); the embedding dimension passes through."""
     w, idx = call.args[0], call.args[1]
     wa = call.axes(w)
-    call.block(wa[0], "rows looked up by index")
+    call.block(wa[0], Reason("rows looked up by index", kind="index"))
     outs = call.outs()
     if call.name == "aten.embedding":
         call.set(outs[0], [*call.axes(idx), wa[1]])
@@ -800,7 +802,7 @@ def spatial(call: Call) -> None:
         n_sp = _spatial_dims(call.name)
         keep = o.dim() - n_sp if n_sp else 0
         keep = min(keep, x.dim())
-        new = list(xa[:keep]) + [call.fresh(s, "spatial size") for s in o.shape[keep:]]
+        new = list(xa[:keep]) + [call.fresh(s, SPATIAL) for s in o.shape[keep:]]
         call.set(o, new)
 
 

@@ -76,26 +76,17 @@ def _literal_sites(graph: Graph, g: Group, where: str | None) -> set[tuple[str, 
     ``where`` when given); containers and the model itself are too generic to count."""
     out = set()
     for reason in g.literal:
-        match = re.search(r"\((\w+) in (\S*)\)$", reason)
-        if match is None or match.group(2) == "<model>":
-            continue
-        path = match.group(2)
-        if where is not None and not _inside(path, where):
+        path = getattr(reason, "module", None)
+        if not path or (where is not None and not _inside(path, where)):
             continue
         module = graph.model.get_submodule(path)
         if type(module) not in (nn.Sequential, nn.ModuleList, nn.ModuleDict):
-            out.add((match.group(1), type(module).__qualname__))
+            out.add((reason.op, type(module).__qualname__))
     return out
 
 
 def _id(graph: Graph, name: str) -> int:
     return next(g.id for g in graph.groups if g.name == name)
-
-
-def _literal_module(reason: str) -> str | None:
-    """The module named in a "size written in the code (op in module)" reason."""
-    match = re.search(r" in (\S*)\)$", reason)
-    return None if match is None else ("" if match.group(1) == "<model>" else match.group(1))
 
 
 def _inside(path: str | None, where: str) -> bool:
@@ -112,7 +103,7 @@ def _failing_groups(graph, runner, result: Plan, kept) -> tuple[dict[int, str], 
 
     where = runner.last_module
     if where is not None:  # suspects: groups whose size the failing module spells out
-        suspects = [i for i in ids if any(_inside(_literal_module(r), where)
+        suspects = [i for i in ids if any(_inside(getattr(r, "module", None), where)
                                           for r in graph.groups[i].literal)]
         msg = fails(suspects) if suspects else None
         if msg:
