@@ -125,11 +125,11 @@ def _latency(model, x, files: dict, args) -> dict:
     return {k.replace(" ", "_"): round(statistics.median(v), 3) for k, v in times.items()}
 
 
-def markdown(rows: list[dict], args, seconds: float) -> str:
+def markdown(rows: list[dict], args, seconds: float, command: str) -> str:
     lines = [
         "## Measured: five pruned networks through ONNX Runtime",
         "",
-        f"Command: `.venv/bin/python benchmarks/onnx_export.py {' '.join(sys.argv[1:])}` "
+        f"Command: `.venv/bin/python benchmarks/onnx_export.py {command}` "
         f"(seed 0, random weights, {seconds / 60:.1f} min).  ",
         f"Machine: {machine()} (shared with other jobs while it ran: latencies are indicative).  ",
         f"Versions: {versions_line()}, onnx {_v('onnx')}, onnxruntime {_v('onnxruntime')}, "
@@ -178,7 +178,21 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-docs", action="store_true")
+    p.add_argument(
+        "--from-log",
+        default=None,
+        help="write the docs from the JSON rows an earlier run printed (its stdout saved); "
+        "give that run's --runs / --rounds / --minutes and its command with --command",
+    )
+    p.add_argument("--command", default=None)
+    p.add_argument("--minutes", type=float, default=0.0)
     args = p.parse_args()
+    if args.from_log:
+        lines = Path(args.from_log).read_text().splitlines()
+        rows = [json.loads(ln) for ln in lines if ln.startswith("{")]
+        body = markdown(rows, args, 60 * args.minutes, args.command or "")
+        write_section("docs/deploy.md", "onnx", body, title="# Deployment\n")
+        return
     t0 = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -189,7 +203,7 @@ def main() -> None:
         write_section(
             "docs/deploy.md",
             "onnx",
-            markdown(rows, args, time.perf_counter() - t0),
+            markdown(rows, args, time.perf_counter() - t0, " ".join(sys.argv[1:])),
             title="# Deployment\n",
         )
 
