@@ -70,6 +70,9 @@ EXERCISED = {
     "export_onnx": "test_export_onnx",
     "oneshot": "test_oneshot",
     "OneShotConfig": "test_oneshot",
+    "SparsifyConfig": "test_configs_equal_their_keyword_calls",
+    "PlanConfig": "test_configs_equal_their_keyword_calls",
+    "Budget": "test_configs_equal_their_keyword_calls",
 }
 
 
@@ -156,6 +159,27 @@ def test_structured_verbs(tmp_path):
     again = mlp()
     assert pk.prune(again, x, ratio=0.5, criterion="l1").tensors == plan.tensors
     torch.testing.assert_close(again(x), model(x))
+
+
+def test_configs_equal_their_keyword_calls():
+    from prunekit.config import NM, Rule
+
+    a, b = mlp(), mlp()
+    pk.sparsify(a, sparsity=0.5, scope="global", ignore=[a[2]])
+    pk.sparsify(b, pk.SparsifyConfig(amount=Rule("sparsity", 0.5), scope="global", ignore=("2",)))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                  b.state_dict().values(), strict=True))
+    assert float((b[2].weight == 0).float().mean()) == 0.0  # ignored stays dense
+    c = mlp()
+    pk.sparsify(c, pk.SparsifyConfig(amount=NM(2, 4), ignore=("0",)))  # 6 inputs: not 4k
+    assert float((c[2].weight == 0).float().mean()) == 0.5
+    assert float((c[0].weight == 0).float().mean()) == 0.0
+    x = torch.randn(4, 6)
+    p1 = pk.plan(pk.trace(mlp(), x), target={"params": 0.3})
+    p2 = pk.plan(pk.trace(mlp(), x), pk.PlanConfig(budget=pk.Budget("params", 0.3)))
+    assert p1.to_dict()["groups"] == p2.to_dict()["groups"]
+    with pytest.raises(pk.errors.ConfigError, match="not both"):
+        pk.plan(pk.trace(mlp(), x), pk.PlanConfig(), ratio=0.5)
 
 
 def test_schedules_and_pruner():

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from ._version import __version__ as __version__
 from .compress import quantize as quantize
+from .config import Budget as Budget
+from .config import PlanConfig as PlanConfig
+from .config import SparsifyConfig as SparsifyConfig
 from .export import export_onnx as export_onnx
 from .export import load_pruned as load_pruned
 from .export import save_pruned as save_pruned

@@ -36,6 +36,7 @@ from typing import Any
 
 from torch import nn
 
+from ._defaults import DEFAULT_CALIBRATION_BATCHES, DEFAULT_FISHER_SAMPLES
 from ._utils import name_matches, resolve_ignore
 from .allocation.nm import parse_pattern
 from .allocation.rules import Rule, list_scopes
@@ -58,9 +59,6 @@ __all__ = [
 BUDGET_KINDS = ("params", "macs")
 #: When ``pk.plan`` dry-runs a plan: always, only when a size is written in the code, never.
 CHECKS = ("always", "auto", "never")
-#: Defaults shared by the library, the schedules and the recipes (documented once, here).
-DEFAULT_CALIBRATION_BATCHES = 8
-DEFAULT_FISHER_SAMPLES = 256
 
 
 def check_fraction(name: str, value: Any) -> float:

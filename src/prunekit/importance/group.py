@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .._defaults import DEFAULT_CALIBRATION_BATCHES
 from ..allocation.rules import lamp_scores
-from ..config import DEFAULT_CALIBRATION_BATCHES
 from ..errors import ConfigError
 from ..graph import axes as ax
 from .criteria import ParamStats, get_criterion, list_criteria, register_group_criterion
