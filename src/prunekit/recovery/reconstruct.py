@@ -35,6 +35,23 @@ from .. import mask as _mask
 from ..errors import ConfigError, DataError
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
+SOLVERS = ("exact", "obs")
+
+
+def _ridges(ridge, has_heldout: bool) -> tuple[float, ...]:
+    values = (ridge,) if isinstance(ridge, (int, float)) else tuple(ridge)
+    if not values or not all(isinstance(r, (int, float)) and r >= 0 for r in values):
+        raise ConfigError(f"ridge must be >= 0 (or a list of such values), got {ridge!r}")
+    if len(values) > 1 and not has_heldout:
+        raise ConfigError("several ridge values need heldout=<batches> to choose among them")
+    return tuple(float(r) for r in values)
+
+
+@dataclass(frozen=True)
+class _Solve:
+    ridges: tuple[float, ...]
+    chunk: int
+    solver: str
 
 
 def reconstruct(
@@ -44,36 +61,55 @@ def reconstruct(
     *,
     layers: Sequence[str] | None = None,
     batches: int = 8,
-    ridge: float = 1e-4,
+    ridge: float | Sequence[float] = 1e-4,
     out_index: Mapping[str, Sequence[int]] | None = None,
     chunk: int = 32,
+    heldout: Iterable | None = None,
+    heldout_batches: int | None = None,
+    solver: str = "exact",
 ) -> dict[str, dict[str, float]]:
     """Re-solve the weights (and biases) of layers of ``model`` in place, in forward order.
 
     Args:
         model: the pruned network (masked, or structurally smaller).
         original: the network before pruning; only read.
-        data: batches of inputs, or ``(inputs, targets)`` pairs.
+        data: batches of inputs, ``(inputs, targets)`` pairs, or dicts of keyword
+            inputs (``input_ids``, ``attention_mask``: Hugging Face models).
         layers: qualified names of Linear / Conv2d layers to rebuild (default:
             every such layer with the same name and type in both networks).
         batches: calibration batches used.
         ridge: ``lambda`` relative to the mean diagonal of ``X^T X`` (0 for plain
-            least squares; a singular system then falls back to the pseudo-inverse).
+            least squares; a singular system then falls back to the pseudo-inverse). A
+            sequence of values (with ``heldout``): each layer takes the one with the
+            lowest held-out error.
         out_index: for a layer whose outputs were cut too, the original output
             indices it kept, in order (a structural plan knows them).
         chunk: output rows solved together for masked layers (memory vs speed).
+        heldout: batches never fitted on (same forms as ``data``). Each layer's error is
+            also measured on them, the ridge is chosen on them, and a layer whose
+            held-out error would rise keeps its weights.
+        heldout_batches: held-out batches used (default: ``batches``).
+        solver: ``"exact"`` (each masked row solved over its kept inputs) or ``"obs"``
+            (one ridge solve for the layer, then the optimal-brain-surgeon update of
+            SparseGPT with the mask fixed: no solve per row, exact when a row's pruned
+            inputs all precede its kept ones, close otherwise; Frantar & Alistarh 2023).
 
     Returns:
         Layer name -> ``{"before": e0, "after": e1}``, the relative squared error
-        ``||X W^T + b - Y||^2 / ||Y||^2`` on the calibration data.
+        ``||X W^T + b - Y||^2 / ||Y||^2`` on the calibration data; with ``heldout``
+        also ``heldout_before``, ``heldout_after``, the chosen ``ridge`` and
+        ``kept_old`` (1.0 when the layer kept its weights).
 
     Raises:
         ConfigError: an unknown or unsupported layer, output sizes that differ
             without ``out_index``, a bad ``ridge``; raised before any change.
     """
-    if not (isinstance(ridge, (int, float)) and ridge >= 0):
-        raise ConfigError(f"ridge must be >= 0, got {ridge!r}")
+    ridges = _ridges(ridge, heldout is not None)
+    if solver not in SOLVERS:
+        raise ConfigError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
     inputs = _calibration_inputs(data, batches, model)
+    held = None if heldout is None else _calibration_inputs(
+        heldout, batches if heldout_batches is None else heldout_batches, model)
     names = _layer_names(model, original, layers, inputs[0])
     out_index = dict(out_index or {})
     pairs = {name: _Pair.make(model, original, name, out_index.get(name)) for name in names}
@@ -84,7 +120,8 @@ def reconstruct(
     try:
         with torch.no_grad():
             for name in names:
-                errors[name] = _rebuild(model, original, pairs[name], inputs, ridge, chunk)
+                errors[name] = _rebuild(model, original, pairs[name], inputs, held,
+                                        _Solve(ridges, chunk, solver))
     finally:
         for m, training in modes:
             m.training = training
@@ -122,9 +159,29 @@ class _Pair:
         return _Pair(name, layer, twin, index)
 
 
-def _rebuild(model, original, pair: _Pair, inputs, ridge: float, chunk: int) -> dict[str, float]:
+def _rebuild(model, original, pair: _Pair, inputs, held, how: _Solve) -> dict[str, float]:
+    stats = _stats(model, original, pair, inputs)
+    held_stats = None if held is None else _stats(model, original, pair, held)
+    old, keep = _weight_rows(pair.layer)  # (o, d) current weights incl. bias column, keep mask
+    fits = [(r, _solve_groups(stats, old, keep, pair, r, how)) for r in how.ridges]
+    if held_stats is None:
+        ridge, new = fits[0]
+    else:
+        ridge, new = min(fits, key=lambda f: _relative(held_stats, f[1]))
+    out = {"before": _relative(stats, old), "after": _relative(stats, new)}
+    if held_stats is not None:
+        out.update(heldout_before=_relative(held_stats, old), ridge=ridge)
+        out["heldout_after"] = _relative(held_stats, new)
+        out["kept_old"] = float(out["heldout_after"] >= out["heldout_before"])
+        if out["kept_old"]:
+            new, out["after"], out["heldout_after"] = old, out["before"], out["heldout_before"]
+    _write(pair.layer, new)
+    return out
+
+
+def _stats(model, original, pair: _Pair, inputs) -> list[_Normal]:
+    """Normal equations of the layer's inputs in ``model`` against the original's outputs."""
     groups = getattr(pair.layer, "groups", 1)
-    has_bias = pair.layer.bias is not None
     stats = [_Normal() for _ in range(groups)]
     for x in inputs:
         seen = _patches(pair.layer, _caught(model, pair.layer, x, output=False))  # (rows, d)
@@ -132,21 +189,28 @@ def _rebuild(model, original, pair: _Pair, inputs, ridge: float, chunk: int) -> 
         if pair.out_index is not None:
             target = target[:, pair.out_index]
         for g, (xg, yg) in enumerate(_split_groups(seen, target, groups)):
-            stats[g].add(xg, yg, bias=has_bias)
+            stats[g].add(xg, yg, bias=pair.layer.bias is not None)
     for s in stats:
         s.all_reduce()
-    old, keep = _weight_rows(pair.layer)  # (o, d) current weights incl. bias column, keep mask
+    return stats
+
+
+def _solve_groups(stats, old, keep, pair: _Pair, ridge: float, how: _Solve) -> torch.Tensor:
     new = torch.empty_like(old)
-    rows = old.shape[0] // groups
-    before = after = total = 0.0
+    rows = old.shape[0] // len(stats)
+    n_weights = old.shape[1] - (pair.layer.bias is not None)
     for g, s in enumerate(stats):
         block = slice(g * rows, (g + 1) * rows)
-        new[block] = _solve(s, keep[block], ridge, chunk, n_weights=old.shape[1] - has_bias)
-        before += s.error(old[block])
-        after += s.error(new[block])
-        total += s.yy
-    _write(pair.layer, new)
-    return {"before": before / max(total, 1e-30), "after": after / max(total, 1e-30)}
+        solve = _solve if how.solver == "exact" else _solve_obs
+        new[block] = solve(s, keep[block], ridge, how.chunk, n_weights=n_weights)
+    return new
+
+
+def _relative(stats: list[_Normal], w: torch.Tensor) -> float:
+    """||X W^T - Y||^2 / ||Y||^2 summed over the groups."""
+    rows = w.shape[0] // len(stats)
+    err = sum(s.error(w[g * rows : (g + 1) * rows]) for g, s in enumerate(stats))
+    return err / max(sum(s.yy for s in stats), 1e-30)
 
 
 class _Normal:
@@ -205,6 +269,26 @@ def _solve(
         b = cross.T[start : start + chunk] * m  # (r, d)
         out.append(_linear_solve(a, b[..., None])[..., 0] * m)
     return torch.cat(out)
+
+
+def _solve_obs(
+    s: _Normal, keep: torch.Tensor, ridge: float, chunk: int, *, n_weights: int
+) -> torch.Tensor:
+    """Masked rows without a solve per row: the unmasked ridge solution ``W*``, then the
+    OBS update with the mask fixed and Hessian ``G + R`` (the objective is
+    ``||X (W - W*)^T||^2`` plus a constant), as SparseGPT updates its kept weights."""
+    from ..oneshot.sparsegpt import sparsegpt_prune
+
+    gram = s.gram
+    reg = torch.zeros(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    if n_weights:
+        reg[:n_weights] = ridge * float(torch.diagonal(gram)[:n_weights].mean())
+    hessian = gram + torch.diag(reg)
+    dense = _linear_solve(hessian, s.cross).T  # (o, d)
+    if bool(keep.all()):
+        return dense
+    new, _ = sparsegpt_prune(dense, hessian, mask=keep, dampening=0.0)
+    return new.to(dense.dtype) * keep
 
 
 def _linear_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -295,7 +379,7 @@ def _caught(net: nn.Module, module: nn.Module, x: torch.Tensor, *, output: bool)
     else:
         handle = module.register_forward_pre_hook(lambda m, args: grab(args[0]))
     try:
-        net(x)
+        _call(net, x)
     except _Stop:
         pass
     finally:
@@ -305,19 +389,28 @@ def _caught(net: nn.Module, module: nn.Module, x: torch.Tensor, *, output: bool)
     return caught[0]
 
 
+def _call(net: nn.Module, x) -> object:
+    return net(**x) if isinstance(x, dict) else net(x)
+
+
 class _Stop(Exception):
     """Ends a forward pass once the wanted tensor was caught."""
 
 
-def _calibration_inputs(data: Iterable, batches: int, model: nn.Module) -> list[torch.Tensor]:
+def _calibration_inputs(data: Iterable, batches: int, model: nn.Module) -> list:
     if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
         raise ConfigError(f"batches must be a positive integer, got {batches!r}")
     device = next(model.parameters()).device
     out = []
     for batch in itertools.islice(data, batches):
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if isinstance(x, dict):
+            out.append({k: v.to(device) if isinstance(v, torch.Tensor) else v
+                        for k, v in x.items()})
+            continue
         if not isinstance(x, torch.Tensor):
-            raise DataError("calibration batches must be inputs or (inputs, targets) pairs")
+            raise DataError("calibration batches must be inputs, (inputs, targets) pairs or "
+                            "dicts of keyword inputs")
         out.append(x.to(device))
     if not out:
         raise DataError("calibration data is empty; pass at least one batch")
@@ -370,7 +463,7 @@ def _in_forward_order(model: nn.Module, names: list[str], x: torch.Tensor) -> li
     model.eval()
     try:
         with torch.no_grad():
-            model(x)
+            _call(model, x)
     finally:
         model.train(was)
         for h in handles:
