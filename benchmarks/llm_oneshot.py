@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,13 +42,13 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "llm.md"
 DATA = DOC.parent / "data" / "llm_oneshot.json"
 RUNS = {
     "dense": None,
-    "magnitude-50": dict(method="magnitude", sparsity=0.5),
     "wanda-50": dict(method="wanda", sparsity=0.5),
     "sparsegpt-50": dict(method="sparsegpt", sparsity=0.5),
+    "magnitude-50": dict(method="magnitude", sparsity=0.5),
     "owl-wanda-50": dict(method="wanda", sparsity=0.5, allocation="owl"),
-    "magnitude-2:4": dict(method="magnitude", pattern="2:4"),
-    "wanda-2:4": dict(method="wanda", pattern="2:4"),
     "sparsegpt-2:4": dict(method="sparsegpt", pattern="2:4"),
+    "wanda-2:4": dict(method="wanda", pattern="2:4"),
+    "magnitude-2:4": dict(method="magnitude", pattern="2:4"),
     "magnitude-4:8": dict(method="magnitude", pattern="4:8"),
     "wanda-4:8": dict(method="wanda", pattern="4:8"),
     "sparsegpt-4:8": dict(method="sparsegpt", pattern="4:8"),
@@ -71,9 +72,9 @@ def main() -> None:
 
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--samples", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--eval-samples", type=int, default=16)
+    p.add_argument("--eval-samples", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", default=",".join(RUNS), help=f"comma list of {', '.join(RUNS)}")
@@ -116,7 +117,8 @@ def _smollm2(args) -> list[dict]:
     rows = []
     for name in args.runs:
         model.load_state_dict(dense)
-        row = dict(model="SmolLM2-135M", run=name, load_s=round(load_s, 1))
+        row = dict(model="SmolLM2-135M", run=name, load_s=round(load_s, 1),
+                   loadavg=round(os.getloadavg()[0], 1))
         if RUNS[name] is not None:
             before = rss_bytes()
             result = pk.oneshot(model, ids, quiet=args.quiet, **RUNS[name])
@@ -156,8 +158,8 @@ def _minilm(args) -> list[dict]:
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
     calib, held = _split(args.seed)
-    cal = _minilm_data(tok, calib, 256, args.seed)
-    ev = _minilm_data(tok, held, 200, args.seed)
+    cal = _minilm_data(tok, calib, 128, args.seed)
+    ev = _minilm_data(tok, held, 100, args.seed)
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
     reference = _embed(model, ev)
     rows = []
@@ -211,7 +213,7 @@ def _report(rows: list[dict], args) -> None:
         body += ["", f"OWL block sparsities (blocks 0..{len(bs) - 1}): "
                  + ", ".join(f"{s:.3f}" for s in bs) + "."]
     if mini:
-        body += ["", "all-MiniLM-L6-v2: 256 calibration lines and 200 held-out lines (over 60 "
+        body += ["", "all-MiniLM-L6-v2: 128 calibration lines and 100 held-out lines (over 60 "
                  "characters) of the same split, 64 tokens padded; cosine of mean-pooled "
                  "embeddings to the dense model's, averaged over the held-out lines.", "",
                  "| run | sparsity | cosine to dense | prune time (s) |", "|---|---:|---:|---:|"]
