@@ -67,10 +67,15 @@ class Budget:
             raise ConfigError(f"a budget needs at least one limit; valid keys: {', '.join(METRIC)}")
 
     @classmethod
-    def parse(cls, budget: Budget | Mapping[str, Any]) -> Budget:
-        """A Budget from itself or a mapping such as ``{"latency_ms": 2.0}``."""
+    def parse(cls, budget: Budget | Mapping[str, Any] | Any) -> Budget:
+        """A Budget from itself, a mapping such as ``{"latency_ms": 2.0}``, or a
+        ``prunekit.config.Budget("macs", 0.5)`` (half the MACs removed: ``macs_ratio=0.5``)."""
         if isinstance(budget, Budget):
             return budget
+        kind, fraction = getattr(budget, "kind", None), getattr(budget, "fraction", None)
+        if kind in ("params", "macs") and isinstance(fraction, (int, float)):
+            # prunekit.config.Budget: a fraction of params / MACs to *remove*
+            return cls(**{f"{kind}_ratio": 1.0 - float(fraction)})
         if not isinstance(budget, Mapping):
             raise ConfigError(f"budget must be a Budget or a mapping like {{'latency_ms': 2.0}}, "
                               f"got {type(budget).__name__}")
