@@ -56,7 +56,7 @@ def verify(
     plan: Plan,
     example_inputs: Any,
     *,
-    atol: float = 1e-4,
+    atol: float = 1e-6,
     rtol: float = 1e-4,
     locate: bool = True,
 ) -> VerifyResult:
@@ -67,46 +67,101 @@ def verify(
     ``pruned``'s. Groups whose equivalence cannot hold exactly (a norm or mean over
     the cut dimension) are cut structurally in the copy too and reported as unchecked.
 
+    Each output is compared relative to its own scale: ``|diff| <= atol + rtol * max|ref|``,
+    so a change of small outputs is not hidden by an absolute tolerance.
+
     Args:
         original: the model before pruning (not changed).
         pruned: the pruned model.
         plan: the plan that was applied.
         example_inputs: inputs for both models.
-        atol: absolute tolerance; rtol: relative tolerance (to the output scale).
+        atol: absolute floor of the tolerance (float noise of outputs near zero).
+        rtol: tolerance relative to the largest magnitude of each reference output.
         locate: on a mismatch, find the groups responsible (one extra run per group).
 
     Returns:
         A :class:`VerifyResult` (truthy when the check passed).
+
+    Raises:
+        ConfigError: the arguments do not fit together (a model the plan was not made
+            for, inputs the original does not accept, NaN or infinite weights), named.
     """
+    _check_args(original, pruned, plan, example_inputs)
     cut = [g for g in plan.groups if g.removed]
     unchecked = {g.name: list(g.unchecked) for g in cut if g.unchecked}
     structural = {g.id for g in cut if g.unchecked}
-    expected = _outputs(pruned, example_inputs)
+    expected = _outputs(pruned, example_inputs, "the pruned model")
     while True:
         checked = [g for g in cut if g.id not in structural]
-        reference = _reference(original, plan, structural, checked)
+        reference = None
         try:
+            reference = _reference(original, plan, structural, checked)
             got = _outputs(reference, example_inputs)
             break
         except Exception as e:  # sizes in the code tie some checked groups to structural ones
-            tied = _tied_groups(e, reference, checked)
+            tied = _tied_groups(e, reference or original, checked)
+            if not tied:
+                return _not_ok(f"the reference with the removed units zeroed does not run "
+                               f"({type(e).__name__}: {_first_line(e)})", cut, unchecked)
             for g in tied:
                 structural.add(g.id)
                 unchecked[g.name] = [f"cut together with groups normalized over their cut "
                                      f"({type(e).__name__} without it)"]
-    diff, scale = _difference(got, expected)
-    ok = diff <= atol + rtol * scale
+    diff, rel, ok = _judge(got, expected, atol, rtol)
     failed: list[str] = []
     if not ok and locate:
         failed = _locate(original, plan, example_inputs, checked, structural, atol, rtol)
     if ok:
         msg = f"zero-out equivalence holds for {len(checked)} groups (max |diff| {diff:.2e})"
     else:
-        msg = (f"outputs differ by {diff:.2e} (> {atol + rtol * scale:.2e})"
-               + (f"; groups responsible: {', '.join(failed)}" if failed else ""))
+        msg = (f"outputs differ by {diff:.2e} ({rel:.2e} of the output's scale, tolerance "
+               f"{rtol:.0e})" + (f"; groups responsible: {', '.join(failed)}" if failed else ""))
     if unchecked:
         msg += f"; {len(unchecked)} groups not checkable by zero-out (normalized over the cut)"
     return VerifyResult(ok, diff, [g.name for g in checked], unchecked, failed, msg)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else ""
+
+
+def _not_ok(why: str, cut: list, unchecked: dict) -> VerifyResult:
+    names = [g.name for g in cut]
+    return VerifyResult(False, math.inf, [], unchecked, names,
+                        f"{why}; groups cut: {', '.join(names) or 'none'}")
+
+
+def _check_args(original: Any, pruned: Any, plan: Any, inputs: Any) -> None:
+    """Refuse arguments that do not fit together, naming the mismatch."""
+    for what, m in (("original", original), ("pruned", pruned)):
+        if not isinstance(m, nn.Module):
+            raise ConfigError(f"verify needs the {what} model as an nn.Module, got "
+                              f"{type(m).__name__}")
+    if not isinstance(plan, Plan):
+        raise ConfigError(f"verify needs the Plan that was applied, got {type(plan).__name__}")
+    for what, model, new in (("original", original, False), ("pruned", pruned, True)):
+        tensors = _tensors(model)
+        for name, cut in plan.tensors.items():
+            want = cut.new_shape if new else tuple(cut.shape)
+            t = tensors.get(plan.aliases.get(name, name))
+            if t is None or tuple(t.shape) != want:
+                got = "missing" if t is None else f"of shape {tuple(t.shape)}"
+                raise ConfigError(
+                    f"the {what} model does not match the plan: {name} is {got}, the plan "
+                    f"expects {want}; pass the model the plan was made for"
+                    + (" (before pruning)" if not new else " (after pk.apply)"))
+        bad = next((n for n, t in tensors.items() if t.is_floating_point()
+                    and t.device.type != "meta" and not bool(torch.isfinite(t).all())), None)
+        if bad is not None:
+            raise ConfigError(f"the {what} model has NaN or infinite values in {bad}; "
+                              "zero-out equivalence cannot be checked on them")
+
+
+def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    out = dict(model.named_parameters(remove_duplicate=False))
+    out.update(dict(model.named_buffers(remove_duplicate=False)))
+    return out
 
 
 def _reference(original: nn.Module, plan: Plan, structural: set[int], zero: list) -> nn.Module:
@@ -146,14 +201,26 @@ def _remap(sub: Plan, name: str, dim: int, kept: list[int]) -> list[int]:
     return [where[p] for p in cut.kept[dim] if p in keep_set]
 
 
-def _outputs(model: nn.Module, inputs: Any) -> list[torch.Tensor]:
-    with tracing_state(model):
-        return [t.detach().float() for t in flatten_tensors(run_model(model, inputs))
-                if t.is_floating_point()]
+def _outputs(model: nn.Module, inputs: Any, what: str | None = None) -> list[torch.Tensor]:
+    """Floating outputs; with ``what``, a failure or a NaN output is a ConfigError naming it."""
+    try:
+        with tracing_state(model):
+            out = [t.detach().float() for t in flatten_tensors(run_model(model, inputs))
+                   if t.is_floating_point()]
+    except Exception as e:
+        if what is None:
+            raise
+        raise ConfigError(f"{what} fails on example_inputs ({type(e).__name__}: "
+                          f"{_first_line(e)}); pass inputs the original model accepts") from e
+    if what is not None and any(not bool(torch.isfinite(t).all()) for t in out):
+        raise ConfigError(f"{what} returns NaN or infinite outputs on example_inputs; "
+                          "check the inputs (zero-out equivalence needs finite outputs)")
+    return out
 
 
 def _tied_groups(error: Exception, model: nn.Module, checked: list) -> list:
-    """Checked groups whose tensors live in the module where ``error`` was raised (else all)."""
+    """Checked groups whose tensors live in the module where ``error`` was raised (else all;
+    none when nothing is left to tie)."""
     paths = {id(m): n for n, m in model.named_modules()}
     where, tb = None, error.__traceback__
     while tb is not None:
@@ -162,7 +229,7 @@ def _tied_groups(error: Exception, model: nn.Module, checked: list) -> list:
             where = paths[id(obj)]
         tb = tb.tb_next
     if not checked:
-        raise error
+        return []
     if where is None or not where:
         return checked
     prefix = f"{where}." if where else ""
@@ -170,25 +237,36 @@ def _tied_groups(error: Exception, model: nn.Module, checked: list) -> list:
     return near or checked
 
 
-def _compare(a: nn.Module, b: nn.Module, inputs: Any) -> tuple[float, float]:
-    return _difference(_outputs(a, inputs), _outputs(b, inputs))
-
-
-def _difference(out_a: list[torch.Tensor], out_b: list[torch.Tensor]) -> tuple[float, float]:
-    if [t.shape for t in out_a] != [t.shape for t in out_b]:
-        return math.inf, 0.0
-    diff = max((float((x - y).abs().max()) for x, y in zip(out_a, out_b, strict=True)
-                if x.numel()), default=0.0)
-    scale = max((float(x.abs().max()) for x in out_a if x.numel()), default=0.0)
-    return diff, scale
+def _judge(ref: list[torch.Tensor], got: list[torch.Tensor], atol: float,
+           rtol: float) -> tuple[float, float, bool]:
+    """Largest absolute difference, largest difference relative to its output's scale, and
+    whether every output is within ``atol + rtol * max|ref|``."""
+    if [t.shape for t in ref] != [t.shape for t in got]:
+        return math.inf, math.inf, False
+    diff = rel = 0.0
+    ok = True
+    for r, g in zip(ref, got, strict=True):
+        if not r.numel():
+            continue
+        d, scale = float((r - g).abs().max()), float(r.abs().max())
+        diff, rel = max(diff, d), max(rel, d / scale if scale else (0.0 if d == 0 else math.inf))
+        ok = ok and d <= atol + rtol * scale
+    return diff, rel, ok
 
 
 def _locate(original, plan: Plan, inputs, checked, structural, atol, rtol) -> list[str]:
+    """Checked groups whose cut alone (with the structural ones) changes the outputs; a
+    group whose partial model does not even run is named with why."""
     failed = []
     for g in checked:
-        cut_model = copy.deepcopy(original)
-        apply_plan(cut_model, plan.subset(structural | {g.id}))
-        diff, scale = _compare(_reference(original, plan, structural, [g]), cut_model, inputs)
-        if diff > atol + rtol * scale:
+        try:
+            cut_model = copy.deepcopy(original)
+            apply_plan(cut_model, plan.subset(structural | {g.id}))
+            ref = _outputs(_reference(original, plan, structural, [g]), inputs)
+            ok = _judge(ref, _outputs(cut_model, inputs), atol, rtol)[2]
+        except Exception as e:  # groups that share a size attribute cannot be cut alone
+            failed.append(f"{g.name} (cannot be checked alone: {type(e).__name__})")
+            continue
+        if not ok:
             failed.append(g.name)
     return failed

@@ -1,0 +1,94 @@
+"""pk.verify: a relative tolerance, arguments named when they do not fit, never a raw error."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+from prunekit.errors import ConfigError
+
+
+def _mlp(scale: float = 1.0) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    with torch.no_grad():
+        model[2].weight.mul_(scale)
+        model[2].bias.mul_(scale)
+    return model.eval()
+
+
+def _pruned(model: nn.Module, x: torch.Tensor):
+    pruned = copy.deepcopy(model)
+    plan = pk.prune(pruned, x, ratio=0.5)
+    return pruned, plan
+
+
+def test_small_outputs_are_compared_to_their_own_scale():
+    x = torch.randn(3, 8)
+    model = _mlp(scale=1e-3)  # outputs around 1e-4: an absolute 1e-4 would hide anything
+    pruned, plan = _pruned(model, x)
+    assert pk.verify(model, pruned, plan, x).ok
+    with torch.no_grad():
+        pruned[2].weight.mul_(1.12)  # every output 12% larger
+        pruned[2].bias.mul_(1.12)
+    result = pk.verify(model, pruned, plan, x)
+    assert not result.ok and "of the output's scale" in result.message
+
+
+def test_original_of_another_architecture_is_named():
+    x = torch.randn(3, 8)
+    pruned, plan = _pruned(_mlp(), x)
+    other = nn.Sequential(nn.Linear(8, 10), nn.ReLU(), nn.Linear(10, 4))
+    with pytest.raises(ConfigError, match=r"original model does not match the plan: 0\.weight"):
+        pk.verify(other, pruned, plan, x)
+    with pytest.raises(ConfigError, match="pruned model does not match the plan"):
+        pk.verify(_mlp(), _mlp(), plan, x)
+
+
+def test_inputs_of_the_wrong_shape_are_named():
+    x = torch.randn(3, 8)
+    model = _mlp()
+    pruned, plan = _pruned(model, x)
+    with pytest.raises(ConfigError, match="fails on example_inputs"):
+        pk.verify(model, pruned, plan, torch.randn(3, 5))
+
+
+def test_nan_weights_are_named():
+    x = torch.randn(3, 8)
+    model = _mlp()
+    pruned, plan = _pruned(model, x)
+    with torch.no_grad():
+        pruned[2].weight[0, 0] = float("nan")
+    with pytest.raises(ConfigError, match=r"NaN or infinite values in 2\.weight"):
+        pk.verify(model, pruned, plan, x)
+
+
+class Branches(nn.Module):
+    """Two branches concatenated into an LSTM: their groups share input_size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 8), nn.Linear(6, 8)
+        self.rnn = nn.LSTM(16, 12, batch_first=True)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], dim=-1)  # (B, L, 16)
+        return self.head(self.rnn(h)[0])
+
+
+def test_locating_a_mismatch_names_groups_instead_of_raising():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 6)
+    model = Branches().eval()
+    pruned, plan = _pruned(model, x)
+    assert pk.verify(model, pruned, plan, x).ok
+    with torch.no_grad():
+        pruned.a.weight.add_(0.5)  # a wrong model, which verify must report, not crash on
+    result = pk.verify(model, pruned, plan, x)
+    assert not result.ok and result.failed
+    assert "a.weight:0" in " ".join(result.failed)
