@@ -79,3 +79,19 @@ def take(data: Iterable | None, batches: int | None) -> list:
     out = list(itertools.islice(data, batches))
     first_batch(out)
     return out
+
+
+def small_example(inputs: Any, *, rows: int = 1, tokens: int = 16) -> Any:
+    """The first ``rows`` sequences and ``tokens`` positions of a batch: enough to trace."""
+    import torch
+
+    def cut(t: Any) -> Any:
+        if isinstance(t, torch.Tensor) and t.dim() >= 2:
+            return t[:rows, :tokens]
+        return t
+
+    if isinstance(inputs, dict):
+        return {k: cut(v) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(cut(v) for v in inputs)
+    return cut(inputs)

@@ -38,7 +38,7 @@ from .._registry import Registry
 from ..errors import ConfigError
 from ..importance.group_activation import InputStats, collect_input_stats, list_group_activation
 from ..surgery import Plan
-from ._model import first_batch, hf_config, part_patterns, take
+from ._model import first_batch, hf_config, part_patterns, small_example, take
 
 _COMPENSATIONS: Registry[Callable] = Registry("compensation")
 
@@ -110,18 +110,19 @@ def prune_width(
     parts = part_patterns(model)
     ignore = _ignored(model, parts, ratios)
     undo = _Undo()
-    args = (ratios, parts, ignore, criterion, scope, max_ratio, batch_list, check)
+    example = small_example(first_batch(batch_list))
     try:
-        plan = _plan(_st.trace(model, first_batch(batch_list)), *args)
-        consumers = _consumers(model, plan)
+        graph = _st.trace(model, example)
+        consumers = _consumers(model, _probe(graph, ratios, parts, ignore))
         stats = collect_input_stats(model, consumers, batch_list, gram=compensate == "lstsq")
         if compensate != "none":
             _add_biases(model, consumers, undo)
-        if undo.biases:  # the new biases are cut with their heads: plan again on the new graph
-            plan = _same_plan(plan, _plan(_st.trace(model, first_batch(batch_list)), *args),
-                              consumers)
-        notes = _COMPENSATIONS.get(compensate)(model, plan, stats, consumers, undo=undo,
-                                               damp=damp)
+        if undo.biases:  # the new biases are cut with their heads: trace them too
+            graph = _st.trace(model, example)
+        plan = _plan(graph, ratios, parts, ignore, criterion, scope, max_ratio, batch_list,
+                     check)
+        cut = _consumers(model, plan)
+        notes = _COMPENSATIONS.get(compensate)(model, plan, stats, cut, undo=undo, damp=damp)
         _st.apply(model, plan)
     except BaseException:
         undo(cfg)
@@ -181,14 +182,11 @@ def _consumers(model: nn.Module, plan: Plan) -> list[str]:
     return sorted(out)
 
 
-def _same_plan(first: Plan, second: Plan, consumers: list[str]) -> Plan:
-    """``second``, after checking it keeps the same input columns as ``first``."""
-    for path in consumers:
-        a, b = first.tensors[f"{path}.weight"], second.tensors.get(f"{path}.weight")
-        if b is None or a.kept.get(1) != b.kept.get(1):
-            raise ConfigError(f"adding zero biases changed the plan at {path}; pass "
-                              "compensate='none' or report this model")
-    return second
+def _probe(graph: Any, ratios: dict[str, float], parts: dict[str, str], ignore: list) -> Plan:
+    """A cheap plan that cuts every candidate group, to learn which layers consume them."""
+    live = {k: 0.5 for k in ("attention", "mlp") if k in parts and ratios.get(k, 1.0) > 0}
+    return _st.plan(graph, ratio=0.0, ratios={parts[k]: r for k, r in live.items()},
+                    criterion="random", ignore=ignore, check=False)
 
 
 def _plan(graph, ratios, parts, ignore, criterion, scope, max_ratio, batches, check) -> Plan:
