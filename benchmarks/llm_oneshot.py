@@ -199,14 +199,18 @@ def _report(rows: list[dict], args) -> None:
         "restore between runs, calibration), 'extra' is the rise above the RSS at the start "
         "of the call.",
         "",
-        "| run | sparsity | perplexity | x dense | prune time (s) | peak RSS (GiB) | extra (GiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| run | sparsity | perplexity | x dense | prune time (s) | peak RSS (GiB) | extra (GiB) "
+        "| load avg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in lm:
         ratio = f"{r['ppl'] / dense:.2f}" if dense else "-"
         body.append(f"| {r['run']} | {r.get('sparsity', 0.0):.1%} | {r['ppl']:.2f} | {ratio} | "
                     f"{r.get('prune_s', '-')} | {r.get('peak_rss_gib', '-')} | "
-                    f"{r.get('extra_rss_gib', '-')} |")
+                    f"{r.get('extra_rss_gib', '-')} | {r.get('loadavg', '-')} |")
+    body += ["", "'load avg' is the machine's 1-minute load average when the run started: the "
+             "two cores are shared, and a load above 2 stretches every time in the table by "
+             "about load / 2."]
     owl = next((r for r in lm if r["run"].startswith("owl") and r.get("block_sparsity")), None)
     if owl:
         bs = owl["block_sparsity"]

@@ -262,3 +262,14 @@ def test_layers_fed_the_same_tensor_share_statistics_correctly():
         torch.testing.assert_close(s.gram, rows.T @ rows)
         torch.testing.assert_close(s.feature_norm(), rows.norm(dim=0))
         assert s.rows == 11
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_bfloat16_models_are_pruned_in_their_dtype(method):
+    model = tiny_llama().to(torch.bfloat16)
+    oneshot(model, calibration(), method=method, pattern="2:4", quiet=True)
+    w = model.model.layers[1].mlp.down_proj.weight
+    assert w.dtype == torch.bfloat16
+    assert torch.all((w != 0).reshape(w.shape[0], -1, 4).sum(-1) <= 2)
+    with torch.no_grad():
+        assert torch.isfinite(model(calibration(2)).logits.float()).all()
