@@ -70,6 +70,15 @@ class SearchContext:
     def violation(self, ratios: Sequence[float], round_to: int) -> float:
         return self.budget.violation(self.space.cost(ratios, round_to), self.dense)
 
+    def slack(self, ratios: Sequence[float], round_to: int) -> float:
+        """How far inside the budget an allocation is (summed relative margin): among
+        allocations that meet it, the smallest slack prunes least."""
+        cost = self.space.cost(ratios, round_to)
+        total = 0.0
+        for key, (metric, bound) in self.budget.limits(self.dense).items():
+            total += (cost[metric] - bound) if key == "sparsity" else (bound - cost[metric]) / bound
+        return total
+
     def quality(self, ratios: Sequence[float], round_to: int) -> float:
         """Quality of the pruned copy (cached per allocation)."""
         key = (tuple(round(float(r), 6) for r in ratios), round_to)
@@ -127,7 +136,7 @@ def _scalar_search(ctx: SearchContext, ratios_at: Callable[[float, int], list[fl
                             "cost": ctx.space.cost(hit[1], rt)})
     if not found:
         raise _impossible(ctx)
-    s, rt, ratios = min(found, key=lambda f: (f[0], -f[1]))
+    s, rt, ratios = min(found, key=lambda f: (ctx.slack(f[2], f[1]), f[0]))
     return [float(r) for r in ratios], rt, history
 
 
@@ -218,8 +227,9 @@ def sensitivity(ctx: SearchContext) -> Result:
     return ratios, rt, [{"scan": result.to_dict(), "tolerance": t, "round_to": rt}]
 
 
-def _greedy(ctx: SearchContext, drops: list[list[float]], expand: Callable[[list[int]], list[float]],
-            round_to: int, free: Sequence[int]) -> tuple[list[int], list[dict[str, Any]]]:
+def _greedy(ctx: SearchContext, drops: list[list[float]],
+            expand: Callable[[list[int]], list[float]], round_to: int,
+            free: Sequence[int]) -> tuple[list[int], list[dict[str, Any]]]:
     """Raise one variable a grid step at a time, the one losing least quality per unit of
     budget violation removed, until the budget is met."""
     levels = [0] * len(drops)

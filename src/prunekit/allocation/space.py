@@ -149,6 +149,7 @@ class ChannelSpace(_Space):
         """A pruned copy of the model: the plan ``pk.plan(graph, **plan_kwargs)`` makes,
         with the unit scores computed once."""
         import prunekit as pk
+
         from ..surgery.build import build_plan
 
         scores = self._scores()
@@ -244,8 +245,8 @@ class MaskSpace(_Space):
 
     def __init__(self, model: nn.Module, example_inputs: Any, *, criterion: str = "magnitude",
                  exclude: Sequence[str] = ()) -> None:
-        from ..mask.targets import find_targets
         from .._utils import match_any
+        from ..mask.targets import find_targets
         from ..measure import count_macs, size_bytes
 
         self.model, self.example_inputs = model, example_inputs
