@@ -14,7 +14,7 @@ import inspect
 import re
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .._calls import flatten_tensors, run_model
 from ..errors import TraceError
 from . import _axes as ax
 from ._axes import ONE, Axis, AxisError
@@ -38,28 +39,6 @@ def _at(why: str, where: str) -> Reason:
                   module=getattr(why, "module", None))
 
 aten = torch.ops.aten
-
-
-def flatten_tensors(obj: Any) -> list[torch.Tensor]:
-    """Tensors inside nested tuples, lists, dicts and Hugging Face ``ModelOutput`` objects."""
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, Mapping):
-        return [t for v in obj.values() for t in flatten_tensors(v)]
-    if isinstance(obj, (list, tuple)):
-        return [t for v in obj for t in flatten_tensors(v)]
-    if hasattr(obj, "data") and type(obj).__name__ == "PackedSequence":
-        return [obj.data]
-    return []
-
-
-def run_model(model: nn.Module, inputs: Any) -> Any:
-    """Call ``model`` with example inputs: a tensor, a tuple/list of arguments, or keywords."""
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
 
 
 class Call:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .._calls import run_model
 from .._registry import Registry
 from ..errors import ConfigError
 from .criteria import register_group_criterion
@@ -119,15 +120,6 @@ def model_inputs(batch: Any) -> Any:
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch[0]
     return batch
-
-
-def run_model(model: nn.Module, inputs: Any) -> Any:
-    """Call ``model`` on a tensor, a dict of keyword inputs or a tuple of positional inputs."""
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
 
 
 def collect_input_stats(

@@ -26,6 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
 
+from .._calls import run_model, to_meta
 from .._registry import Registry
 from ..errors import ConfigError
 from .sparse_io import encodings
@@ -141,7 +142,7 @@ def count_macs(model: nn.Module, example_inputs: Any) -> MacCount:
     inputs = _inputs_for(model, example_inputs)
     counter = _MacCounter(model)
     with _eval_mode(model), _no_fastpath(), torch.no_grad(), counter.module_scope(), counter:
-        _call(model, inputs)
+        run_model(model, inputs)
     return counter.result()
 
 
@@ -181,11 +182,11 @@ def measure_latency(
     times = []
     with _num_threads(threads), _eval_mode(model), torch.inference_mode():
         for _ in range(warmup):
-            _call(model, example_inputs)
+            run_model(model, example_inputs)
         for _ in range(runs):
             sync()
             start = time.perf_counter()
-            _call(model, example_inputs)
+            run_model(model, example_inputs)
             sync()
             times.append((time.perf_counter() - start) * 1e3)
     ms = np.asarray(times)
@@ -466,23 +467,13 @@ def _bind(func: Any, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
 # --- helpers -----------------------------------------------------------------------
 
 
-def _call(model: nn.Module, inputs: Any) -> Any:
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
-
-
 def _is_meta(model: nn.Module) -> bool:
     return any(t.is_meta for t in (*model.parameters(), *model.buffers()))
 
 
 def _inputs_for(model: nn.Module, inputs: Any) -> Any:
     """Inputs moved to the meta device when the model lives there."""
-    if not _is_meta(model):
-        return inputs
-    return tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, inputs)
+    return to_meta(inputs) if _is_meta(model) else inputs
 
 
 @contextlib.contextmanager

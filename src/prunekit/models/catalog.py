@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._calls import run_model
 from .._registry import Registry
 
 Inputs = Any
@@ -87,11 +88,7 @@ def get_source(name: str) -> list[ZooModel]:
 
 def call_model(model: nn.Module, inputs: Inputs) -> Any:
     """Run ``model`` on example inputs: a dict as keywords, a tuple as positional arguments."""
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, tuple):
-        return model(*inputs)
-    return model(inputs)
+    return run_model(model, inputs)
 
 
 def output_tensors(out: Any, prefix: str = "output") -> list[tuple[str, torch.Tensor]]:

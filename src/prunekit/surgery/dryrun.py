@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,6 +19,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .._calls import flatten_tensors, run_model, to_meta
 from .apply import apply_undoable
 from .plan import Plan
 
@@ -45,18 +46,6 @@ def meta_skeleton(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def to_meta(obj: Any) -> Any:
-    """Example inputs with every tensor replaced by a meta tensor of the same shape."""
-    if isinstance(obj, torch.Tensor):
-        return torch.empty_like(obj, device="meta")
-    if isinstance(obj, Mapping):
-        return type(obj)({k: to_meta(v) for k, v in obj.items()}) if isinstance(obj, dict) \
-            else {k: to_meta(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_meta(v) for v in obj)
-    return obj
-
-
 class _ViewShapes(TorchFunctionMode):
     """Records the name and output shapes of every size-taking call (``view``, ``reshape``,
     slicing ...), in the order the code makes them."""
@@ -69,8 +58,6 @@ class _ViewShapes(TorchFunctionMode):
         self.calls: list[tuple[str, list[tuple[int, ...]]]] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        from ..graph._tracer import flatten_tensors
-
         out = func(*args, **(kwargs or {}))
         if func in self.funcs:
             name = getattr(func, "__name__", str(func))
@@ -101,7 +88,7 @@ def regrouped(expected: list | None, calls: list[tuple[str, list[tuple[int, ...]
 
 def output_shapes(model: nn.Module, inputs: Any) -> list[tuple[int, ...]]:
     """Shapes of the tensors the model returns (eval mode, no gradients, modes restored)."""
-    from ..graph._tracer import _tracing_state, flatten_tensors, run_model
+    from ..graph._tracer import _tracing_state
 
     with _tracing_state(model), _MetaScalars():
         out = run_model(model, inputs)
