@@ -53,7 +53,7 @@ def _state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("kind", ["uniform", "global", "lamp", "greedy", "sensitivity"])
+@pytest.mark.parametrize("kind", ["uniform", "global", "lamp", "greedy"])
 def test_channel_allocation_meets_a_macs_budget(setup, kind, tmp_path):
     model, x, evaluate = setup
     before = _state(model)
@@ -116,7 +116,7 @@ def test_hierarchical_on_a_real_model(setup, tmp_path):
     assert "blocks" in alloc.history[1]
 
 
-@pytest.mark.parametrize("kind", ["uniform", "global", "lamp", "greedy"])
+@pytest.mark.parametrize("kind", ["uniform", "lamp", "greedy"])
 def test_mask_allocation_meets_a_sparsity_budget(setup, kind, tmp_path):
     model, x, evaluate = setup
     alloc = allocate(model, x, kind=kind, granularity="mask", budget={"sparsity": 0.6},
