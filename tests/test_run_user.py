@@ -192,3 +192,25 @@ def test_cli_help_has_no_doubled_percent(capsys: pytest.CaptureFixture) -> None:
         main(["run", "--help"])
     out = capsys.readouterr().out
     assert "90% sparsity" in out and "%%" not in out
+
+
+def test_structured_charts_plot_what_was_removed(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from prunekit.run import report
+    from prunekit.run.pipeline import removed_rows
+
+    dense = [{"name": "a.weight", "params": 100, "nonzero_params": 100, "sparsity": 0.0},
+             {"name": "b.weight", "params": 50, "nonzero_params": 50, "sparsity": 0.0}]
+    pruned = [{"name": "a.weight", "params": 40, "nonzero_params": 40, "sparsity": 0.0}]
+    rows = removed_rows(pruned, dense)
+    assert [r["removed"] for r in rows] == [0.6, 1.0]  # b removed whole
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig))
+    schedule = {"curve": {"name": "oneshot", "final": 0.5, "at": 0}, "unit": "step",
+                "steps": 10, "quantity": "params removed", "measured": [[0, 0.62]]}
+    report.plot_schedule(schedule, tmp_path / "s.png")
+    (fig,) = figures
+    labels = [a.get_ylabel() for a in fig.axes]
+    assert labels == ["scheduled amount (%)", "measured params removed (%)"]  # two axes
+    report.plot_schedule({**schedule, "quantity": "sparsity"}, tmp_path / "t.png")
+    assert [a.get_ylabel() for a in figures[1].axes] == ["sparsity (%)"]

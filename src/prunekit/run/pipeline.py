@@ -302,7 +302,10 @@ def _point(
     key, value = prune.amount
     label = f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
     metrics = _evaluate(model, ctx, f"pruned ({label})" if ctx.recipe.sweep else "pruned")
-    point = _Point(label, {key: value}, model, metrics, outcome, layer_table(model))
+    layers = layer_table(model)
+    if prune.structured:  # shapes shrank: compare each layer with the dense one
+        layers = removed_rows(layers, layer_table(dense_model))
+    point = _Point(label, {key: value}, model, metrics, outcome, layers)
     if ctx.recipe.sweep is not None:
         point.folder = f"{POINTS_DIR}/{index + 1:02d}_{key}-{value:g}"
         _save_point(point, dense, ctx)
@@ -355,6 +358,20 @@ def layer_table(model: nn.Module) -> list[dict[str, Any]]:
     return rows
 
 
+def removed_rows(rows: list[dict[str, Any]], dense_rows: list[dict[str, Any]]
+                 ) -> list[dict[str, Any]]:
+    """Per-layer rows of a network rebuilt smaller, each with ``dense_params`` (the dense
+    layer's weights) and ``removed`` (the fraction of them removed or zero); layers are
+    matched by name, and a layer removed whole counts as 100%."""
+    after = {r["name"]: r for r in rows}
+    out = []
+    for dense in dense_rows:
+        row = after.get(dense["name"], {**dense, "params": 0, "nonzero_params": 0})
+        kept = row["nonzero_params"] / dense["params"] if dense["params"] else 1.0
+        out.append({**row, "dense_params": dense["params"], "removed": 1.0 - kept})
+    return out
+
+
 # --- saving -------------------------------------------------------------------------
 
 
@@ -395,8 +412,16 @@ def _save_charts(
 ) -> dict[str, Path]:
     """``sparsity.png`` (per layer) and ``schedule.png`` (the schedule over its steps)."""
     title = f"{ctx.recipe.name}{f' ({label})' if label else ''}"
-    plot_layer_sparsity(layers, folder / CHART_NAME, target=pruned["sparsity"],
-                        title=f"{title}: per-layer sparsity")
+    if layers and "removed" in layers[0]:  # structured: weights removed, not zeros
+        dense_total = sum(r["dense_params"] for r in layers)
+        overall = 1.0 - sum(r["nonzero_params"] for r in layers) / max(dense_total, 1)
+        plot_layer_sparsity([{**r, "sparsity": r["removed"]} for r in layers],
+                            folder / CHART_NAME, target=overall,
+                            title=f"{title}: per-layer weights removed",
+                            ylabel="weights removed or zero (% of dense)")
+    else:
+        plot_layer_sparsity(layers, folder / CHART_NAME, target=pruned["sparsity"],
+                            title=f"{title}: per-layer sparsity")
     plot_schedule(details["schedule"], folder / SCHEDULE_CHART, title=f"{title}: schedule")
     return {CHART_NAME: folder / CHART_NAME, SCHEDULE_CHART: folder / SCHEDULE_CHART}
 

@@ -351,6 +351,7 @@ def plot_layer_sparsity(
     *,
     target: float | None = None,
     title: str = "Per-layer sparsity",
+    ylabel: str = "sparsity (%)",
 ) -> None:
     """Write a bar chart (PNG) of each layer's sparsity, atomically.
 
@@ -359,6 +360,7 @@ def plot_layer_sparsity(
         path: where the PNG goes.
         target: a sparsity to draw as a dashed line (e.g. the overall sparsity), or None.
         title: the chart's title.
+        ylabel: the y axis's label (structured runs plot weights removed).
     """
     from matplotlib.figure import Figure  # optional heavy import, Agg canvas, no pyplot state
 
@@ -379,7 +381,7 @@ def plot_layer_sparsity(
         fontsize=8,
     )
     ax.set_ylim(0, 105)
-    ax.set_ylabel("sparsity (%)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
@@ -410,14 +412,22 @@ def plot_schedule(
     fig, ax = _figure(6.0, 3.6)
     ax.step(xs, [100 * v for v in curve.curve(xs)], where="post", color="#4c72b0",
             label=f"schedule: {curve.name}")
+    quantity = schedule["quantity"]
+    # A channel schedule sets a ratio (or budget) but measures parameters removed: two
+    # quantities, two axes.
+    other = ax.twinx() if measured and quantity != "sparsity" else ax
     if measured:
-        ax.plot([m[0] for m in measured], [100 * m[1] for m in measured], "o", color="#c44e52",
-                markersize=4, label=f"measured {schedule['quantity']}")
+        other.plot([m[0] for m in measured], [100 * m[1] for m in measured], "o",
+                   color="#c44e52", markersize=4, label=f"measured {quantity}")
     unit = "round" if schedule["unit"] == "round" else "optimizer step of fine-tuning"
     ax.set_xlabel(unit)
-    ax.set_ylabel("%")
+    ax.set_ylabel("sparsity (%)" if other is ax else "scheduled amount (%)")
     ax.set_ylim(0, 105)
-    ax.legend(fontsize=8, loc="lower right")
+    if other is not ax:
+        other.set_ylabel(f"measured {quantity} (%)", color="#c44e52")
+        other.set_ylim(0, 105)
+    handles = [h for a in dict.fromkeys((ax, other)) for h in a.get_legend_handles_labels()[0]]
+    ax.legend(handles=handles, fontsize=8, loc="lower right")
     ax.set_title(title, fontsize=10)
     _save(fig, path)
 
