@@ -52,8 +52,22 @@ def new_tensors(model: nn.Module, plan: Plan) -> dict[str, torch.Tensor]:
                 f"{name} has shape {tuple(t.shape)} but the plan expects {tuple(cut.shape)}; "
                 "the plan was made for a different model (or this one was already pruned)"
             )
+        _check_kept(name, cut.shape, cut.kept)
         out[name] = _cut(t, cut.kept)
     return out
+
+
+def _check_kept(name: str, shape: tuple[int, ...], kept: Mapping[int, list[int]]) -> None:
+    """Kept indices must be sorted, unique and inside the dimension (a damaged plan is not)."""
+    for d, idx in kept.items():
+        entry = f"the plan's entry tensors[{name!r}].kept[{d}]"
+        if not isinstance(d, int) or not 0 <= d < len(shape):
+            raise ConfigError(f"{entry} names dimension {d!r} of a {len(shape)}-d tensor; "
+                              "the plan file is damaged: save the plan again")
+        ok = all(isinstance(i, int) and 0 <= i < shape[d] for i in idx)
+        if not idx or not ok or any(a >= b for a, b in zip(idx, idx[1:], strict=False)):
+            raise ConfigError(f"{entry} is not a sorted, non-empty list of indices below "
+                              f"{shape[d]}; the plan file is damaged: save the plan again")
 
 
 def module_attrs(model: nn.Module, plan: Plan) -> dict[str, dict[str, Any]]:

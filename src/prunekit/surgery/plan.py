@@ -192,10 +192,24 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:
-        """Rebuild a plan from :meth:`to_dict` data."""
+        """Rebuild a plan from :meth:`to_dict` data.
+
+        Raises:
+            ConfigError: not a plan, or a damaged entry (named).
+        """
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ConfigError(f"not a prunekit plan (expected format {FORMAT!r}); "
                               "pass the plan.json that plan.save() wrote")
+        try:
+            return cls._from_dict(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"the plan is damaged ({type(e).__name__}: {e}); "
+                              "save the plan again") from None
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any]) -> Plan:
         tensors = {
             n: TensorCut(tuple(c["shape"]),
                          {int(d): decode_indices(k) for d, k in c["kept"].items()})
