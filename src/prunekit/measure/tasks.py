@@ -237,7 +237,8 @@ def _classification(model: nn.Module, batches: list, *, reference: nn.Module | N
         preds.append(logits_of(forward(model, inputs)).argmax(dim=-1).cpu())
         truth.append(labels.cpu())
         if reference is not None:
-            dense.append(logits_of(forward(reference, inputs)).argmax(dim=-1).cpu())
+            dense.append(preds[-1] if reference is model
+                         else logits_of(forward(reference, inputs)).argmax(dim=-1).cpu())
     metrics = classification_metrics(torch.cat(truth), torch.cat(preds), num_classes=num_classes)
     if reference is not None:
         metrics["agreement"] = float((torch.cat(preds) == torch.cat(dense)).float().mean())
@@ -270,7 +271,7 @@ def _embeddings(model: nn.Module, batches: list, *, reference: nn.Module,
     cosines = []
     for inputs, _ in batches:
         mine = embeddings_of(forward(model, inputs), inputs)
-        dense = embeddings_of(forward(reference, inputs), inputs)
+        dense = mine if reference is model else embeddings_of(forward(reference, inputs), inputs)
         if mine.shape != dense.shape:
             raise ConfigError(f"the pruned model's embeddings are {tuple(mine.shape)} but the "
                               f"dense model's {tuple(dense.shape)}; keep the output width")
@@ -287,7 +288,8 @@ def _agreement(model: nn.Module, batches: list, *, reference: nn.Module,
     kl = 0.0
     for inputs, _ in batches:
         mine = logits_of(forward(model, inputs)).float().flatten(0, -2)  # (N, classes)
-        dense = logits_of(forward(reference, inputs)).float().flatten(0, -2)  # (N, classes)
+        dense = mine if reference is model else logits_of(  # the dense model against itself
+            forward(reference, inputs)).float().flatten(0, -2)  # (N, classes)
         target = dense.argmax(dim=-1)
         same += int((mine.argmax(dim=-1) == target).sum())
         k = min(5, mine.shape[-1])
