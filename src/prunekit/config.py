@@ -161,6 +161,9 @@ class SparsifyConfig:
         protect_output: leave the last prunable layer (the classifier) dense.
         calibration: data budget of data-driven criteria.
         seed: seed of the ``random`` criterion.
+        skip_indivisible: with an N:M pattern, leave dense (with a warning naming them) the
+            layers whose input size is not a multiple of M (a first conv over 3 channels,
+            depthwise convs) instead of refusing the call.
     """
 
     amount: Rule | NM
@@ -171,6 +174,7 @@ class SparsifyConfig:
     protect_output: bool = False
     calibration: Calibration = field(default_factory=Calibration)
     seed: int = 0
+    skip_indivisible: bool = False
 
     def __post_init__(self) -> None:
         from .sparsify import list_granularities  # sparsify imports this module

@@ -8,6 +8,7 @@ first mask is attached, and a rejected call leaves the model untouched.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -116,6 +117,8 @@ def sparsify(
     crit = get_criterion(config.criterion)
     gran = _GRANULARITIES.get(config.granularity)
     targets = select_targets(model, config.ignore, config.protect_output)
+    if isinstance(config.amount, NM):
+        targets = _nm_divisible(targets, config.amount.m, skip=config.skip_indivisible)
     weights = {t.name: t.weight for t in targets}
     stats = collect_stats(
         model,
@@ -140,6 +143,23 @@ def sparsify(
                 for t in targets}
     _attach(targets, keep, neurons=config.granularity == "neuron")
     return {t.name: _zero_fraction(t.weight) for t in targets}
+
+
+def _nm_divisible(targets: list[Target], m: int, *, skip: bool) -> list[Target]:
+    """Targets whose input size is a multiple of ``m``; the others are named (an error, or a
+    warning when ``skip``)."""
+    bad = [t for t in targets if t.weight.shape[t.spec.in_dim] % m]
+    if not bad:
+        return targets
+    names = ", ".join(f"{t.name} ({t.weight.shape[t.spec.in_dim]} inputs)" for t in bad[:8])
+    names += f" and {len(bad) - 8} more" if len(bad) > 8 else ""
+    if not skip:
+        raise ConfigError(f"an N:M pattern with M={m} needs each layer's input size to be a "
+                          f"multiple of {m}; these are not: {names}; leave them dense with "
+                          "ignore=[...] or skip_indivisible=True")
+    warnings.warn(f"prunekit: left dense (input size not a multiple of {m}): {names}",
+                  stacklevel=3)
+    return [t for t in targets if t not in bad]
 
 
 def _config(model: nn.Module, config: SparsifyConfig | None, options: dict) -> SparsifyConfig:
