@@ -65,15 +65,21 @@ def build(name: str) -> tuple[nn.Module, torch.Tensor]:
 
 def timed(nets: dict, x, args) -> dict[str, tuple[float, float]]:
     """Per network, (fastest run, median of the per-round medians) in ms, over ``args.rounds``
-    rounds that interleave the networks, so slow spells of a shared machine hit all of them."""
+    rounds that interleave the networks, so slow spells of a shared machine hit all of them.
+    With ``--clock cpu`` the times are the thread's CPU time (one thread)."""
+    from prunekit.allocation.latency import _cpu_times
     from prunekit.measure import measure_latency
 
     stats: dict = {key: [] for key in nets}
     for _ in range(args.rounds):
         for key, net in nets.items():
-            stats[key].append(measure_latency(net, x, threads=args.threads, warmup=3,
-                                              runs=args.runs))
-    return {k: (min(s.min_ms for s in v), statistics.median(s.median_ms for s in v))
+            if args.clock == "cpu":
+                times = _cpu_times(net, x, warmup=3, runs=args.runs)
+                stats[key].append((min(times), statistics.median(times)))
+            else:
+                s = measure_latency(net, x, threads=args.threads, warmup=3, runs=args.runs)
+                stats[key].append((s.min_ms, s.median_ms))
+    return {k: (min(a for a, _ in v), statistics.median(b for _, b in v))
             for k, v in stats.items()}
 
 
@@ -90,7 +96,8 @@ def table_rows(args) -> None:
         grid = TABLE_NETS[name][2]
         start = time.perf_counter()
         space = ChannelSpace(model, x)
-        space.use_latency(batch_size=1, threads=args.threads, cache_dir=args.cache, grid=grid)
+        space.use_latency(batch_size=1, threads=args.threads, clock=args.clock,
+                          cache_dir=args.cache, grid=grid)
         seconds = time.perf_counter() - start
         rng = random.Random(0)
         configs = {"dense": [0.0] * len(space.units), "uniform-0.5": [0.5] * len(space.units)}
@@ -107,7 +114,7 @@ def table_rows(args) -> None:
                   "measured_median_ms": round(median, 4),
                   "error_pct": round(100 * (predicted - fastest) / fastest, 2),
                   "error_median_pct": round(100 * (predicted - median) / median, 2),
-                  "threads": args.threads}, args)
+                  "threads": args.threads, "clock": args.clock}, args)
 
 
 # --- part 2: allocation kinds at the same latency budget --------------------------------------
@@ -169,7 +176,8 @@ def accuracy_rows(args) -> None:
                 start = time.perf_counter()
                 alloc = allocate(base, x, kind=kind, budget={"latency_ratio": fraction},
                                  evaluate=evaluate, grid=SEARCH_GRID, round_to=(1, 8),
-                                 batch_size=batch, threads=args.threads, cache_dir=args.cache,
+                                 batch_size=batch, threads=args.threads, clock=args.clock,
+                                 cache_dir=args.cache,
                                  cache_key=f"fmnist-holdout-{args.train}-{args.holdout}",
                                  population=args.population, generations=args.generations,
                                  seed=0)
@@ -196,7 +204,8 @@ def accuracy_rows(args) -> None:
                           "macs_ratio": round(count_macs(model, x).dense / alloc.dense["macs"], 4),
                           "round_to": alloc.round_to, "ratios": alloc.ratios,
                           "search_s": round(search_s, 1), "finetune_epochs": args.finetune_epochs,
-                          "train": args.train, "epochs": args.epochs, "threads": args.threads},
+                          "train": args.train, "epochs": args.epochs, "threads": args.threads,
+                          "clock": args.clock},
                          args)
 
 
@@ -205,32 +214,36 @@ def report(args) -> None:
     rows = [json.loads(line) for line in Path(args.rows).read_text().splitlines() if line.strip()]
     table = [r for r in rows if r["part"] == "table"]
     acc = [r for r in rows if r["part"] == "accuracy"]
-    lines = [f"Machine: {machine()}; {versions_line()}. Latency: {args.runs} timed runs x "
-             f"{args.rounds} interleaved rounds, {args.threads} thread(s); the table's entries "
-             "and the 'measured' column are the fastest run (other jobs shared this machine's "
-             "two cores while it ran, and they only ever add time); the median column shows "
-             "how much the load moved the medians.", ""]
-    if table:
-        lines += ["### How well the table predicts measured latency", "",
+    lines = [f"Machine: {machine()}; {versions_line()}. One intra-op thread; "
+             f"{args.runs} timed runs x {args.rounds} interleaved rounds per network. Clock "
+             "`cpu`: the CPU time of the inference thread, i.e. what an idle core takes; this "
+             "machine's two cores were shared with other jobs while it ran (load average "
+             "13 to 18), which stretches wall-clock times of whole networks 2-5x at random. "
+             "Clock `wall`: wall-clock. 'measured' is the fastest run (table entries too); "
+             "the median column shows the spread.", ""]
+    for clock in dict.fromkeys(r.get("clock", "wall") for r in table):
+        part = [r for r in table if r.get("clock", "wall") == clock]
+        lines += [f"### How well the table predicts measured latency (clock `{clock}`)", "",
                   "| network | groups | table entries | config | predicted ms | measured ms "
                   "(fastest) | error % | measured median ms | error vs median % |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        for r in table:
+        for r in part:
             lines.append(f"| {r['net']} | {r['groups']} | {r['entries']} | {r['config']} | "
                          f"{r['predicted_ms']:.3f} | {r['measured_ms']:.3f} | "
                          f"{r['error_pct']:+.1f} | {r['measured_median_ms']:.3f} | "
                          f"{r['error_median_pct']:+.1f} |")
         lines += ["", "| network | mean abs error % | max abs error % | mean abs error vs "
                   "median % | table built in s |", "|---|---|---|---|---|"]
-        for net in dict.fromkeys(r["net"] for r in table):
-            errs = [abs(r["error_pct"]) for r in table if r["net"] == net]
-            errs_med = [abs(r["error_median_pct"]) for r in table if r["net"] == net]
-            secs = next(r["table_s"] for r in table if r["net"] == net)
+        for net in dict.fromkeys(r["net"] for r in part):
+            errs = [abs(r["error_pct"]) for r in part if r["net"] == net]
+            errs_med = [abs(r["error_median_pct"]) for r in part if r["net"] == net]
+            secs = next(r["table_s"] for r in part if r["net"] == net)
             lines.append(f"| {net} | {statistics.mean(errs):.1f} | {max(errs):.1f} | "
                          f"{statistics.mean(errs_med):.1f} | {secs} |")
         lines.append("")
     if acc:
-        lines += ["### Allocation kinds at the same predicted latency (ResNet-20, Fashion-MNIST)",
+        lines += ["### Allocation kinds at the same predicted latency (ResNet-20, Fashion-MNIST, "
+                  f"clock `{acc[0].get('clock', 'wall')}`)",
                   "", "| batch | budget (x dense) | kind | predicted ms | measured ms, fastest "
                   "(dense) | MACs x dense | held-out acc. after cut | test acc. after cut "
                   "| test acc. after fine-tuning | round_to | search s |",
@@ -271,6 +284,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--population", type=int, default=10)
     ap.add_argument("--generations", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="cpu",
+                    help="cpu: thread CPU time (threads=1), steady on a shared machine")
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cache", default="runs/bench-cache")

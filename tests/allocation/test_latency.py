@@ -142,3 +142,16 @@ def test_table_predicts_measured_latency_roughly():
         predicted = sp.cost(ratios)["latency_ms"]
         measured = measure_latency(sp.build(ratios), x, threads=1, runs=50).median_ms
         assert abs(predicted - measured) / measured < 0.5
+
+
+def test_cpu_clock_timer():
+    from prunekit.allocation.latency import measured_timer
+    from prunekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="threads=1"):
+        measured_timer(threads=2, clock="cpu")
+    with pytest.raises(ConfigError, match="clock must be"):
+        measured_timer(clock="gpu")
+    timer = measured_timer(clock="cpu", runs=3, warmup=1)
+    net = nn.Linear(64, 64)
+    assert timer(net, torch.randn(8, 64)) > 0 and net.training  # train flag restored

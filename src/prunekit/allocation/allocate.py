@@ -88,6 +88,7 @@ def allocate(
     round_to: int | Sequence[int] = 1,
     batch_size: int = 1,
     threads: int = 1,
+    clock: str = "wall",
     seed: int = 0,
     population: int = 16,
     generations: int = 10,
@@ -126,6 +127,8 @@ def allocate(
         round_to: one value, or several for the search to choose from (channels).
         batch_size: batch the latency budget is for.
         threads: threads the latency is measured with.
+        clock: ``"wall"`` (wall-clock, fastest of the runs) or ``"cpu"`` (the thread's CPU
+            time with ``threads=1``: an idle core's latency even on a busy machine).
         seed: seed of the evolutionary search.
         population: evolutionary population size.
         generations: evolutionary generations.
@@ -160,7 +163,7 @@ def allocate(
     space.check_metrics({"latency_ms"} if "latency_ms" in spec.metrics and
                         granularity == "mask" else set())
     if "latency_ms" in spec.metrics:
-        space.use_latency(batch_size=batch_size, threads=threads, timer=timer,
+        space.use_latency(batch_size=batch_size, threads=threads, timer=timer, clock=clock,
                           cache_dir=cache, grid=grid_)
     options = {"population": population, "generations": generations, "block_depth": block_depth,
                "cache_dir": cache, "cache_key": cache_key, "progress": progress}

@@ -28,11 +28,12 @@ Example:
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import json
 import os
 import platform
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,25 +75,79 @@ def machine_key(threads: int) -> dict[str, str]:
             "threads": str(threads), "device": device}
 
 
-def measured_timer(*, threads: int = 1, warmup: int = 3, runs: int = 15,
-                   stat: str = "min") -> Timer:
+def measured_timer(*, threads: int = 1, warmup: int = 3, runs: int = 15, stat: str = "min",
+                   clock: str = "wall") -> Timer:
     """A timer that returns a module's forward-pass milliseconds over ``runs`` timed runs.
 
-    ``stat`` is ``"min"`` (default: other jobs on a shared machine only ever add time, so
-    the fastest run is the steadiest estimate of what the layer costs) or ``"median"``.
+    Args:
+        threads: intra-op threads while timing.
+        warmup: untimed runs first.
+        runs: timed runs.
+        stat: ``"min"`` (default: other jobs on a shared machine only ever add time, so the
+            fastest run is the steadiest estimate) or ``"median"``.
+        clock: ``"wall"`` (``prunekit.measure.measure_latency``) or ``"cpu"``: the CPU
+            time of the calling thread, which with ``threads=1`` is the latency on an idle
+            core even while other jobs share the machine (time spent descheduled is not
+            counted).
     """
     from ..measure import measure_latency
 
     if stat not in ("min", "median"):
         raise ConfigError(f"stat must be 'min' or 'median', got {stat!r}")
-    field_ = "min_ms" if stat == "min" else "median_ms"
+    if clock not in ("wall", "cpu"):
+        raise ConfigError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+    if clock == "cpu" and threads != 1:
+        raise ConfigError("clock='cpu' counts one thread's CPU time: use threads=1")
+    pick = min if stat == "min" else (lambda xs: float(np.median(xs)))
 
     def timer(module: nn.Module, inputs: Any) -> float:
+        if clock == "cpu":
+            return pick(_cpu_times(module, inputs, warmup=warmup, runs=runs))
         stats = measure_latency(module, inputs, threads=threads, warmup=warmup, runs=runs)
-        return float(getattr(stats, field_))
+        return float(stats.min_ms if stat == "min" else stats.median_ms)
 
-    timer.__qualname__ = f"measured(threads={threads},warmup={warmup},runs={runs},{stat})"
+    timer.__qualname__ = f"measured(threads={threads},warmup={warmup},runs={runs},{stat},{clock})"
     return timer
+
+
+def _cpu_times(module: nn.Module, inputs: Any, *, warmup: int, runs: int) -> list[float]:
+    """Milliseconds of the calling thread's CPU time per forward pass (one intra-op thread)."""
+    import time
+
+    out = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with _eval_mode(module), torch.inference_mode():
+            for _ in range(warmup):
+                _run(module, inputs)
+            for _ in range(runs):
+                start = time.thread_time()
+                _run(module, inputs)
+                out.append((time.thread_time() - start) * 1e3)
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
+def _run(module: nn.Module, inputs: Any) -> Any:
+    if isinstance(inputs, Mapping):
+        return module(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return module(*inputs)
+    return module(inputs)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode inside; every module's own flag restored after."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in flags:
+            module.training = training
 
 
 @dataclass
@@ -145,6 +200,7 @@ class LatencyTable:
         timer: ``timer(module, inputs) -> ms``; by default the median of
             ``measure_latency`` with ``threads`` threads. Tests pass a deterministic one.
         threads: intra-op threads of the default timer (part of the cache key).
+        clock: ``"wall"`` or ``"cpu"`` (thread CPU time, ``threads=1``) for the default timer.
         cache_dir: folder of the on-disk cache (one JSON file per machine, torch
             version, thread count and timer); ``None`` keeps entries in memory only.
         build: ``build(counts) -> model`` pruned to ``counts``; when given, the part of
@@ -153,12 +209,12 @@ class LatencyTable:
 
     def __init__(self, graph: Any, *, widths: Mapping[int, Sequence[int]],
                  batch_size: int = 1, timer: Timer | None = None, threads: int = 1,
-                 cache_dir: str | os.PathLike[str] | None = None,
+                 clock: str = "wall", cache_dir: str | os.PathLike[str] | None = None,
                  build: Callable[[Counts], nn.Module] | None = None) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.graph, self.batch_size = graph, batch_size
-        self.timer = timer or measured_timer(threads=threads)
+        self.timer = timer or measured_timer(threads=threads, clock=clock)
         self.threads = threads
         self.widths = {int(g): sorted({int(w) for w in ws} | {graph.groups[g].size})
                        for g, ws in widths.items()}
@@ -200,8 +256,6 @@ class LatencyTable:
         model, shapes = self.graph.model, {}
         hooks = [m.register_forward_hook(self._hook(name, shapes))
                  for name, m in model.named_modules() if isinstance(m, (*_CONV, nn.Linear, *_NORM))]
-        from ..measure.cost import _eval_mode
-
         try:
             with _eval_mode(model), torch.no_grad():
                 run_model(model, self._inputs())

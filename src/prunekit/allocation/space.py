@@ -179,7 +179,8 @@ class ChannelSpace(_Space):
 
     # -- costs --------------------------------------------------------------------------------
     def use_latency(self, *, batch_size: int = 1, threads: int = 1, timer: Any = None,
-                    cache_dir: Any = None, grid: Sequence[float] = ()) -> None:
+                    clock: str = "wall", cache_dir: Any = None,
+                    grid: Sequence[float] = ()) -> None:
         """Build the latency table for ``batch_size`` (widths of every grid ratio and
         ``round_to`` choice)."""
         from .latency import LatencyTable
@@ -188,7 +189,8 @@ class ChannelSpace(_Space):
         widths = {g.id: sorted({keep_count(g.size, r, rt) for r in ratios
                                 for rt in self.round_to_choices}) for g in self.groups}
         self.tables[batch_size] = LatencyTable(self.graph, widths=widths, batch_size=batch_size,
-                                               timer=timer, threads=threads, cache_dir=cache_dir,
+                                               timer=timer, threads=threads, clock=clock,
+                                               cache_dir=cache_dir,
                                                build=self.build_counts)
         self.latency_options = {"batch_size": batch_size}
         self._dense = self._cost_of({}, latency=True)
