@@ -33,7 +33,13 @@ import time
 from pathlib import Path
 
 import torch
-from _common import interleaved_medians, machine, versions_line, write_section
+from _common import (
+    TensorBatches,
+    interleaved_medians,
+    machine,
+    versions_line,
+    write_section,
+)
 
 import prunekit as pk
 from prunekit._io import save_safetensors, write_json
@@ -49,7 +55,7 @@ from prunekit.compress import (
     save_quantized,
     share_weights,
 )
-from prunekit.data import load_dataset, make_loader
+from prunekit.data import load_dataset
 from prunekit.measure import save_sparse
 from prunekit.models import build_model
 from prunekit.recovery import train
@@ -104,7 +110,8 @@ def one_seed(name: str, seed: int, data, args, tmp: Path) -> list[dict]:
     cfg = dict(SETTINGS[name])
     if args.quick:
         cfg.update(epochs=1, ft_epochs=1)
-    train_loader, test_loader, calib, example = data
+    train_set, test_loader, calib, example = data
+    train_loader = TensorBatches(train_set, batch_size=128, seed=seed)  # seeded data order
     torch.manual_seed(seed)
     model = build_model(name, input_shape=(1, 28, 28), num_classes=10)
     opt = dict(seed=seed, quiet=args.quiet, momentum=0.9, weight_decay=5e-4)
@@ -214,7 +221,7 @@ def latency(nets: dict, example: torch.Tensor, args) -> dict:
     out: dict = {}
     for batch in (1, 64):
         x = example[:1].repeat(batch, 1, 1, 1)
-        med = interleaved_medians(nets, x, threads=2, warmup=3, runs=args.runs, rounds=3)
+        med = interleaved_medians(nets, x, threads=args.threads, warmup=3, runs=args.runs, rounds=3)
         for key, values in med.items():
             out.setdefault(key, {})[f"latency_ms_b{batch}"] = round(statistics.median(values), 3)
     return out
@@ -232,15 +239,10 @@ def load(args, name: str):
     if args.quick:
         x, y = train_set.tensors
         train_set = torch.utils.data.TensorDataset(x[:4000], y[:4000])
-    train_loader = make_loader(train_set, batch_size=128, shuffle=True, seed=0)
-    test_loader = make_loader(splits.test, batch_size=1000, shuffle=False)
-    calib = [
-        x
-        for _, (x, _) in zip(
-            range(8), make_loader(train_set, batch_size=128, shuffle=True, seed=1), strict=False
-        )
-    ]
-    return train_loader, test_loader, calib, splits.test.tensors[0][:1]
+    test_loader = TensorBatches(splits.test, batch_size=1000, seed=0, shuffle=False)
+    batches = TensorBatches(train_set, batch_size=128, seed=1)
+    calib = [x for _, (x, _) in zip(range(8), batches, strict=False)]
+    return train_set, test_loader, calib, splits.test.tensors[0][:1]
 
 
 def summary(rows: list[dict]) -> list[dict]:
@@ -304,7 +306,9 @@ def markdown(rows: list[dict], runs: list[dict]) -> str:
         "Bytes are file sizes on disk; ratio = dense file / this file. Accuracy on the 10,000 test "
         "images, mean ± std over the seeds. The Deep-Compression row's accuracy is measured on the "
         "model decoded from the file (decoded tensors checked bit-identical to the shared "
-        "model's in every run).",
+        "model's in every run). Latency: median over 3 interleaved rounds (dense, pruned, int8) "
+        f"of {runs[0].get('runs', 20)} timed runs each, {runs[0].get('threads', 1)} intra-op "
+        "thread(s); the pruned network is the dense one with zeros, so it is no faster.",
         "",
         "| model | stage | stored as | accuracy (%) | bytes | ratio "
         "| CPU ms, batch 1 | CPU ms, batch 64 |",
@@ -349,6 +353,9 @@ def main() -> None:
         help="train ResNet-20 on a seeded subset of this many images",
     )
     p.add_argument("--runs", type=int, default=20)
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (training and timing)"
+    )
     p.add_argument("--data-dir", default=None)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -366,6 +373,7 @@ def main() -> None:
         rows = [r for run in runs for r in run["rows"]]
         write_section("docs/compress.md", "compression", markdown(rows, runs), title=TITLE)
         return
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -375,7 +383,13 @@ def main() -> None:
                 for row in one_seed(name, seed, data, args, Path(tmp)):
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-    run = {"command": " ".join(sys.argv[1:]), "seconds": time.perf_counter() - t0, "rows": rows}
+    run = {
+        "command": " ".join(sys.argv[1:]),
+        "seconds": time.perf_counter() - t0,
+        "threads": args.threads,
+        "runs": args.runs,
+        "rows": rows,
+    }
     if args.json:
         write_json(args.json, run)
     if not args.no_docs:
