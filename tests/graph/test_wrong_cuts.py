@@ -195,3 +195,14 @@ def test_single_head_attention_keeps_head_dim(sdpa):
     original, plan = _pruned(model, x, ratio=0.5)
     assert model.qkv.out_features == 96
     assert pk.verify(original, model, plan, x).ok
+
+
+def test_every_deciding_module_is_found():
+    """Two data-dependent branches in two modules: both are refused, not only the first."""
+    torch.manual_seed(0)
+    model = nn.Sequential(Branchy(), nn.ReLU(), Branchy())
+    model[2].a = nn.Linear(4, 16)
+    with pytest.warns(UserWarning):
+        graph = pk.trace(model, torch.randn(2, 8))
+    for name in ("0.a.weight", "2.a.weight"):
+        assert any("data-dependent" in r for g in graph.group_of(name, 0) for r in g.blocked)

@@ -140,11 +140,10 @@ def check_paths(graph: Any, model: nn.Module, inputs: Any, ops: list[str],
         reads: the values read into Python during the traced run (any kind).
         bools: the ``bool(tensor)`` calls among them (``index`` counts those calls).
     """
-    for read in bools[:MAX_BRANCHES]:
+    for read in bools[:MAX_BRANCHES]:  # every branch: another module may decide another path
         got = _ops_of(model, inputs, _FlipBool(read.index))
         if got is not None and _first_difference(ops, got) is not None:
             _block_branch(graph, read)
-            return
     if not reads or bools and len(bools) <= MAX_BRANCHES and len(bools) == len(reads):
         return
     for other in perturbations(inputs):
@@ -183,6 +182,8 @@ def _block_branch(graph: Any, read: Read) -> None:
     reason = (f"data-dependent control flow at {read.line} (in {path or '<model>'}): another input "
               "runs other operators, which one trace cannot see; make the branch independent of "
               "the data, or ignore this module")
+    if reason in graph.notes:
+        return
     for p, axes in graph.module_axes.items():
         if not path or p == path or p.startswith(path + "."):
             for a in axes:
