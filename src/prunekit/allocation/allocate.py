@@ -40,6 +40,7 @@ class Allocation:
         predicted: the same costs predicted for the allocation.
         quality: held-out quality of the pruned copy (before any fine-tuning), if evaluated.
         history: what the strategy did (scans, greedy steps, generations, evaluations).
+        latency: how latency was measured (batch_size, threads, clock), when it was.
     """
 
     kind: str
@@ -53,6 +54,7 @@ class Allocation:
     predicted: dict[str, float]
     quality: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    latency: dict[str, Any] = field(default_factory=dict)
 
     @property
     def plan_kwargs(self) -> dict[str, Any]:
@@ -171,7 +173,9 @@ def allocate(
     ratios, rt, history = strategy(ctx)
     alloc = Allocation(kind, space.granularity, space.ratios_dict(ratios), rt, space.criterion,
                        list(ignore), spec.to_dict(), ctx.dense, space.cost(ratios, rt),
-                       ctx.quality(ratios, rt) if evaluate is not None else None, history)
+                       ctx.quality(ratios, rt) if evaluate is not None else None, history,
+                       {"batch_size": batch_size, "threads": threads, "clock": clock}
+                       if "latency_ms" in spec.metrics else {})
     if history_path is not None:
         alloc.save(history_path)
     return alloc
