@@ -5,8 +5,9 @@ pruned with ``pk.prune(ratio=0.5)`` (classifier kept), exported with
 ``pk.export_onnx`` (which refuses a file whose onnxruntime outputs differ from
 PyTorch's by more than 1e-4 x the output scale), and timed at batch 1 in PyTorch
 (``prunekit.measure.measure_latency``) and in onnxruntime (``onnx_latency``), both
-with 2 intra-op threads, in interleaved rounds. The BERT encoder is also quantized
-with onnxruntime's dynamic int8 (``quantize_onnx``).
+with the same intra-op thread count (``--threads``, 1 by default), in interleaved
+rounds. The BERT encoder is also quantized with onnxruntime's dynamic int8
+(``quantize_onnx``).
 
     .venv/bin/python benchmarks/onnx_export.py            # all five, a few minutes
     .venv/bin/python benchmarks/onnx_export.py --models resnet20 bert-minilm --runs 10
@@ -119,9 +120,10 @@ def one(name: str, args, tmp: Path) -> dict:
 def _latency(model, x, files: dict, args) -> dict:
     times: dict = {"torch_ms": [], **{f"{k}_ms": [] for k in files}}
     for _ in range(args.rounds):
-        times["torch_ms"].append(measure_latency(model, x, threads=2, runs=args.runs).median_ms)
+        stats = measure_latency(model, x, threads=args.threads, runs=args.runs)
+        times["torch_ms"].append(stats.median_ms)
         for key, path in files.items():
-            times[f"{key}_ms"].append(onnx_latency(path, x, threads=2, runs=args.runs))
+            times[f"{key}_ms"].append(onnx_latency(path, x, threads=args.threads, runs=args.runs))
     return {k.replace(" ", "_"): round(statistics.median(v), 3) for k, v in times.items()}
 
 
@@ -137,7 +139,8 @@ def markdown(rows: list[dict], args, seconds: float, command: str) -> str:
         "",
         "Every network pruned with `pk.prune(model, x, ratio=0.5)` (classifier kept), exported "
         "with `pk.export_onnx` (opset 18, dynamic batch), outputs compared with PyTorch's on the "
-        "example input. Latency: batch 1, 2 intra-op threads, median of "
+        f"example input. Latency: batch 1, {args.threads} intra-op thread(s) in both runtimes, "
+        "median of "
         f"{args.rounds} interleaved rounds of {args.runs} runs. Inputs: 1x28x28 for ResNet-20, "
         "3x224x224 for the ImageNet networks, 128 tokens for BERT.",
         "",
@@ -177,6 +180,7 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads, both runtimes")
     p.add_argument("--no-docs", action="store_true")
     p.add_argument(
         "--from-log",
