@@ -75,7 +75,7 @@ SETTINGS = {
         int8="dynamic",
     ),
     "resnet20": dict(
-        epochs=6,
+        epochs=5,
         lr=0.1,
         sparsity=0.8,
         ft_epochs=2,
