@@ -126,6 +126,7 @@ def test_dry_run_says_what_would_be_cut(workspace: Path) -> None:
     assert not (workspace / "runs").exists()
 
 
+@pytest.mark.slow  # loads digits and traces LeNet-5: 6 s
 def test_dry_run_of_a_reference_recipe() -> None:
     recipe = parse_recipe({"prune": {"granularity": "channel", "ratio": 0.5},
                            "model": {"name": "lenet5"}, "data": {"test_samples": 16}})

@@ -103,11 +103,13 @@ def test_resume_gives_the_masks_of_an_unbroken_run(tmp_path: Path, kind: str) ->
         assert torch.allclose(a.float(), b.float(), atol=1e-6), name
 
 
+@pytest.mark.slow  # docs/your-model.md's Trainer block checks a schedule end to end by default
 def test_schedule_reached_at_the_right_steps(tmp_path: Path) -> None:
     model, pruner = _train(tmp_path, "oneshot")
     assert pruner.sparsity == 0.5 and pk.sparsity_of(model) == pytest.approx(0.5, abs=0.02)
 
 
+@pytest.mark.slow  # two Trainer runs for one error message
 def test_resume_without_pruner_state_is_an_error(tmp_path: Path) -> None:
     _train(tmp_path / "a", "agp")
     (tmp_path / "a" / "checkpoint-3" / STATE_FILE).unlink()
