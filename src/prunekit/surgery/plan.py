@@ -142,10 +142,38 @@ class Plan:
         """Units removed over all groups."""
         return sum(g.removed for g in self.groups)
 
+    @property
+    def left_whole(self) -> dict[str, str]:
+        """Prunable groups this plan leaves whole, and why: a group sharing its dimension
+        with one cut instead, or a cut the dry run refused (the forward pass breaks, or
+        the code would regroup what it splits)."""
+        out = {name: why for name, why in self.info.get("skipped", {}).items()}
+        for name, why in self.info.get("excluded", {}).items():
+            out[name] = f"left whole because its cut fails the dry run: {why}"
+        return out
+
     def __repr__(self) -> str:
         cut = [g for g in self.groups if g.removed]
+        whole = len(self.left_whole)
         return (f"Plan({len(cut)} groups cut, {self.removed_units} units removed, "
-                f"{len(self.tensors)} tensors reshaped)")
+                f"{len(self.tensors)} tensors reshaped"
+                + (f"; {whole} prunable groups left whole, see plan.summary()" if whole else "")
+                + ")")
+
+    def summary(self) -> str:
+        """What the plan cuts, and every prunable group it leaves whole with the reason.
+
+        Example:
+            >>> print(plan.summary())
+        """
+        lines = [repr(self)]
+        lines += [f"  cut {g.name}: {len(g.kept)} of {g.size} units kept"
+                  for g in self.groups if g.removed]
+        lines += [f"  left whole {name}: {why}" for name, why in self.left_whole.items()]
+        ignored = self.info.get("ignored")
+        if ignored:
+            lines.append(f"  ignored modules (outputs kept): {', '.join(ignored)}")
+        return "\n".join(lines)
 
     def subset(self, group_ids: set[int] | list[int]) -> Plan:
         """A plan that makes only the cuts of the given groups (no config changes)."""
