@@ -13,7 +13,7 @@
 2. ``run``: writes the recipes of docs/your-model.md into that folder and runs each with
    ``prunekit run RECIPE --out DIR``; prints a Markdown table of dense vs pruned.
 
-    python benchmarks/your_model.py prepare --per-class 50
+    python benchmarks/your_model.py prepare --per-class 20
     python benchmarks/your_model.py run
 """
 
@@ -175,7 +175,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare")
-    p.add_argument("--per-class", type=int, default=50)
+    p.add_argument("--per-class", type=int, default=20)
     r = sub.add_parser("run")
     r.add_argument("names", nargs="*", default=list(RECIPES))
     args = parser.parse_args()

@@ -73,7 +73,8 @@ def test_image_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="data.root .*missing does not exist"):
         load_data({"kind": "image-folder", "root": str(tmp_path / "missing")})
     root = make_image_folder(tmp_path / "imgs")
-    with pytest.raises(DataError, match=r"folder .*tst does not exist \(folders in .*: train, val\)"):
+    with pytest.raises(DataError,
+                       match=r"folder .*tst does not exist \(folders in .*: train, val\)"):
         load_data({"kind": "image-folder", "root": str(root), "test": "tst"})
     (root / "empty" / "cat").mkdir(parents=True)
     with pytest.raises(DataError, match="split .*empty is empty"):

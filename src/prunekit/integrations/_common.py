@@ -18,7 +18,8 @@ STATE_FILE = "prunekit_pruner.pt"
 
 
 class Stateful(Protocol):
-    """A pruner a trainer can drive: :class:`prunekit.Pruner`, :class:`~prunekit.schedules.Surgery`."""
+    """A pruner a trainer can drive: :class:`prunekit.Pruner`, or
+    :class:`~prunekit.schedules.Surgery`."""
 
     model: nn.Module
     step_count: int

@@ -14,13 +14,19 @@ __all__ = ["plot_layers", "render_markdown"]
 
 # metric key -> (label, kind); kind formats the value.
 _ROWS = (
-    ("accuracy", "accuracy", "pct"), ("f1_macro", "F1 (macro)", "pct"),
+    ("accuracy", "accuracy", "pct"),
+    ("f1_macro", "F1 (macro)", "pct"),
     ("agreement", "agreement with dense top-1", "pct"),
-    ("top5_agreement", "dense top-1 in pruned top-5", "pct"), ("kl", "KL(dense || pruned)", "num"),
-    ("cosine_mean", "cosine to dense (mean)", "num"), ("cosine_min", "cosine to dense (min)", "num"),
-    ("perplexity", "perplexity", "num"), ("params", "parameters", "int"),
-    ("nonzero_params", "non-zero parameters", "int"), ("sparsity", "sparsity (zero weights)", "pct"),
-    ("macs", "MACs per example", "int"), ("latency_ms", "CPU latency, batch 1 (ms)", "num"),
+    ("top5_agreement", "dense top-1 in pruned top-5", "pct"),
+    ("kl", "KL(dense || pruned)", "num"),
+    ("cosine_mean", "cosine to dense (mean)", "num"),
+    ("cosine_min", "cosine to dense (min)", "num"),
+    ("perplexity", "perplexity", "num"),
+    ("params", "parameters", "int"),
+    ("nonzero_params", "non-zero parameters", "int"),
+    ("sparsity", "sparsity (zero weights)", "pct"),
+    ("macs", "MACs per example", "int"),
+    ("latency_ms", "CPU latency, batch 1 (ms)", "num"),
     ("size_bytes", "size (dense safetensors)", "kib"),
     ("sparse_size_bytes", "size (sparse encoding)", "kib"),
 )
