@@ -276,8 +276,13 @@ def run_user(recipe: Recipe, *, out_dir: str | Path, quiet: bool = False) -> Any
     _baseline(dense, prepared, recipe, quiet)
     dense_metrics = _evaluate(dense, dense, prepared, recipe, quiet, "dense")
     model = copy.deepcopy(dense)
-    _say(quiet, f"cutting ({'channels' if recipe.prune.structured else 'masks'})")
+    what = "channels: trace, plan, verify" if recipe.prune.structured else "masks"
+    _say(quiet, f"cutting ({what})")
+    cut_start = time.perf_counter()
     summary = cut(model, prepared, recipe.prune, seed=recipe.seed)
+    _say(quiet, f"cut in {time.perf_counter() - cut_start:.1f} s: params "
+                f"{summary['params_before']:,} -> {summary['params_after']:,}, sparsity "
+                f"{100 * summary['sparsity']:.1f}%")
     tuned = _finetune(model, prepared, recipe, quiet)
     pruned_metrics = _evaluate(model, dense, prepared, recipe, quiet, "pruned")
     plan = summary.pop("plan")
