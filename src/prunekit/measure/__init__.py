@@ -7,8 +7,10 @@ Example:
 
 from __future__ import annotations
 
+from .cost import LatencyComparison as LatencyComparison
 from .cost import LatencyStats as LatencyStats
 from .cost import MacCount as MacCount
+from .cost import compare_latency as compare_latency
 from .cost import count_macs as count_macs
 from .cost import count_nonzero_params as count_nonzero_params
 from .cost import count_params as count_params
@@ -20,9 +22,11 @@ from .sparse_io import load_sparse as load_sparse
 from .sparse_io import save_sparse as save_sparse
 
 __all__ = [
+    "LatencyComparison",
     "LatencyStats",
     "MacCount",
     "classification_metrics",
+    "compare_latency",
     "count_macs",
     "count_nonzero_params",
     "count_params",
