@@ -159,7 +159,8 @@ def _channel_ranked(space: Any, s: float, round_to: int, lamp: bool, cap: float)
     import prunekit as pk
 
     kw = space.plan_kwargs([0.0] * len(space.units), round_to)
-    kw.update(ratio=float(s), ratios=None, scope="global", max_ratio=cap, check=False)
+    kw.pop("ratios")
+    kw.update(ratio=float(s), scope="global", max_ratio=cap, check=False)
     if lamp:
         kw["criterion"] = "lamp"
     plan = pk.plan(space.graph, **kw)
