@@ -175,6 +175,9 @@ def _nothing_to_prune(graph: Graph, ignored: set[str]) -> str:
                 "prunekit.graph.register_op")
     why = "ignored modules cover every group" if ignored and graph.prunable_groups else \
         "every group is a model input/output or is otherwise blocked"
+    flow = next((n for n in graph.notes if n.startswith("data-dependent control flow")), None)
+    if flow and not graph.prunable_groups:
+        why += f" ({flow})"
     return f"nothing can be pruned: {why}; run pk.inspect_model to see the groups and reasons"
 
 

@@ -206,3 +206,10 @@ def test_every_deciding_module_is_found():
         graph = pk.trace(model, torch.randn(2, 8))
     for name in ("0.a.weight", "2.a.weight"):
         assert any("data-dependent" in r for g in graph.group_of(name, 0) for r in g.blocked)
+
+
+def test_nothing_to_prune_says_it_was_the_branch():
+    from prunekit.errors import ConfigError
+
+    with pytest.warns(UserWarning), pytest.raises(ConfigError, match=r"if h\.sum\(\) > 0"):
+        pk.prune(Branchy(), torch.randn(2, 8), ratio=0.5)
