@@ -68,13 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", type=float, nargs="+", default=[0.20, 0.35])
     p.add_argument("--block-share", type=float, default=0.25,
                    help="share of the target taken by whole blocks (the rest: heads, MLP)")
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--calib-samples", type=int, default=32)
-    p.add_argument("--eval-samples", type=int, default=32)
-    p.add_argument("--recovery-samples", type=int, default=64)
-    p.add_argument("--recovery-steps", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--calib-samples", type=int, default=16)
+    p.add_argument("--eval-samples", type=int, default=16)
+    p.add_argument("--recovery-samples", type=int, default=16)
+    p.add_argument("--recovery-steps", type=int, default=8)
     p.add_argument("--recovery-batch", type=int, default=2)
-    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--criterion", default="flap")
     p.add_argument("--compensate", default="bias")
     p.add_argument("--threads", type=int, default=2)
@@ -202,7 +202,7 @@ def _speed(dense, pruned: dict, rows: list[dict], args) -> None:
     nets = {"dense": dense, **{f"{k} target": m for k, m in pruned.items()}}
     prompt = torch.randint(0, dense.config.vocab_size, (1, args.seq_len),
                            generator=torch.Generator().manual_seed(args.seed))
-    new = 8 if args.quick else 32
+    new = 8 if args.quick else 16
     times = {k: {"prefill": [], "decode": []} for k in nets}
     with torch.no_grad():
         for _ in range(1 if args.quick else 3):
