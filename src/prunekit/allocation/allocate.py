@@ -162,11 +162,10 @@ def allocate(
         raise ConfigError(f"allocate needs an nn.Module, got {type(model).__name__}")
     cache = _cache_dir(cache_dir)
     space = _space(model, example_inputs, granularity, criterion, ignore, round_to, plan_options)
-    space.check_metrics({"latency_ms"} if "latency_ms" in spec.metrics and
-                        granularity == "mask" else set())
-    if "latency_ms" in spec.metrics:
+    if "latency_ms" in spec.metrics and granularity == "channel":
         space.use_latency(batch_size=batch_size, threads=threads, timer=timer, clock=clock,
                           cache_dir=cache, grid=grid_)
+    space.check_metrics(spec.metrics)
     options = {"population": population, "generations": generations, "block_depth": block_depth,
                "cache_dir": cache, "cache_key": cache_key, "progress": progress}
     ctx = SearchContext(space, spec, grid_, evaluate, seed, options)
