@@ -138,7 +138,7 @@ def _prune_row(dense, tok, target, calib, recover, held, args) -> tuple[dict, nn
     ranking, _ = prune_blocks(model, batches, n=n_blocks, metric="angular")
     rest = (target * p0 - (p0 - _params(model))) / _params(model)
     plan = prune_width(model, batches, target_params=rest, criterion=args.criterion,
-                       compensate=args.compensate)
+                       compensate=args.compensate, round_to=8)
     prune_s = time.perf_counter() - t
     ppl = _ppl(model, held)
     c = model.config

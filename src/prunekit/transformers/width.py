@@ -74,6 +74,7 @@ def prune_width(
     max_ratio: float = 0.9,
     compensate: str = "bias",
     damp: float = 0.01,
+    round_to: int = 1,
     batches: int | None = None,
     check: bool | str = True,
 ) -> Plan:
@@ -96,6 +97,7 @@ def prune_width(
         max_ratio: with ``scope="global"`` or a target, the most any group loses.
         compensate: ``"bias"``, ``"lstsq"`` or ``"none"`` (see the module docstring).
         damp: ridge dampening of ``lstsq``, relative to the mean diagonal of the Gram matrix.
+        round_to: kept channel counts are multiples of this (8 suits CPU and GPU kernels).
         batches: use at most this many calibration batches.
         check: as for :func:`prunekit.plan`.
 
@@ -120,7 +122,7 @@ def prune_width(
         if undo.biases:  # the new biases are cut with their heads: trace them too
             graph = _st.trace(model, example)
         plan = _plan(graph, ratios, parts, ignore, criterion, scope, max_ratio, batch_list,
-                     check)
+                     check, round_to)
         cut = _consumers(model, plan)
         notes = _COMPENSATIONS.get(compensate)(model, plan, stats, cut, undo=undo, damp=damp)
         _st.apply(model, plan)
@@ -189,8 +191,9 @@ def _probe(graph: Any, ratios: dict[str, float], parts: dict[str, str], ignore: 
                     criterion="random", ignore=ignore, check=False)
 
 
-def _plan(graph, ratios, parts, ignore, criterion, scope, max_ratio, batches, check) -> Plan:
-    common = {"criterion": criterion, "ignore": ignore, "data": batches,
+def _plan(graph, ratios, parts, ignore, criterion, scope, max_ratio, batches, check,
+          round_to) -> Plan:
+    common = {"criterion": criterion, "ignore": ignore, "data": batches, "round_to": round_to,
               "batches": len(batches), "check": check, "max_ratio": max_ratio}
     if "target" in ratios:
         return _st.plan(graph, target={"params": ratios["target"]}, **common)
