@@ -175,3 +175,9 @@ def test_importing_the_package_does_not_import_transformers() -> None:
     code = ("import sys, prunekit.transformers; "
             "sys.exit('transformers' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_round_to_keeps_multiples() -> None:
+    model = tiny(intermediate_size=64)
+    prune_width(model, batches(), attention_ratio=0.0, mlp_ratio=0.3, round_to=8)
+    assert model.config.intermediate_size == 48  # 64 x 0.7 = 44.8, rounded to a multiple of 8
