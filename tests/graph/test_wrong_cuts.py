@@ -213,3 +213,16 @@ def test_nothing_to_prune_says_it_was_the_branch():
 
     with pytest.warns(UserWarning), pytest.raises(ConfigError, match=r"if h\.sum\(\) > 0"):
         pk.prune(Branchy(), torch.randn(2, 8), ratio=0.5)
+
+
+def test_model_errors_and_tracer_errors_are_told_apart(monkeypatch):
+    from prunekit.errors import TraceError
+    from prunekit.graph import _tracer
+
+    model = nn.Sequential(nn.Linear(8, 4))
+    with pytest.raises(TraceError, match="the model failed on the example inputs"):
+        pk.trace(model, torch.randn(2, 5))  # the user's mistake: a wrong input size
+
+    monkeypatch.setattr(_tracer, "Call", None)  # a bug in the tracer's own bookkeeping
+    with pytest.raises(TraceError, match="tracer failed internally"):
+        pk.trace(model, torch.randn(2, 8))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import os
 import re
 import time
 import weakref
@@ -475,6 +476,11 @@ def build_graph(model: nn.Module, example_inputs: Any, rules: Any) -> Graph:
         with _tracing_state(model), tracer, _Literals(tracer):
             out = run_model(model, example_inputs)
     except Exception as e:
+        if _raised_by_prunekit(e):
+            raise TraceError(
+                f"prunekit's tracer failed internally ({type(e).__name__}: {e}); this is not "
+                "the model's fault: please report it with the model's code"
+            ) from e
         raise TraceError(
             f"the model failed on the example inputs while tracing ({type(e).__name__}: {e}); "
             "check that example_inputs is what model(...) accepts (tensor, tuple or dict)"
@@ -493,6 +499,18 @@ def build_graph(model: nn.Module, example_inputs: Any, rules: Any) -> Graph:
     _block_unused(graph, tracer, model)
     graph.finalize()
     return graph
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _raised_by_prunekit(e: BaseException) -> bool:
+    """Whether the innermost frame of ``e`` is prunekit's own code (not the model's, not torch)."""
+    tb, last = e.__traceback__, None
+    while tb is not None:
+        last = tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    return last is not None and os.path.abspath(last).startswith(_PACKAGE)
 
 
 def _block_unused(graph: Graph, tracer: Tracer, model: nn.Module) -> None:
