@@ -85,6 +85,7 @@ def run(seeds: range, *, peer: bool, limit_s: float, progress: bool) -> dict[str
     tools = {"prunekit": fm.check_prunekit}
     if peer:
         tools["torch-pruning"] = check_torch_pruning
+    versions = _versions()  # the code that runs is the code loaded now
     counts = {t: collections.Counter() for t in tools}
     times: dict[str, list[float]] = {t: [] for t in tools}
     reasons: collections.Counter = collections.Counter()
@@ -110,7 +111,7 @@ def run(seeds: range, *, peer: bool, limit_s: float, progress: bool) -> dict[str
             print(f"{i + 1} cases, {time.time() - start:.0f} s: "
                   + "; ".join(f"{t} {dict(counts[t])}" for t in tools), file=sys.stderr)
     return {"counts": counts, "times": times, "reasons": reasons, "odd": odd,
-            "wall_s": time.time() - start}
+            "wall_s": time.time() - start, "versions": versions}
 
 
 def _reason(detail: str) -> str:
@@ -131,6 +132,10 @@ def _versions() -> dict[str, str]:
         out["prunekit commit"] = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        if dirty:
+            out["prunekit commit"] += " (with uncommitted changes under src/)"
     except (OSError, subprocess.CalledProcessError):
         out["prunekit commit"] = "unknown"
     return out
@@ -178,7 +183,7 @@ def report(result: dict[str, Any], *, command: str, seeds: range) -> str:
         "",
         f"Command: `{command}`  ",
         f"Machine: {_machine()}  ",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in _versions().items()) + "  ",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()) + "  ",
         f"Wall time: {result['wall_s']:.0f} s",
         "",
         "## prunekit",
