@@ -140,7 +140,8 @@ def test_table_predicts_measured_latency_roughly():
     sp.use_latency(threads=1, cache_dir=None, grid=GRID)
     for ratios in ([0.5] * len(sp.units), [0.0, 0.75] * (len(sp.units) // 2)):
         predicted = sp.cost(ratios)["latency_ms"]
-        measured = measure_latency(sp.build(ratios), x, threads=1, runs=50).median_ms
+        # the fastest run, as the table's entries: other jobs on the machine only add time
+        measured = measure_latency(sp.build(ratios), x, threads=1, runs=100).min_ms
         assert abs(predicted - measured) / measured < 0.5
 
 
