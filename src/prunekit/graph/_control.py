@@ -140,6 +140,10 @@ def check_paths(graph: Any, model: nn.Module, inputs: Any, ops: list[str],
         reads: the values read into Python during the traced run (any kind).
         bools: the ``bool(tensor)`` calls among them (``index`` counts those calls).
     """
+    from ._tracer import flatten_tensors
+
+    if any(t.device.type == "meta" for t in flatten_tensors(inputs)):
+        return  # values on the meta device were faked; no other path can be run
     for read in bools[:MAX_BRANCHES]:  # every branch: another module may decide another path
         got = _ops_of(model, inputs, _FlipBool(read.index))
         if got is not None and _first_difference(ops, got) is not None:
