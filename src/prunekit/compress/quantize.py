@@ -214,6 +214,8 @@ def _quiet() -> Iterator[None]:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*")
+        warnings.filterwarnings("ignore", module=r"torch\.ao\..*")
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
         yield
 
 
@@ -357,7 +359,9 @@ def serialized_bytes(model_or_state_dict: nn.Module | Mapping[str, Any]) -> byte
         else model_or_state_dict
     )
     buf = io.BytesIO()
-    torch.save(state, buf)
+    with _quiet(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+        torch.save(state, buf)
     return buf.getvalue()
 
 
@@ -389,7 +393,8 @@ def load_quantized(
     """
     config = _resolve_config(config)
     try:
-        with torch.serialization.safe_globals([torch.ScriptObject]):  # packed int8 weights
+        with torch.serialization.safe_globals([torch.ScriptObject]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
             state = torch.load(Path(path), map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
         raise DataError(f"cannot read quantized weights {path}: {exc}") from None
