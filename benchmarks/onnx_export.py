@@ -94,7 +94,10 @@ def one(name: str, args, tmp: Path) -> dict:
     model, x, heads = MODELS[name]()
     model.eval()
     dense_params = count_params(model)
-    pk.prune(model, x, ratio=0.5, ignore=[model.get_submodule(h) for h in heads])
+    # The tracer refuses transformers' attention-mask branch (data-dependent control flow in
+    # masking_utils), so the encoder is pruned from input_ids alone; it is exported with both.
+    trace_x = {"input_ids": x["input_ids"]} if isinstance(x, dict) else x
+    pk.prune(model, trace_x, ratio=0.5, ignore=[model.get_submodule(h) for h in heads])
     t0 = time.perf_counter()
     report = export_onnx(model, x, tmp / f"{name}.onnx")
     row = dict(
@@ -184,6 +187,7 @@ def main() -> None:
     p.add_argument("--no-docs", action="store_true")
     p.add_argument(
         "--from-log",
+        nargs="+",
         default=None,
         help="write the docs from the JSON rows an earlier run printed (its stdout saved); "
         "give that run's --runs / --rounds / --minutes and its command with --command",
@@ -192,7 +196,7 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=0.0)
     args = p.parse_args()
     if args.from_log:
-        lines = Path(args.from_log).read_text().splitlines()
+        lines = [ln for f in args.from_log for ln in Path(f).read_text().splitlines()]
         rows = [json.loads(ln) for ln in lines if ln.startswith("{")]
         body = markdown(rows, args, 60 * args.minutes, args.command or "")
         write_section("docs/deploy.md", "onnx", body, title="# Deployment\n")
