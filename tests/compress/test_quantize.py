@@ -134,3 +134,15 @@ def test_loading_the_wrong_file_is_a_data_error(zoo, tmp_path):
         load_quantized(zoo("lstm").model, "dynamic", tmp_path / "q.pt")
     with pytest.raises(DataError, match="cannot read"):
         load_quantized(zoo("mlp").model, "dynamic", tmp_path / "missing.pt")
+
+
+def test_shared_weights_must_be_baked_first(zoo):
+    from prunekit.compress import bake_sharing, share_weights
+
+    c = zoo("mlp")
+    share_weights(c.model, bits=4)
+    with pytest.raises(ConfigError, match="bake_sharing"):
+        quantize(c.model, "dynamic")
+    bake_sharing(c.model)
+    plain = int8_state_dict(quantize(c.model, "dynamic"))
+    assert plain["net.0.weight"].dtype == torch.int8

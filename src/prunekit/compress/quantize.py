@@ -199,6 +199,13 @@ def _check_model(model: Any) -> None:
             f"the model is on {sorted(devices)}; int8 kernels here run on the CPU: "
             "call model.cpu() first"
         )
+    from .sharing import shared_layers
+
+    if shared_layers(model):
+        raise ConfigError(
+            "the model has shared weights (share_weights), which the int8 converters do not "
+            "see as Linear / Conv layers; call prunekit.compress.bake_sharing(model) first"
+        )
 
 
 def _bake_masks(model: nn.Module) -> None:
