@@ -160,8 +160,7 @@ def test_data_dependent_branch_is_refused_with_its_line():
     with pytest.warns(UserWarning, match="data-dependent control flow"):
         graph = pk.trace(Branchy(), torch.randn(2, 8))
     assert not graph.prunable_groups
-    (group,) = graph.group_of("a.weight", 0)
-    assert any("if h.sum() > 0" in r for r in group.blocked)
+    assert any("if h.sum() > 0" in n for n in graph.notes)
 
 
 def test_reading_values_without_branching_is_not_refused():
@@ -205,7 +204,29 @@ def test_every_deciding_module_is_found():
     with pytest.warns(UserWarning):
         graph = pk.trace(model, torch.randn(2, 8))
     for name in ("0.a.weight", "2.a.weight"):
-        assert any("data-dependent" in r for g in graph.group_of(name, 0) for r in g.blocked)
+        assert not any(g.prunable for g in graph.group_of(name, 0))
+    notes = [n for n in graph.notes if "data-dependent" in n]
+    assert len(notes) == 2 and "(in 0)" in notes[0] and "(in 2)" in notes[1]
+
+
+def test_paths_that_cut_the_same_groups_are_not_refused():
+    """A branch that only decides whether a mask is built (Hugging Face's "padding_mask.all()"
+    shortcut) changes no group: nothing is refused."""
+
+    class MaskShortcut(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+
+        def forward(self, x, mask):
+            h = F.relu(self.a(x))  # (B, L, 16)
+            if not mask.all():
+                h = h * mask[..., None]
+            return self.b(h)
+
+    x, mask = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool)
+    graph = pk.trace(MaskShortcut(), (x, mask))
+    assert [g.name for g in graph.prunable_groups] == ["a.weight:0"]
 
 
 def test_nothing_to_prune_says_it_was_the_branch():

@@ -124,39 +124,78 @@ MAX_BRANCHES = 8  # ``bool(tensor)`` calls tried the other way; past these, pert
 
 
 def check_paths(graph: Any, model: nn.Module, inputs: Any, ops: list[str],
-                reads: list[Read], bools: list[Read]) -> None:
-    """Find data-dependent branches; block the module that decides, naming the line.
+                reads: list[Read], bools: list[Read], rules: Any) -> None:
+    """Find data-dependent branches; keep whole what the other path would cut differently.
 
     Each ``bool(tensor)`` of the traced run (``if x.sum() > 0:``) is answered the other
-    way in a run of its own: if that run completes with other operators, the branch
-    decides what the model computes. Other values read into Python (``.item()``,
-    ``float()``) are checked by running perturbed inputs and comparing the operators.
+    way in a run of its own. If that run executes other operators, the other path is
+    traced too, and every group it does not cut the same way (blocked there, or coupled
+    otherwise) is kept whole here, naming the line. Paths that differ only in operators
+    that touch no prunable dimension (a padding mask built or skipped) change nothing.
+    Other values read into Python (``.item()``, ``float()``) are checked by comparing the
+    operators on perturbed inputs; a difference keeps the deciding module whole.
 
     Args:
-        graph: the graph being built (``module_axes`` filled in).
+        graph: the finalized graph of the traced run.
         model: the traced model.
         inputs: the example inputs.
         ops: operator names of the traced run, in order.
         reads: the values read into Python during the traced run (any kind).
         bools: the ``bool(tensor)`` calls among them (``index`` counts those calls).
+        rules: the rules the graph was traced with (to trace the other path).
     """
-    from ._tracer import flatten_tensors
+    from ._tracer import build_graph, flatten_tensors
 
     if any(t.device.type == "meta" for t in flatten_tensors(inputs)):
         return  # values on the meta device were faked; no other path can be run
     for read in bools[:MAX_BRANCHES]:  # every branch: another module may decide another path
         got = _ops_of(model, inputs, _FlipBool(read.index))
-        if got is not None and _first_difference(ops, got) is not None:
+        if got is None or _first_difference(ops, got) is None:
+            continue
+        try:
+            other = build_graph(model, inputs, rules, flip=read.index)
+        except Exception:  # the other path cannot be traced: keep its module whole
             _block_branch(graph, read)
+            continue
+        _reconcile(graph, other, read)
     if not reads or bools and len(bools) <= MAX_BRANCHES and len(bools) == len(reads):
         return
-    for other in perturbations(inputs):
-        got = _ops_of(model, other)
+    for other_inputs in perturbations(inputs):
+        got = _ops_of(model, other_inputs)
         at = None if got is None else _first_difference(ops, got)
         if at is not None:
             before = [r for r in reads if r.index <= at] or reads[:1]
             _block_branch(graph, before[-1])
             return
+
+
+def _reconcile(graph: Any, other: Any, read: Read) -> None:
+    """Keep whole every prunable group of ``graph`` that ``other`` (the other path) does not
+    have as the same prunable group (same name, size and tensors)."""
+    mine = {g.name: g for g in graph.groups}
+    theirs = {g.name: g for g in other.groups}
+    differ = [g for g in graph.groups if g.prunable and not _same(g, theirs.get(g.name))]
+    only_there = [o for o in other.groups if o.prunable and not _same(o, mine.get(o.name))]
+    if not differ and not only_there:
+        return
+    where = read.module or "<model>"
+    reason = (f"data-dependent control flow at {read.line} (in {where}): the path other inputs "
+              "take does not cut this group the same way; make the branch independent of the "
+              "data, or ignore the module")
+    for g in differ:
+        ax.mark(g.leaf, reason)
+    names = [g.name for g in differ or only_there]
+    note = (f"data-dependent control flow at {read.line} (in {where}): the paths cut "
+            f"{', '.join(names[:4])}{', ...' if len(names) > 4 else ''} differently"
+            + (f"; {len(differ)} groups kept whole" if differ else "; they stay whole"))
+    graph.notes.append(note)
+    warnings.warn(f"prunekit: {note}", stacklevel=4)
+
+
+def _same(g: Any, o: Any) -> bool:
+    """Whether two groups of two traces are the same prunable group."""
+    return o is not None and o.prunable and g.prunable and o.size == g.size and \
+        {(m.name, m.dim) for m in o.members} == {(m.name, m.dim) for m in g.members}
 
 
 def _ops_of(model: nn.Module, inputs: Any, mode: TorchFunctionMode | None = None

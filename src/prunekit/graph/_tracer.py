@@ -27,7 +27,7 @@ from .._calls import flatten_tensors, run_model
 from ..errors import TraceError
 from . import _axes as ax
 from ._axes import ONE, Axis, AxisError
-from ._control import READS, Read, check_paths, user_line
+from ._control import READS, Read, _FlipBool, check_paths, user_line
 from .graph import Graph, HeadSplit, UnknownOp, ViewCall
 from .reasons import Reason, kind_of
 
@@ -462,8 +462,13 @@ def _tracing_state(model: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
-def build_graph(model: nn.Module, example_inputs: Any, rules: Any) -> Graph:
-    """Trace ``model`` on ``example_inputs`` and return its graph (see :func:`prunekit.trace`)."""
+def build_graph(model: nn.Module, example_inputs: Any, rules: Any, *,
+                flip: int | None = None) -> Graph:
+    """Trace ``model`` on ``example_inputs`` and return its graph (see :func:`prunekit.trace`).
+
+    With ``flip``, the ``flip``-th ``bool(tensor)`` of the forward pass is answered the
+    other way (to trace the path that other inputs take; no further path checks).
+    """
     graph = Graph(model, example_inputs)
     tracer = Tracer(graph, rules)
     _seed_tensors(graph, tracer, model)
@@ -473,7 +478,8 @@ def build_graph(model: nn.Module, example_inputs: Any, rules: Any) -> Graph:
     hooks = _ModuleHooks(tracer, model, rules)
     start = time.perf_counter()
     try:
-        with _tracing_state(model), tracer, _Literals(tracer):
+        flipped = _FlipBool(flip) if flip is not None else contextlib.nullcontext()
+        with _tracing_state(model), tracer, _Literals(tracer), flipped:
             out = run_model(model, example_inputs)
     except Exception as e:
         if _raised_by_prunekit(e):
@@ -494,10 +500,12 @@ def build_graph(model: nn.Module, example_inputs: Any, rules: Any) -> Graph:
         for a in tracer.axes_of(t, "model output"):
             ax.mark(a, Reason("size of a model output", kind="model_output"))
     graph.output_shapes = [tuple(t.shape) for t in outputs]
-    check_paths(graph, model, example_inputs, tracer.ops, tracer.reads, tracer.bools)
     graph.trace_seconds = time.perf_counter() - start
     _block_unused(graph, tracer, model)
     graph.finalize()
+    if flip is None:
+        check_paths(graph, model, example_inputs, tracer.ops, tracer.reads, tracer.bools,
+                    rules)
     return graph
 
 
