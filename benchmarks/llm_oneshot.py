@@ -177,6 +177,7 @@ def _minilm(args) -> list[dict]:
 
 def _report(rows: list[dict], args) -> None:
     write_json(DATA, rows)
+    rows = _dedupe(rows)
     lm = [r for r in rows if r["model"] == "SmolLM2-135M"]
     mini = [r for r in rows if r["model"] == "all-MiniLM-L6-v2"]
     dense = next((r["ppl"] for r in lm if r["run"] == "dense"), None)
@@ -225,6 +226,21 @@ def _report(rows: list[dict], args) -> None:
                  f"{r.get('prune_s', '-')} |" for r in mini]
     write_section(DOC, "llm-oneshot", "\n".join(body), title="# Pretrained transformers and LLMs\n")
     print(f"wrote {DOC} and {DATA}", file=sys.stderr)
+
+
+def _dedupe(rows: list[dict]) -> list[dict]:
+    """One row per (model, run): parts run in separate processes each measure the dense
+    model; their results must agree, and the first is kept."""
+    seen: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["model"], r["run"])
+        if key in seen:
+            metric = "ppl" if "ppl" in r else "cosine"
+            if r[metric] != seen[key][metric]:
+                raise SystemExit(f"{key}: {metric} {r[metric]} != {seen[key][metric]} across parts")
+            continue
+        seen[key] = r
+    return list(seen.values())
 
 
 def _version(name: str) -> str:
