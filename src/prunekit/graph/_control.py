@@ -4,10 +4,11 @@
 one trace sees one path only, and a cut planned on it can be wrong on the other
 (a permutation, a slice, a layer that the traced path skipped). Values reach Python
 only through a few operators (``_local_scalar_dense`` behind ``bool()``, ``.item()``
-and ``.tolist()``; ``equal``), so the tracer notes where they are read; when there
-are such reads, each ``bool(tensor)`` is answered the other way in a run of its own,
-and other reads are checked on perturbed inputs; where the operators differ from the
-traced run, every dimension the deciding module touches is blocked, naming the line.
+and ``.tolist()``; ``equal``), so the tracer notes where they are read. Each
+``bool(tensor)`` is then answered the other way in a run of its own; when that run
+executes other operators, the other path is traced as well and every group it cuts
+differently is kept whole, naming the line. Other reads are checked on perturbed
+inputs, and a difference keeps the deciding module whole.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class Read:
     """A tensor value read into Python during the trace.
 
     Attributes:
-        index: position in the traced operator sequence.
+        index: position in the traced operator sequence (for ``bool(tensor)`` reads: the
+            count of such calls before it).
         module: the module whose code ran.
         line: ``file:line: code`` of the user code that read it.
     """
