@@ -362,12 +362,19 @@ def aims(rows: list[dict]) -> list[str]:
         dense = next(d for d in summary(rows) if d["model"] == s["model"] and d["stage"] == "dense")
         drop = dense["acc_mean"] - s["acc_mean"]
         met = s["ratio"] >= 40 and drop <= 1.0
-        out.append(
-            f"- {s['model']}: {s['ratio']:.1f}x smaller than the dense file, accuracy "
-            f"{s['acc_mean']:.2f}% vs dense {dense['acc_mean']:.2f}% ({-drop:+.2f} points). "
-            f"Published: {PUBLISHED.get(s['model'], 'n/a')}. Aim (>= 40x within 1 point): "
-            f"{'met' if met else '**not met**'}."
+        line = (
+            f"- {s['model']} ({s['seeds']} seed(s)): {s['ratio']:.1f}x smaller than the dense "
+            f"file, accuracy {s['acc_mean']:.2f}% vs dense {dense['acc_mean']:.2f}% "
+            f"({-drop:+.2f} points)."
         )
+        if s["model"] in PUBLISHED:
+            line += (
+                f" Published: {PUBLISHED[s['model']]}. Aim (>= 40x within 1 point): "
+                f"{'met' if met else '**not met**'}."
+            )
+        else:
+            line += " Deep Compression reports no figure for it; no aim was set."
+        out.append(line)
     return out
 
 
