@@ -12,9 +12,13 @@
      ``python3.11-doc``) as plain text.
 2. ``run``: writes the recipes of docs/your-model.md into that folder and runs each with
    ``prunekit run RECIPE --out DIR``; prints a Markdown table of dense vs pruned.
+3. ``latency``: times the dense and the pruned network of each finished run again,
+   interleaved, because a run's own latency figures come from two moments of a shared
+   machine.
 
     python benchmarks/your_model.py prepare --per-class 20
     python benchmarks/your_model.py run
+    python benchmarks/your_model.py latency
 """
 
 from __future__ import annotations
@@ -49,6 +53,24 @@ data:
 prune:
   granularity: channel
   ratio: 0.1
+measure: {latency_runs: 10, batch_sizes: [1]}
+""",
+    "mobilenet-channels-2pct": """\
+name: mobilenet-channels-2pct
+task: agreement
+model:
+  source: torchvision
+  name: mobilenet_v2
+  checkpoint: mobilenet_v2-b0353104.pth
+data:
+  kind: image-folder
+  root: fmnist-png
+  channels: 3
+  transforms: [{resize: 224}, {normalize: imagenet}]
+  eval_batch_size: 50
+prune:
+  granularity: channel
+  ratio: 0.02
 measure: {latency_runs: 10, batch_sizes: [1]}
 """,
     "mobilenet-masks": """\
@@ -142,8 +164,54 @@ def run(names: list[str]) -> None:
         if code != 0:
             sys.exit(f"prunekit run {recipe} failed")
         rows.append((name, json.loads((out / "metrics.json").read_text())))
-    print(_table(rows))
-    (ROOT / "results.json").write_text(json.dumps(dict(rows), indent=1, default=str))
+    path = ROOT / "results.json"  # every recipe run so far, in the order of RECIPES
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    done.update(dict(rows))
+    path.write_text(json.dumps(done, indent=1, default=str))
+    print(_table([(n, done[n]) for n in RECIPES if n in done]))
+
+
+def latency(names: list[str], *, rounds: int, runs: int) -> None:
+    """Dense vs pruned CPU latency at batch 1, interleaved (dense, pruned, dense, ...) so a
+    shared machine's slow spells fall on both; the median over rounds of per-round medians."""
+    import statistics
+
+    import torch
+    from _common import interleaved_medians
+
+    from prunekit.models.sources import load_model
+    from prunekit.run import load_recipe
+    from prunekit.run.user import prepare
+
+    path = ROOT / "results.json"
+    done = json.loads(path.read_text())
+    for name in names:
+        recipe = _in(ROOT, lambda n=name: load_recipe(f"{n}.yaml"))
+        dense = _in(ROOT, lambda r=recipe: load_model(r.model.spec()).model)
+        pruned = _pruned(recipe, ROOT / "out" / name)
+        x = _in(ROOT, lambda r=recipe: prepare(r, quiet=True).example)
+        x = {k: v[:1] for k, v in x.items()} if isinstance(x, dict) else x[:1]
+        with torch.no_grad():
+            medians = interleaved_medians({"dense": dense.eval(), "pruned": pruned.eval()}, x,
+                                          threads=2, warmup=3, runs=runs, rounds=rounds)
+        done[name]["latency"] = {k: statistics.median(v) for k, v in medians.items()}
+        print(name, done[name]["latency"])
+    path.write_text(json.dumps(done, indent=1, default=str))
+    print(_table([(n, done[n]) for n in RECIPES if n in done]))
+
+
+def _pruned(recipe, out: Path):
+    """The pruned network of a finished run, rebuilt from its files (no pickles)."""
+    from safetensors.torch import load_file
+
+    import prunekit as pk
+    from prunekit.models.sources import load_model
+
+    fresh = _in(ROOT, lambda: load_model({**recipe.model.spec(), "checkpoint": None}).model)
+    if (out / "plan.json").is_file():
+        return pk.load_pruned(fresh, out / "plan.json", out / "pruned.safetensors")
+    fresh.load_state_dict(load_file(out / "pruned.safetensors"))
+    return fresh
 
 
 def _in(folder: Path, fn) -> int:
@@ -163,6 +231,9 @@ def _table(rows: list) -> str:
     lines = [head]
     for name, m in rows:
         d, p = m["dense"], m["pruned"]
+        if "latency" in m:  # the interleaved measurement replaces the run's own
+            d = {**d, "latency_ms": m["latency"]["dense"]}
+            p = {**p, "latency_ms": m["latency"]["pruned"]}
         key = {"agreement": "agreement", "embeddings": "cosine_mean"}[m["run"]["task"]]
         lines.append(
             f"| {name} | {key} {d[key]:.3f} -> {p[key]:.3f} | {d['params']:,} -> "
@@ -178,11 +249,17 @@ def main() -> None:
     p.add_argument("--per-class", type=int, default=20)
     r = sub.add_parser("run")
     r.add_argument("names", nargs="*", default=list(RECIPES))
+    t = sub.add_parser("latency", help="interleaved dense vs pruned latency of finished runs")
+    t.add_argument("names", nargs="*", default=list(RECIPES))
+    t.add_argument("--rounds", type=int, default=3)
+    t.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
     if args.command == "prepare":
         prepare(args.per_class)
-    else:
+    elif args.command == "run":
         run(args.names)
+    else:
+        latency(args.names, rounds=args.rounds, runs=args.runs)
 
 
 if __name__ == "__main__":
