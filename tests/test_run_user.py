@@ -214,3 +214,64 @@ def test_structured_charts_plot_what_was_removed(tmp_path: Path,
     assert labels == ["scheduled amount (%)", "measured params removed (%)"]  # two axes
     report.plot_schedule({**schedule, "quantity": "sparsity"}, tmp_path / "t.png")
     assert [a.get_ylabel() for a in figures[1].axes] == ["sparsity (%)"]
+
+
+@pytest.mark.slow  # imports transformers and datasets: 5 s on a quiet machine, 25 s shared
+def test_embeddings_run_on_a_hugging_face_folder(tmp_path: Path) -> None:
+    """The MiniLM path with a tiny BERT: a save_pretrained folder, its tokenizer reading a
+    saved datasets folder, cosine to the dense embeddings."""
+    datasets = pytest.importorskip("datasets", reason="pip install datasets")
+    transformers = pytest.importorskip("transformers", reason="pip install transformers")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "film", "very", "a"]
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    transformers.BertTokenizer(str(folder / "vocab.txt")).save_pretrained(str(folder))
+    config = transformers.BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=40)
+    transformers.BertModel(config).save_pretrained(str(folder))
+    texts = {"text": ["good film", "a very bad film", "very good", "bad"] * 3}
+    datasets.DatasetDict({"test": datasets.Dataset.from_dict(texts)}).save_to_disk(
+        str(tmp_path / "ds"))
+    recipe = parse_recipe({
+        "name": "emb", "task": "embeddings",
+        "model": {"source": "transformers", "path": str(folder)},
+        "data": {"kind": "hf-dataset", "path": str(tmp_path / "ds"), "eval_batch_size": 4},
+        "prune": {"sparsity": 0.5, "scope": "layer"}, "finetune": {"epochs": 0, "lr": 0.1},
+        "measure": {"latency_runs": 2, "batch_sizes": [1]}})
+    result = run(recipe, out_dir=tmp_path / "out", quiet=True)
+    dense, pruned = result.metrics["dense"], result.metrics["pruned"]
+    assert dense["cosine_mean"] == pytest.approx(1.0) and pruned["examples"] == 12
+    assert -1.0 <= pruned["cosine_min"] <= pruned["cosine_mean"] < 1.0
+    assert pruned["sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_agreement_run_on_an_image_folder(workspace: Path) -> None:
+    """Unlabelled use of labelled images: a conv net from a factory, agreement only."""
+    from PIL import Image
+
+    (workspace / "conv_nets.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+        def convnet():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+                                 nn.Conv2d(8, 16, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                 nn.Flatten(), nn.Linear(16, 5))
+    """))
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (workspace / "imgs" / split / name).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(
+                    workspace / "imgs" / split / name / f"{i}.png")
+    recipe = parse_recipe(_recipe(
+        workspace, task="agreement", model={"python": "conv_nets:convnet"},
+        data={"kind": "image-folder", "root": str(workspace / "imgs")},
+        prune={"granularity": "channel", "ratio": 0.25}))
+    result = run(recipe, out_dir=workspace / "out", quiet=True)
+    pruned = result.metrics["pruned"]
+    assert 0.0 <= pruned["agreement"] <= pruned["top5_agreement"] <= 1.0
+    assert pruned["examples"] == 6 and pruned["params"] < result.metrics["dense"]["params"]
+    assert result.metrics["run"]["finetune"].startswith("none (task agreement")
