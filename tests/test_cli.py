@@ -157,3 +157,38 @@ def test_summary_of_a_structured_sweep_shows_parameters_and_points():
     assert "size     97.7 KiB\n" in text  # the dense encoding of the smaller network
     assert "sparsity" not in text  # a network rebuilt smaller has no zeros to report
     assert "sweep: 2 points" in text
+
+
+def test_export_rebuilds_a_structured_run_and_checks_it_in_onnxruntime(tmp_path, capsys,
+                                                                       monkeypatch):
+    pytest.importorskip("onnxruntime", reason="pip install onnx onnxruntime onnxscript")
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from prunekit.run import load_recipe
+    from prunekit.run.user import prepare
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(
+        "model: {name: lenet5}\ntrain: {epochs: 1}\n"
+        "prune: {granularity: channel, ratio: 0.5}\nfinetune: {epochs: 0}\n"
+        "measure: {latency_runs: 1, batch_sizes: [1]}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(recipe), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["export", "runs/tiny", "--quiet"]) == 0
+    assert "wrote runs/tiny/pruned.onnx" in capsys.readouterr().out
+    # the file computes what the run's pruned network computes
+    prepared = prepare(load_recipe("runs/tiny/recipe.yaml"), quiet=True)
+    import prunekit as pk
+    pruned = pk.load_pruned(prepared.model, "runs/tiny/plan.json", "runs/tiny/pruned.safetensors")
+    x = prepared.example
+    session = ort.InferenceSession("runs/tiny/pruned.onnx", providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = pruned.eval()(x).numpy()
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    assert main(["export", str(tmp_path)]) == 2  # no run there: one clear line
+    assert "has no recipe.yaml" in capsys.readouterr().err

@@ -3,6 +3,7 @@
     prunekit run [RECIPE.yaml] [--out DIR] [--quiet] [--data-dir DIR] [--dry-run]
     prunekit init [--source SOURCE] [--task TASK] [--out RECIPE.yaml]
     prunekit report RUN_DIR [--no-open]
+    prunekit export RUN_DIR [--format onnx] [--out FILE]
     prunekit inspect MODEL [--all]
 
 A user mistake (a bad recipe, missing data) prints one sentence to stderr and exits
@@ -182,9 +183,44 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- prunekit export ----------------------------------------------------------------
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a run's pruned network (ONNX, checked in onnxruntime)",
+        description="Rebuild the pruned network of RUN_DIR from its recipe.yaml, plan.json and "
+        "pruned.safetensors, export it, run the file in onnxruntime and compare its outputs "
+        "with PyTorch's before writing it.",
+    )
+    p.add_argument("run_dir", help="the output folder of a prunekit run")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="onnx (the default)")
+    p.add_argument("--out", metavar="FILE", help="output file (default: RUN_DIR/pruned.onnx)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(handler=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ..export.onnx import export_run
+    from .recipe import load_recipe
+    from .user import prepare
+
+    recipe_path = Path(args.run_dir) / "recipe.yaml"
+    if not recipe_path.is_file():
+        raise ConfigError(f"{args.run_dir} has no recipe.yaml; pass the output folder of a "
+                          "finished `prunekit run`")
+    prepared = prepare(load_recipe(recipe_path), quiet=args.quiet)
+    report = export_run(args.run_dir, model=prepared.model, example_inputs=prepared.example,
+                        path=args.out)
+    print(f"wrote {report.path}: outputs match PyTorch within {report.max_rel_diff:.1e} of "
+          f"their scale")
+    return 0
+
+
 # Each entry adds one subcommand (its parser and its handler).
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_run, _add_init, _add_report, _add_inspect
+    _add_run, _add_init, _add_report, _add_export, _add_inspect
 ]
 
 
