@@ -275,3 +275,31 @@ def test_agreement_run_on_an_image_folder(workspace: Path) -> None:
     assert 0.0 <= pruned["agreement"] <= pruned["top5_agreement"] <= 1.0
     assert pruned["examples"] == 6 and pruned["params"] < result.metrics["dense"]["params"]
     assert result.metrics["run"]["finetune"].startswith("none (task agreement")
+
+
+@pytest.mark.slow  # imports transformers and datasets
+def test_text_classification_fine_tunes_with_keyword_inputs(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets", reason="pip install datasets")
+    transformers = pytest.importorskip("transformers", reason="pip install transformers")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "film", "very"]
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    transformers.BertTokenizer(str(folder / "vocab.txt")).save_pretrained(str(folder))
+    config = transformers.BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=40, num_labels=2)
+    transformers.BertForSequenceClassification(config).save_pretrained(str(folder))
+    texts = {"text": ["good film", "very bad film", "very good", "bad"] * 4,
+             "label": [1, 0, 1, 0] * 4}
+    split = datasets.Dataset.from_dict(texts)
+    datasets.DatasetDict({"train": split, "test": split}).save_to_disk(str(tmp_path / "ds"))
+    recipe = parse_recipe({
+        "name": "cls", "model": {"source": "transformers", "path": str(folder),
+                                 "auto": "sequence-classification"},
+        "data": {"kind": "hf-dataset", "path": str(tmp_path / "ds"), "batch_size": 4},
+        "prune": {"sparsity": 0.5, "scope": "layer"}, "finetune": {"epochs": 2, "lr": 0.05},
+        "measure": {"latency_runs": 2, "batch_sizes": [1]}})
+    result = run(recipe, out_dir=tmp_path / "out", quiet=True)
+    assert result.metrics["run"]["finetune"].startswith("2 epochs")
+    pruned = result.metrics["pruned"]
+    assert pruned["sparsity"] == pytest.approx(0.5, abs=0.01) and 0 <= pruned["accuracy"] <= 1

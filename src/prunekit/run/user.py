@@ -319,8 +319,6 @@ def _finetune(model: nn.Module, prepared: Prepared, recipe: Recipe, quiet: bool)
         reason = "finetune.epochs is 0"
     elif recipe.task != "classification" or data.train is None:
         reason = f"task {recipe.task} has no labels to train on here"
-    elif not torch.is_tensor(prepared.example):
-        reason = "inputs are not a single tensor"
     else:
         _train(model, prepared, f, recipe, quiet, "fine-tune")
         bake(model)
@@ -335,11 +333,47 @@ def _train(model: nn.Module, prepared: Prepared, config: Any, recipe: Recipe, qu
     from ..recovery import train
 
     _say(quiet, f"{desc}: {config.epochs} epochs")
-    train(model, prepared.data.train, epochs=config.epochs, lr=config.lr,
+    train(_Logits(model), _Batches(prepared.data.train), epochs=config.epochs, lr=config.lr,
           optimizer=config.optimizer, momentum=config.momentum,
           weight_decay=config.weight_decay, schedule=config.schedule, seed=recipe.seed,
           quiet=quiet, desc=desc)
     model.eval()
+
+
+class _Keywords(dict):
+    """A batch's keyword inputs (tokenized text) that move like a tensor."""
+
+    def to(self, device: Any) -> _Keywords:
+        return _Keywords({k: v.to(device) for k, v in self.items()})
+
+
+class _Batches:
+    """A loader whose dict inputs come as :class:`_Keywords`, for the training loop."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Any:
+        for inputs, labels in self.loader:
+            yield (_Keywords(inputs) if isinstance(inputs, dict) else inputs), labels
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+class _Logits(nn.Module):
+    """The model as the training loop calls it: one argument in, logits out (a dict of
+    inputs goes in as keywords; ``.logits`` of a Hugging Face output comes out)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: Any) -> torch.Tensor:
+        from ..measure.tasks import forward, logits_of
+
+        return logits_of(forward(self.model, dict(inputs) if isinstance(inputs, dict)
+                                 else inputs))
 
 
 def _evaluate(model: nn.Module, dense: nn.Module, prepared: Prepared, recipe: Recipe,
