@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from prunekit.errors import ConfigError, DataError
@@ -303,3 +304,14 @@ def test_text_classification_fine_tunes_with_keyword_inputs(tmp_path: Path) -> N
     assert result.metrics["run"]["finetune"].startswith("2 epochs")
     pruned = result.metrics["pruned"]
     assert pruned["sparsity"] == pytest.approx(0.5, abs=0.01) and 0 <= pruned["accuracy"] <= 1
+
+
+def test_given_input_shape_makes_the_example_inputs(workspace: Path) -> None:
+    recipe = parse_recipe(_recipe(workspace, model={"python": "tiny_nets:mlp",
+                                                    "input_shape": [6]}))
+    from prunekit.run.user import prepare
+
+    prepared = prepare(recipe, quiet=True)
+    assert prepared.example.shape == (2, 6)
+    assert not torch.equal(prepared.example, next(iter(prepared.data.test))[0][:2])
+    assert "groups cut: 2" in dry_run(recipe, quiet=True)

@@ -97,9 +97,19 @@ def prepare(recipe: Recipe, *, quiet: bool = False) -> Prepared:
                         "agreement to compare with the dense model, or give labelled data")
     if task.name == "classification":
         check_num_classes(data, num_classes)
-    example = _head(data.example_inputs(), 4)
+    example = _example(recipe, data)
     _say(quiet, f"model and data ready in {time.perf_counter() - started:.1f} s")
     return Prepared(model.eval(), data, heads, example, num_classes, label)
+
+
+def _example(recipe: Recipe, data: UserData) -> Any:
+    """Inputs for tracing and timing: random ones of ``model.input_shape`` when it is
+    given (seeded), else the first examples of the test split."""
+    shape = recipe.model.input_shape
+    if shape is None:
+        return _head(data.example_inputs(), 4)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    return torch.randn(2, *shape, generator=generator)  # (2, *input_shape)
 
 
 def _model(recipe: Recipe, quiet: bool) -> tuple:
