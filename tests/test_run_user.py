@@ -315,3 +315,25 @@ def test_given_input_shape_makes_the_example_inputs(workspace: Path) -> None:
     assert prepared.example.shape == (2, 6)
     assert not torch.equal(prepared.example, next(iter(prepared.data.test))[0][:2])
     assert "groups cut: 2" in dry_run(recipe, quiet=True)
+
+
+def test_render_html_of_any_run_folder(tmp_path: Path) -> None:
+    """report.html of a reference run's folder: its metrics table and every chart,
+    the sweep points' charts too; a folder that is not a finished run is refused."""
+    from prunekit.run.html import render_html
+
+    metrics = {"dense": {"accuracy": 0.95, "params": 1000, "macs": 500},
+               "pruned": {"accuracy": 0.93, "params": 400, "macs": 210}}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "report.md").write_text("# quickstart\n<b>not html</b>\n")
+    (tmp_path / "points" / "01_sparsity-0.5").mkdir(parents=True)
+    charts = [tmp_path / "sparsity.png", tmp_path / "points" / "01_sparsity-0.5" / "s.png"]
+    for i, png in enumerate(charts):
+        png.write_bytes(b"\x89PNG fake chart %d" % i)
+    page = render_html(tmp_path).read_text()
+    for png in charts:
+        assert base64.b64encode(png.read_bytes()).decode() in page
+    assert "points/01_sparsity-0.5/s.png" in page and "95.00%" in page and "93.00%" in page
+    assert "&lt;b&gt;not html&lt;/b&gt;" in page  # the Markdown is shown, escaped
+    with pytest.raises(ConfigError, match="not a finished prunekit run"):
+        render_html(tmp_path / "points")
