@@ -33,8 +33,10 @@ from .config import PlanConfig, split_ignore
 from .errors import ConfigError
 from .export import load_pruned, save_pruned
 from .graph import Graph, Group
+from .graph import trace as _trace
 from .graph.reasons import TRIVIAL_KINDS, kind_of
 from .importance.group import group_importance
+from .measure import count_macs
 from .surgery import Plan, apply_plan
 from .surgery.build import build_plan
 from .surgery.exclusion import _analogues, _failing_groups, _runner
@@ -72,8 +74,6 @@ def trace(model: nn.Module, example_inputs: Any) -> Graph:
     Example:
         >>> graph = pk.trace(model, torch.randn(1, 3, 224, 224))
     """
-    from .graph import trace as _trace
-
     if not isinstance(model, nn.Module):
         raise ConfigError(f"trace needs an nn.Module, got {type(model).__name__}")
     return _trace(model, example_inputs)
@@ -293,10 +293,6 @@ def _trivially_blocked(g: Group) -> bool:
 
 
 def _macs(model: nn.Module, inputs: Any, graph: Graph) -> int:
-    try:
-        from .measure import count_macs
-    except ImportError:
-        return graph.macs_after({})
     try:
         return int(count_macs(model, inputs).dense)
     except Exception:

@@ -6,11 +6,13 @@ from torch import nn
 
 from . import _axes as axes  # dimension algebra, shared with surgery and importance
 from ._tracer import _tracing_state as tracing_state
+from ._tracer import build_graph
 from ._tracer import flatten_tensors as flatten_tensors
 from ._tracer import run_model as run_model
 from .graph import Graph as Graph
 from .graph import Group as Group
 from .graph import Member as Member
+from .rules import RULES
 from .rules import list_op_rules as list_op_rules
 from .rules import register_module as register_module
 from .rules import register_op as register_op
@@ -32,7 +34,4 @@ __all__ = [
 
 def trace(model: nn.Module, example_inputs: Any) -> Graph:
     """Trace ``model`` on ``example_inputs`` (see :func:`prunekit.structured.trace`)."""
-    from ._tracer import build_graph
-    from .rules import RULES
-
     return build_graph(model, example_inputs, RULES)

@@ -27,6 +27,7 @@ from ..allocation.rules import lamp_scores
 from ..errors import ConfigError
 from ..graph import axes as ax
 from .criteria import ParamStats, get_criterion, list_criteria, register_group_criterion
+from .stats import collect_stats
 
 if TYPE_CHECKING:
     from ..graph import Graph, Group
@@ -182,8 +183,6 @@ def _stats(graph, groups, tensors, name, data, loss_fn, batches, gen) -> dict[st
     crit = get_criterion(name)
     if not crit.needs:
         return {n: ParamStats(generator=gen) for n in names}
-    from .stats import collect_stats
-
     params = {n: tensors[n] for n in names}
     return collect_stats(graph.model, params, data, needs=crit.needs, loss_fn=loss_fn,
                          batches=batches, generator=gen)

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .catalog import get_source, list_sources
+from .reference import build_model
 
 
 def resolve_model(spec: str, *, input_shape: tuple[int, ...] = (1, 28, 28),
@@ -20,14 +22,10 @@ def resolve_model(spec: str, *, input_shape: tuple[int, ...] = (1, 28, 28),
         >>> model, inputs = resolve_model("torchvision:resnet18")
     """
     if ":" not in spec:
-        from .reference import build_model
-
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = build_model(spec, input_shape=input_shape, num_classes=num_classes)
         return model.eval(), torch.randn(1, *input_shape)
-    from .catalog import get_source, list_sources
-
     source, name = spec.split(":", 1)
     if source not in list_sources():
         raise ConfigError(f"unknown model source {source!r}; valid: {', '.join(list_sources())}")

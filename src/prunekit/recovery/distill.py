@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .train import train
 
 
 def distillation_loss(
@@ -184,8 +185,6 @@ def distill_train(
     Example:
         >>> distill_train(pruned, original, loader, epochs=3, lr=0.01, temperature=4.0)
     """
-    from .train import train
-
     if "loss_fn" in train_options:
         raise ConfigError("distill_train makes its own loss_fn; drop loss_fn or call train")
     with Distiller(

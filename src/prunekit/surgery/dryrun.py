@@ -20,6 +20,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .._calls import flatten_tensors, run_model, to_meta
+from ..graph._tracer import _tracing_state, size_calls
 from .apply import apply_undoable
 from .plan import Plan
 
@@ -51,8 +52,6 @@ class _ViewShapes(TorchFunctionMode):
     slicing ...), in the order the code makes them."""
 
     def __init__(self) -> None:
-        from ..graph._tracer import size_calls
-
         super().__init__()
         self.funcs = set(size_calls())
         self.calls: list[tuple[str, list[tuple[int, ...]]]] = []
@@ -88,8 +87,6 @@ def regrouped(expected: list | None, calls: list[tuple[str, list[tuple[int, ...]
 
 def output_shapes(model: nn.Module, inputs: Any) -> list[tuple[int, ...]]:
     """Shapes of the tensors the model returns (eval mode, no gradients, modes restored)."""
-    from ..graph._tracer import _tracing_state
-
     with _tracing_state(model), _MetaScalars():
         out = run_model(model, inputs)
     return [tuple(t.shape) for t in flatten_tensors(out)]
