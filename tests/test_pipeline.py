@@ -444,3 +444,41 @@ def test_data_subsets_are_seeded_and_sized(tmp_path):
     assert "digits (300 train / 100 test" in text
     assert result.metrics["pruned"]["accuracy"] * 100 == pytest.approx(
         round(result.metrics["pruned"]["accuracy"] * 100))  # a multiple of 1/100
+
+
+# --- allocation ----------------------------------------------------------------------------
+
+
+def test_allocated_channel_cut_meets_its_macs_budget_and_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    result = run_quick(tmp_path, model={"name": "lenet5"},
+                       data={"name": "digits", "val_fraction": 0.2},
+                       prune={"granularity": "channel", "sparsity": None},
+                       finetune={"epochs": 0}, allocate={"kind": "greedy", "budget": {"macs_ratio": 0.6},
+                                 "grid": [0.25, 0.5, 0.75]})
+    dense, pruned = result.metrics["dense"], result.metrics["pruned"]
+    assert pruned["macs"] <= 0.6 * dense["macs"]
+    chosen = result.metrics["run"]["allocation"]
+    assert chosen["kind"] == "greedy" and chosen["ratios"]
+    assert set(chosen["ratios"].values()) <= {0.0, 0.25, 0.5, 0.75}
+    saved = json.loads((tmp_path / "allocation.json").read_text())
+    assert saved["ratios"] == chosen["ratios"] and saved["history"]
+    report = (tmp_path / "report.md").read_text()
+    assert "## Allocation" in report and "greedy under macs_ratio 0.6" in report
+    assert all(name in report for name in chosen["ratios"])
+    assert result.metrics["run"]["cuts"][0]["verify"]["ok"]
+
+
+def test_allocated_masks_meet_a_sparsity_budget(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    result = run_quick(tmp_path, prune={"sparsity": 0.5}, finetune={"epochs": 0},
+                       allocate={"kind": "global", "budget": {"sparsity": 0.7}})
+    assert result.metrics["pruned"]["sparsity"] >= 0.7 - 0.01
+    assert result.metrics["run"]["allocation"]["kind"] == "global"
+
+
+def test_searched_allocation_without_a_validation_split_is_refused():
+    with pytest.raises(ConfigError, match="allocate.kind: kind greedy judges candidates on a "
+                                          "validation split"):
+        parse_recipe(quick(prune={"granularity": "channel", "sparsity": None},
+                           allocate={"kind": "greedy", "budget": {"macs_ratio": 0.5}}))

@@ -48,6 +48,7 @@ from pydantic import (
     model_validator,
 )
 
+from ..allocation.search import NEEDS_EVALUATE, list_kinds
 from ..data import list_datasets
 from ..errors import ConfigError
 from ..importance import list_criteria
@@ -627,6 +628,39 @@ class PenaltyConfig(_Section):
         return _registry_name("penalty", value, list_penalties(), plural="penalties")
 
 
+class AllocateConfig(_Section):
+    """Per-layer / per-group ratios searched under a budget before a one-shot cut
+    (:func:`prunekit.allocation.allocate`); they replace the prune section's amount.
+
+    ``kind``: uniform, global, lamp, sensitivity, greedy, hierarchical or evolutionary;
+    ``budget``: e.g. ``{latency_ratio: 0.5}``, ``{latency_ms: 2.0}``, ``{macs_ratio: 0.3}``,
+    ``{params: 100000}``, ``{sparsity: 0.8}`` (latency measured on this machine at
+    ``batch_size`` with ``threads``); the searched kinds judge candidates on the validation
+    split (``data.val_fraction``), never on the test split.
+    """
+
+    kind: str = "greedy"
+    budget: dict[str, Float]
+    grid: list[Float] | None = None
+    round_to: Int | list[Int] = 1
+    batch_size: Int = Field(1, ge=1)
+    threads: Int = Field(1, ge=1)
+    clock: Literal["wall", "cpu"] = "wall"
+    population: Int = Field(16, ge=2)
+    generations: Int = Field(10, ge=1)
+    block_depth: Int = Field(1, ge=1)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        return _registry_name("allocation kind", value, list_kinds())
+
+    @property
+    def needs_evaluate(self) -> bool:
+        """Whether the kind judges candidates on held-out data."""
+        return self.kind in NEEDS_EVALUATE
+
+
 class SweepConfig(_Section):
     """Several amounts, each pruned from the same baseline and measured.
 
@@ -702,6 +736,7 @@ class Recipe(_Section):
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     sweep: SweepConfig | None = None
+    allocate: AllocateConfig | None = None
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     task: str = "classification"
@@ -913,8 +948,25 @@ def _needs_finetuning(r: Recipe, key: str, why: str) -> None:
         raise KeyProblem(key, f"{why}, but finetune.epochs is 0; give it epochs > 0")
 
 
+def _check_allocate(r: Recipe) -> None:
+    a = r.allocate
+    if a is None:
+        return
+    if r.schedule.kind != "oneshot" or r.sweep is not None:
+        raise KeyProblem("allocate", "an allocation chooses the ratios of one cut: use "
+                         "schedule.kind oneshot and no sweep")
+    if a.needs_evaluate and not r.data.val_fraction:
+        raise KeyProblem("allocate.kind", f"kind {a.kind} judges candidates on a validation "
+                         "split, never on the test split; set data.val_fraction (e.g. 0.1) "
+                         "or use kind uniform, global or lamp")
+    if not r.prune.structured and any(k.startswith("latency") for k in a.budget):
+        raise KeyProblem("allocate.budget", "a latency budget needs granularity channel: "
+                         "masks keep every shape, so they do not change latency")
+
+
 _RECIPE_CHECKS = (
     _check_sweep,
+    _check_allocate,
     _check_schedule_fits_prune,
     _check_surgery,
     _check_gradual,

@@ -137,6 +137,8 @@ def render_report(
     parts += ["## Before and after", _before_after(dense, pruned)]
     if "schedule" in details:
         parts += ["## Schedule", _schedule_section(details, schedule_chart)]
+    if details.get("allocation"):
+        parts += ["## Allocation", _allocation_section(details["allocation"])]
     if details.get("cuts"):
         parts += ["## Structure", _structure_section(details["cuts"])]
     if any(details.get("recovery") or []):
@@ -268,6 +270,21 @@ def _rounds_table(rounds: Sequence[Mapping[str, Any]]) -> str:
         rows.append((str(r["round"]), _pct(r["target"]), _pct(r.get("measured", r["sparsity"])),
                      accuracy, kept))
     return _table(rows)
+
+
+def _allocation_section(a: Mapping[str, Any]) -> str:
+    """The searched ratios: kind, budget, predicted costs against dense, one row per unit."""
+    budget = ", ".join(f"{k} {_short(v)}" for k, v in a["budget"].items())
+    costs = [[key, _short(a["dense"].get(key)), _short(value)]
+             for key, value in a["predicted"].items() if key in a["dense"]]
+    head = (f"Kind {a['kind']} under {budget}; round_to {a['round_to']}; "
+            f"{a['steps']} search steps in `allocation.json`"
+            + (f"; held-out quality of the cut before fine-tuning {a['quality']:.4f}."
+               if a.get("quality") is not None else "."))
+    rows = [[name, f"{ratio:.2f}"] for name, ratio in a["ratios"].items()]
+    return "\n\n".join([head,
+                         _table([["cost", "dense", "predicted"], ["---", "---:", "---:"], *costs]),
+                         _table([["unit", "ratio"], ["---", "---:"], *rows])])
 
 
 def _structure_section(cuts: Sequence[Mapping[str, Any]]) -> str:

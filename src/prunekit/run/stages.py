@@ -28,6 +28,8 @@ from torch import nn
 
 from .._registry import Registry
 from .._utils import versions
+from ..allocation import allocate, apply_allocation
+from ..allocation.allocate import DEFAULT_GRID
 from ..config import Budget, Calibration, PlanConfig, SparsifyConfig, amount_of
 from ..data import Splits, make_loader
 from ..errors import ConfigError
@@ -229,12 +231,13 @@ class Outcome:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     cuts: list[dict[str, Any]] = field(default_factory=list)
     recovery: list[dict[str, Any]] = field(default_factory=list)
+    allocation: dict[str, Any] = field(default_factory=dict)
     plan: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able part (the plan is saved on its own as ``plan.json``)."""
         out: dict[str, Any] = {"schedule": self.schedule}
-        for key in ("rounds", "cuts", "recovery"):
+        for key in ("rounds", "cuts", "recovery", "allocation"):
             if any(getattr(self, key)):  # recovery holds one (maybe empty) entry per cut
                 out[key] = getattr(self, key)
         return out
@@ -293,6 +296,13 @@ class MaskCut:
         sparsify(model, self.config, data=self.data)
         self.log.append(self.measure(model))
 
+    def allocated(self, model: nn.Module, allocation: Any) -> None:
+        """Masks with the per-layer sparsities an allocation chose."""
+        self._keep(model)
+        apply_allocation(model, allocation)
+        self.log.append(self.measure(model))
+        self.final = self.log[-1]
+
     def measure(self, model: nn.Module) -> float:
         return sparsity_of(model)
 
@@ -332,11 +342,20 @@ class ChannelCut:
         self._earlier: list[tuple[Any, Any, float]] = []  # (plan, last, done) before each cut
 
     def __call__(self, model: nn.Module, amount: float) -> None:
+        self._cut(model, self.config.replace(**self._step(self._cost(model), amount)), amount)
+
+    def allocated(self, model: nn.Module, allocation: Any) -> None:
+        """Cut once with the per-group ratios an allocation chose."""
+        config = self.config.replace(ratio=0.0, ratios=tuple(allocation.ratios.items()),
+                                     budget=None, round_to=allocation.round_to)
+        self._cut(model, config, None)
+        self.final = self.done = self.log[-1]
+
+    def _cut(self, model: nn.Module, config: PlanConfig, amount: float | None) -> None:
         self._earlier.append((self.plan, self.last, self.done))
         before = copy.deepcopy(model)
         start = self._cost(model)
-        plan = prune_model(model, self.example, self.config.replace(**self._step(start, amount)),
-                        data=self.data)
+        plan = prune_model(model, self.example, config, data=self.data)
         result = verify(before, model, plan, self.example)
         self.cuts.append(self._summary(plan, start, self._cost(model), result))
         self.plan = plan if self.plan is None else compose(self.plan, plan)
@@ -508,14 +527,46 @@ def _trace(curve: Any, steps: int, measured: list, *, unit: str, quantity: str) 
 def _oneshot(model: nn.Module, job: Job) -> tuple[Outcome, Cut]:
     """Cut once, repair, fine-tune."""
 
+    allocation = allocate_for(model, job)
     cut = make_cut(model, job)
-    cut.once(model)
-    outcome = Outcome(recovery=[repair(model, job, cut)])
+    if allocation is None:
+        cut.once(model)
+    else:
+        cut.allocated(model, allocation)
+    outcome = Outcome(recovery=[repair(model, job, cut)],
+                      allocation={} if allocation is None else _allocation_summary(allocation))
     steps = finetune(model, job)
     final = cut.final if cut.final is not None else cut.log[-1]
     outcome.schedule = _trace(OneShot(final=final), steps, [[0, cut.log[-1]]], unit="step",
                               quantity=cut.quantity)
     return outcome, cut
+
+
+def allocate_for(model: nn.Module, job: Job) -> Any:
+    """The recipe's ``allocate`` section carried out on the dense model (None without one):
+    candidates judged on the validation split; the allocation and its history are written
+    to ``allocation.json`` in the run folder."""
+    a, ctx, p = job.recipe.allocate, job.ctx, job.prune
+    if a is None:
+        return None
+    ignore = plan_config(p, model, job.example, seed=0).ignore if p.structured \
+        else tuple(p.exclude or ())
+    ctx.say(f"allocating with {a.kind} under {a.budget}")
+    return allocate(
+        model, job.example[:1], kind=a.kind, budget=a.budget,
+        evaluate=(lambda m: ctx.accuracy(m, "val")) if a.needs_evaluate else None,
+        granularity="channel" if p.structured else "mask", criterion=p.criterion,
+        ignore=ignore, grid=a.grid or DEFAULT_GRID, round_to=a.round_to,
+        batch_size=a.batch_size, threads=a.threads, clock=a.clock, seed=ctx.recipe.seed,
+        population=a.population, generations=a.generations, block_depth=a.block_depth,
+        history_path=ctx.out / "allocation.json", progress=ctx.say)
+
+
+def _allocation_summary(allocation: Any) -> dict[str, Any]:
+    return {"kind": allocation.kind, "budget": allocation.budget, "ratios": allocation.ratios,
+            "round_to": allocation.round_to, "predicted": allocation.predicted,
+            "dense": allocation.dense, "quality": allocation.quality,
+            "steps": len(allocation.history)}
 
 
 @RUNNERS.register("gradual")
