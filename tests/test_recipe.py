@@ -21,7 +21,8 @@ def write(tmp_path, text: str, name: str = "mine.yaml"):
 def test_no_recipe_is_the_shipped_quick_start_and_equals_the_defaults():
     recipe = load_recipe(None)
     assert recipe.name == "quickstart"
-    assert recipe == Recipe()
+    # the quick start is the defaults, ranked globally (its one choice of its own)
+    assert recipe == Recipe(prune={"scope": "global"})
     assert recipe.data.name == "digits" and recipe.model.name == "lenet300"
     assert recipe.prune.sparsity >= 0.8 and recipe.finetune.epochs > 0
 
@@ -29,6 +30,18 @@ def test_no_recipe_is_the_shipped_quick_start_and_equals_the_defaults():
 @pytest.mark.parametrize("name", list_recipes())
 def test_every_shipped_recipe_loads_by_name(name):
     assert load_recipe(name).name == name
+
+
+def test_recipe_defaults_are_the_library_defaults():
+    from prunekit.config import Calibration, PlanConfig, Rule, SparsifyConfig
+
+    masks, mask_lib = Recipe().prune, SparsifyConfig(amount=Rule("sparsity", 0.5))
+    assert (masks.scope, masks.criterion) == (mask_lib.scope, mask_lib.criterion)
+    assert masks.calibration_batches == Calibration().batches
+    channels = Recipe(prune={"granularity": "channel"}).prune
+    lib = PlanConfig()
+    assert (channels.scope, channels.criterion, channels.max_ratio, channels.round_to,
+            channels.ratio) == (lib.scope, lib.criterion, lib.max_ratio, lib.round_to, lib.ratio)
 
 
 def test_shipped_recipes_include_quickstart_and_fashion():
@@ -49,7 +62,7 @@ def test_unknown_top_level_key_lists_the_sections():
     message = error_of({"fintune": {"epochs": 3}})
     assert "'fintune'" in message and "did you mean 'finetune'" in message
     assert ("seed, data, model, train, penalty, prune, schedule, recovery, finetune, sweep, "
-            "measure, output") in message
+            "allocate, measure, output") in message
 
 
 @pytest.mark.parametrize(
@@ -258,8 +271,6 @@ def test_channel_granularity_takes_the_options_of_pk_prune():
         ({"prune": {"ratio": 0.5}}, "prune.ratio", "granularity weight masks weights"),
         ({"prune": {"ignore": ["fc"]}}, "prune.ignore", "use sparsity"),
         ({"prune": {"granularity": "channel", "exclude": ["fc"]}}, "prune.exclude", "ignore"),
-        ({"prune": {"granularity": "channel", "scope": "lamp"}}, "prune.scope",
-         "use layer or global"),
         ({"prune": {"criterion": "bn_scale"}}, "prune.criterion", "granularity weight"),
         ({"prune": {"granularity": "channel", "criterion": "bogus"}}, "prune.criterion",
          "valid criteria: bn_scale"),
@@ -286,7 +297,8 @@ def test_channel_granularity_takes_the_options_of_pk_prune():
          "schedule.kind", "use kind oneshot or iterative"),
         ({"schedule": {"kind": "gradual", "end": 2}, "prune": {"threshold": 0.1}},
          "prune.threshold", "needs a target sparsity"),
-        ({"schedule": {"kind": "surgery"}}, "prune.scope", "set prune.scope: layer"),
+        ({"schedule": {"kind": "surgery"}, "prune": {"scope": "global"}}, "prune.scope",
+         "set prune.scope: layer"),
         ({"schedule": {"kind": "surgery"}, "prune": {"scope": "layer",
                                                      "granularity": "neuron"}},
          "prune.granularity", "set prune.granularity: weight"),

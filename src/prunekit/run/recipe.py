@@ -3,8 +3,9 @@
 A recipe is data. It is read with ``yaml.safe_load`` (nothing is ever evaluated) into
 pydantic models that forbid unknown keys, so a typo or a wrong type fails at load time,
 before any training, with one sentence that names the key path and the valid choices.
-Every section is optional; what a recipe leaves out takes the value of the built-in
-quick start (``prunekit run`` with no recipe).
+Every section is optional; what a recipe leaves out takes the library's default
+(:mod:`prunekit.config`, documented once there); the built-in quick start (``prunekit run``
+with no recipe) is those defaults with a global magnitude ranking.
 
 The sections, in the order a run uses them: ``data``, ``model``, ``train`` (the
 baseline), ``penalty`` (sparse training before the cut), ``prune`` (what is cut and
@@ -311,9 +312,9 @@ class TargetConfig(_Section):
 # Keys of the prune section that belong to one family of granularities only.
 MASK_ONLY = (*SELECTORS, "pattern", "exclude")
 CHANNEL_ONLY = ("ratio", "target", "ignore", "max_ratio", "round_to")
-# Defaults that differ by family: masks follow pk.sparsify's quick start, channels pk.plan.
+# Defaults by family: masks follow pk.sparsify's (SparsifyConfig), channels pk.plan's.
 _FAMILY_DEFAULTS = {
-    "mask": {"criterion": "magnitude", "scope": "global", "exclude": []},
+    "mask": {"criterion": "magnitude", "scope": "layer", "exclude": []},
     "channel": {"criterion": "l2", "scope": "layer", "ignore": [], "max_ratio": 0.9, "round_to": 1},
 }
 
@@ -406,11 +407,6 @@ class PruneConfig(_Section):
             raise KeyProblem("criterion", f"{err} (granularity {self.granularity})") from None
 
     def _check_channel(self) -> PruneConfig:
-        if self.scope == "lamp":
-            raise KeyProblem(
-                "scope", "scope lamp is for masks; with granularity channel use layer or "
-                "global (criterion lamp ranks channel groups LAMP-normalized)"
-            )
         if self.ratio is not None and self.target is not None:
             raise KeyProblem("target", "give either ratio or target, not both")
         return self
