@@ -185,8 +185,9 @@ def _report(rows: list[dict], args) -> None:
         "## Measured: SmolLM2-135M and all-MiniLM-L6-v2, one shot",
         "",
         "Command: `.venv/bin/python benchmarks/llm_oneshot.py"
-        + (" --minilm" if mini else "") + "` (after `scripts/fetch_assets.sh`), "
-        f"seed {args.seed}, {torch.get_num_threads()} threads.  ",
+        + (" --minilm" if mini else "") + f" --threads {args.threads}` (after "
+        f"`scripts/fetch_assets.sh`; here in three processes with `--runs`, merged with "
+        f"`--report-from`), seed {args.seed}.  ",
         f"Machine: {machine()}.  ",
         f"Versions: {versions_line()}, transformers {_version('transformers')}, "
         f"gguf {_version('gguf')}.",
@@ -210,8 +211,12 @@ def _report(rows: list[dict], args) -> None:
                     f"{r.get('prune_s', '-')} | {r.get('peak_rss_gib', '-')} | "
                     f"{r.get('extra_rss_gib', '-')} | {r.get('loadavg', '-')} |")
     body += ["", "'load avg' is the machine's 1-minute load average when the run started: the "
-             "two cores are shared, and a load above 2 stretches every time in the table by "
-             "about load / 2."]
+             "two cores were shared with other jobs, so every time in the table is stretched "
+             "by roughly load / 2 against an idle machine. On an oversubscribed machine use "
+             "one torch thread per process: measured here, SparseGPT on one 576 x 576 layer "
+             "took 0.1 s of CPU with 1 thread and 2.0 s with 2 (OpenMP threads spin at "
+             "barriers while the other thread waits for a core); a first run with 2 threads "
+             "took 418 s for Wanda at 50% and did not finish SparseGPT in 45 minutes."]
     owl = next((r for r in lm if r["run"].startswith("owl") and r.get("block_sparsity")), None)
     if owl:
         bs = owl["block_sparsity"]
