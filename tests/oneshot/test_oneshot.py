@@ -8,7 +8,7 @@ import prunekit as pk
 from prunekit import mask
 from prunekit.errors import ConfigError
 from prunekit.importance.activation import InputStats
-from prunekit.oneshot import OneShotConfig, find_blocks, list_methods, oneshot, register_method
+from prunekit.oneshot import OneShotConfig, find_blocks, oneshot
 from prunekit.oneshot.methods import LayerTarget, get_method
 
 from .conftest import assert_unchanged, calibration, snapshot, tiny_llama
@@ -166,7 +166,7 @@ def test_gemma3_block_by_block_uses_each_layers_own_mask_and_rope():
     (dict(pattern="5:4"), "0 < N < M"),
     (dict(pattern="2:4", sparsity=0.5), "drop sparsity"),
     (dict(pattern="2:4", allocation="owl"), "owl"),
-    (dict(method="obs"), "unknown method .obs.; valid: .*magnitude, sparsegpt, wanda"),
+    (dict(method="obs"), "unknown method .obs.; valid: magnitude, sparsegpt, wanda"),
     (dict(allocation="lamp"), "valid: uniform, owl"),
     (dict(dampening=-1), "dampening"),
     (dict(exclude=("nope",)), "matches no module"),
@@ -209,16 +209,19 @@ def test_nm_on_a_width_m_does_not_divide_is_refused():
         oneshot(model, torch.randn(2, 6), method="magnitude", pattern="2:4", quiet=True)
 
 
-if "_fails_on_block_1" not in list_methods():
-    @register_method("_fails_on_block_1", needs="norm")
-    def _fails(weight, stats, old_keep, target):
-        _fails.calls = getattr(_fails, "calls", 0) + 1
-        if _fails.calls > 7:  # the 8th Linear is in the second block
-            raise RuntimeError("boom")
-        return get_method("wanda").fn(weight, stats, old_keep, target)
+def _fails(weight, stats, old_keep, target):
+    _fails.calls = getattr(_fails, "calls", 0) + 1
+    if _fails.calls > 7:  # the 8th Linear is in the second block
+        raise RuntimeError("boom")
+    return get_method("wanda").fn(weight, stats, old_keep, target)
 
 
-def test_a_failure_midway_rolls_every_block_back():
+def test_a_failure_midway_rolls_every_block_back(monkeypatch):
+    from prunekit.oneshot import methods
+
+    # registered for this test only, so the registry's listing stays clean
+    monkeypatch.setitem(methods._METHODS._items, "_fails_on_block_1",
+                        methods.Method("_fails_on_block_1", _fails, "norm"))
     model = tiny_llama()
     pk.sparsify(model.model.layers[0].self_attn.q_proj, sparsity=0.3)  # an older mask stays
     before = snapshot(model)
