@@ -192,3 +192,25 @@ def test_export_rebuilds_a_structured_run_and_checks_it_in_onnxruntime(tmp_path,
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
     assert main(["export", str(tmp_path)]) == 2  # no run there: one clear line
     assert "has no recipe.yaml" in capsys.readouterr().err
+
+
+def test_groups_left_whole_are_named_in_the_summary_and_the_report():
+    from prunekit.run.cli import _summary
+    from prunekit.run.report import _structure_section
+
+    cut = {"groups_cut": 1, "units_removed": 4, "params_before": 100, "params_after": 60,
+           "macs_before": 1000, "macs_after": 600, "groups": [{"name": "a", "size": 8,
+                                                                  "kept": 4}],
+           "verify": {"ok": True, "max_abs_diff": 0.0, "message": "ok"},
+           "left_whole": {"blocks.0.attn.qkv.weight:0[heads]":
+                          "left whole because its cut fails the dry run: regroups heads"}}
+    metrics = {"dense": {"accuracy": 0.9, "sparsity": 0.0, "size_bytes": 400, "params": 100},
+               "pruned": {"accuracy": 0.9, "sparsity": 0.0, "size_bytes": 240, "params": 60},
+               "run": {"cuts": [cut]}}
+    text = _summary(metrics, Path("runs/x"), 1.0)
+    assert "left whole: 1 prunable groups (blocks.0.attn.qkv.weight:0[heads])" in text
+    section = _structure_section([cut])
+    assert "Prunable groups left whole" in section and "regroups heads" in section
+    del cut["left_whole"]
+    assert "left whole" not in _summary(metrics, Path("runs/x"), 1.0)
+    assert "Prunable groups left whole" not in _structure_section([cut])

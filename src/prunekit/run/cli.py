@@ -95,6 +95,11 @@ def _summary(metrics: dict, out: Path, seconds: float) -> str:
                      f"  size {size / 1024:8.1f} KiB{' (sparse)' if sparse else ''}")
     if metrics.get("points"):
         lines.append(f"sweep: {len(metrics['points'])} points (see report.md)")
+    whole = {name: why for cut in (metrics.get("run") or {}).get("cuts", [])
+             for name, why in cut.get("left_whole", {}).items()}
+    if whole:
+        names = ", ".join(list(whole)[:3]) + (", ..." if len(whole) > 3 else "")
+        lines.append(f"left whole: {len(whole)} prunable groups ({names}); reasons in report.md")
     lines.append(f"outputs in {out}/ (report.md, metrics.json) after {seconds:.1f} s")
     return "\n".join(lines)
 

@@ -302,8 +302,14 @@ def _structure_section(cuts: Sequence[Mapping[str, Any]]) -> str:
     groups = [("cut", "group", "units", "kept"), ("---:", "---", "---:", "---:")]
     for i, c in enumerate(cuts, start=1):
         groups += [(str(i), f"`{g['name']}`", str(g["size"]), str(g["kept"])) for g in c["groups"]]
-    return _table(rows) + "\n\nGroups cut (channels of coupled layers, removed together):\n\n" + \
-        _table(groups)
+    text = _table(rows) + "\n\nGroups cut (channels of coupled layers, removed together):" \
+        "\n\n" + _table(groups)
+    whole = [("cut", "group", "why it was left whole"), ("---:", "---", "---")]
+    for i, c in enumerate(cuts, start=1):
+        whole += [(str(i), f"`{name}`", why) for name, why in c.get("left_whole", {}).items()]
+    if len(whole) > 2:
+        text += "\n\nPrunable groups left whole:\n\n" + _table(whole)
+    return text
 
 
 def _recovery_section(recovery: Sequence[Mapping[str, Any]]) -> str:

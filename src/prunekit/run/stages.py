@@ -401,6 +401,7 @@ class ChannelCut:
             "macs_before": start["macs"],
             "macs_after": end["macs"],
             "groups": [{"name": g.name, "size": g.size, "kept": len(g.kept)} for g in cut],
+            "left_whole": plan.left_whole,
             "verify": {"ok": bool(result.ok), "max_abs_diff": float(result.max_abs_diff),
                        "message": result.message},
         }
