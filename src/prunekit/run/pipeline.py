@@ -41,7 +41,8 @@ from .._utils import seed_everything
 from ..data import load_dataset
 from ..errors import ConfigError
 from ..mask.targets import find_targets
-from ..measure import classification_metrics, measure_cost, save_sparse
+from ..measure import classification_metrics, compare_latency, measure_cost, save_sparse
+from ..measure.cost import resize_batch
 from ..models import build_model
 from ..recovery import predict
 from ..sparsify import sparsity_of
@@ -302,6 +303,9 @@ def _point(
     key, value = prune.amount
     label = f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
     metrics = _evaluate(model, ctx, f"pruned ({label})" if ctx.recipe.sweep else "pruned")
+    # timed beside the dense network; the designated point's timing is the dense one's too
+    _latency_side_by_side(dense_model, model, ctx,
+                          dense if index == ctx.recipe.designated else dict(dense), metrics)
     layers = layer_table(model)
     if prune.structured:  # shapes shrank: compare each layer with the dense one
         layers = removed_rows(layers, layer_table(dense_model))
@@ -333,6 +337,28 @@ def _evaluate(model: nn.Module, ctx: Context, label: str) -> dict[str, Any]:
     if confusion is not None:
         metrics["confusion_matrix"] = confusion
     return metrics
+
+
+def _latency_side_by_side(dense_model: nn.Module, pruned_model: nn.Module, ctx: Context,
+                          dense: dict[str, Any], pruned: dict[str, Any]) -> None:
+    """Time the dense and the pruned network together at every batch size (both warmed,
+    runs interleaved) and keep those figures, with their spread, in both metrics. Timed one
+    after the other, the first network pays the process's warm-up: a masked network once
+    showed a "160x" speed-up that way. A speed-up the MACs cannot explain is flagged."""
+    measure = ctx.recipe.measure
+    example = ctx.splits.test.tensors[0][:1]
+    for n in dict.fromkeys((1, *measure.batch_sizes)):
+        key = "latency_ms" if n == 1 else f"latency_ms_batch{n}"
+        if key not in dense:
+            continue
+        cmp = compare_latency(dense_model, pruned_model, resize_batch(example, n),
+                              threads=measure.threads, runs=max(2, measure.latency_runs),
+                              rounds=min(5, max(2, measure.latency_runs)))
+        dense[key], pruned[key] = cmp.before.median_ms, cmp.after.median_ms
+        pruned[f"{key}_spread"] = round(cmp.spread, 4)
+        if cmp.unexplained:
+            pruned.setdefault("latency_warnings", []).append(
+                f"batch {n}: {cmp} is more than the MACs explain; a measurement artifact")
 
 
 def layer_table(model: nn.Module) -> list[dict[str, Any]]:

@@ -135,6 +135,12 @@ def render_report(
     if settings:
         parts.append("\n".join(f"- {key}: {value}" for key, value in settings.items()))
     parts += ["## Before and after", _before_after(dense, pruned)]
+    spreads = {k.removesuffix("_spread"): v for k, v in pruned.items() if k.endswith("_spread")}
+    if spreads:
+        noise = max(spreads.values())
+        parts.append(f"Latencies: both networks warmed, their runs interleaved; the figures "
+                     f"spread by up to +-{100 * noise:.0f}% (p10 to p90 over the median).")
+    parts += [f"**Warning:** {w}" for w in pruned.get("latency_warnings", [])]
     if "schedule" in details:
         parts += ["## Schedule", _schedule_section(details, schedule_chart)]
     if details.get("allocation"):
