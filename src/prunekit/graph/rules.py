@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import _macs
 from .._registry import Registry
 from . import _axes as ax
 from ._axes import ONE, Axis
@@ -536,7 +537,8 @@ def matmul(call: Call) -> None:
     n_batch = 1
     for s in out.shape[:-2]:
         n_batch *= s
-    call.macs(n_batch * a.shape[-2] * a.shape[-1] * b.shape[-1], [*batch, aa[-2], aa[-1], ba[-1]])
+    call.macs(_macs.product(n_batch * a.shape[-2], a.shape[-1], b.shape[-1]),
+              [*batch, aa[-2], aa[-1], ba[-1]])
 
 
 def _broadcast_batch(call: Call, out: torch.Tensor, parts: list) -> list[Axis]:
@@ -582,7 +584,8 @@ def linear(call: Call) -> None:
     if b is not None:
         call.unify(wa[0], call.axes(b)[0])
     call.set(call.out, [*xa[:-1], wa[0]])
-    call.macs(x.numel() // x.shape[-1] * w.numel(), [*xa[:-1], wa[0], wa[1]])
+    call.macs(_macs.product(x.numel() // x.shape[-1], w.shape[1], w.shape[0]),
+              [*xa[:-1], wa[0], wa[1]])
 
 
 def _group_split(a: Axis, groups: int, per: int) -> tuple[Axis, Axis]:
@@ -627,10 +630,10 @@ def convolution(call: Call) -> None:
     # as torch.utils.flop_counter: batch x weight size x output (input, if transposed) positions
     n_sp = w.dim() - 2
     positions = (x if transposed else out).shape[-n_sp:]
-    macs = w.numel() * (1 if unbatched else x.shape[0])
+    count = 1 if unbatched else x.shape[0]
     for s in positions:
-        macs *= s
-    call.macs(macs, [*([] if unbatched else [xa[0]]), wa[0], wa[1]])
+        count *= s
+    call.macs(_macs.conv(w.numel(), count), [*([] if unbatched else [xa[0]]), wa[0], wa[1]])
 
 
 def _bind_owner(call: Call, t: torch.Tensor, attr: str, axis: Axis) -> None:
@@ -888,9 +891,10 @@ def sdpa(call: Call) -> None:
         if o.dim() >= 3 and tuple(o.shape[:-1]) == tuple(q.shape[:-1]):
             call.set(o, list(qa[:-1]))
     _head_siblings(call, [*qa[:-2]])
-    n = q.numel() // q.shape[-1] * k.shape[-2]
-    call.macs(n * q.shape[-1], [*qa[:-1], ka[-2], qa[-1]])
-    call.macs(n * v.shape[-1], [*qa[:-1], ka[-2], va[-1]])
+    scores, weighted = _macs.attention(q.numel() // q.shape[-1], k.shape[-2], q.shape[-1],
+                                       v.shape[-1])
+    call.macs(scores, [*qa[:-1], ka[-2], qa[-1]])
+    call.macs(weighted, [*qa[:-1], ka[-2], va[-1]])
 
 
 # -- module rules ------------------------------------------------------------------------------
@@ -953,12 +957,12 @@ def _mha_macs(call: ModuleCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     tq, tk = q.numel() // q.shape[-1], k.numel() // k.shape[-1]
     ka, va = call.axes(k)[-1], call.axes(v)[-1]
     width = q.shape[-1]
-    call.macs(2 * tq * width * width, [e, e])
-    call.macs(tk * width * k.shape[-1], [e, ka])
-    call.macs(tk * width * v.shape[-1], [e, va])
+    call.macs(2 * _macs.product(tq, width, width), [e, e])  # q and out projections
+    call.macs(_macs.product(tk, k.shape[-1], width), [e, ka])
+    call.macs(_macs.product(tk, v.shape[-1], width), [e, va])
     batch = q.shape[1] if q.dim() == 3 and not call.mod.batch_first else (
         q.shape[0] if q.dim() == 3 else 1)
-    call.macs(2 * tq * (tk // max(1, batch)) * width, [e])
+    call.macs(sum(_macs.attention(tq, tk // max(1, batch), width, width)), [e])
 
 
 @register_module("torch.nn.modules.rnn.RNNBase")
@@ -998,7 +1002,7 @@ def rnn(call: ModuleCall) -> None:
         _bind(call, "proj_size", [proj])
     _bind(call, "input_size", [x_feat])
     steps = seq_data.numel() // max(1, seq_data.shape[-1])
-    call.macs(steps * gates * m.hidden_size * (m.input_size + m.hidden_size) * dirs,
+    call.macs(_macs.product(steps, gates * m.hidden_size, m.input_size + m.hidden_size) * dirs,
               [hidden, x_feat])
 
 

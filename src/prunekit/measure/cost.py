@@ -26,6 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
 
+from .. import _macs
 from .._calls import run_model, to_meta
 from .._registry import Registry
 from ..errors import ConfigError
@@ -431,7 +432,8 @@ def _product_rule(left: str, right: str) -> MacRule:
     def rule(args: dict[str, Any], out: Any) -> list[Term]:
         x, y = args[left], args[right]
         cols = y.shape[-1] if y.dim() >= 2 else 1
-        return [(x.numel() * cols, (x, y))]
+        inner = x.shape[-1] if x.dim() else 1
+        return [(_macs.product(x.numel() // max(1, inner), inner, cols), (x, y))]
 
     return rule
 
@@ -466,7 +468,7 @@ def _convolution(args: dict[str, Any], out: torch.Tensor) -> list[Term]:
     source = args["input"] if args.get("transposed", False) else out
     channel_dim = source.dim() - (weight.dim() - 2) - 1
     positions = source.numel() // source.shape[channel_dim]  # batch x spatial
-    return [(positions * weight.numel(), (weight,))]
+    return [(_macs.conv(weight.numel(), positions), (weight,))]
 
 
 @mac_rules.register("aten.mkldnn_rnn_layer")
@@ -476,7 +478,7 @@ def _mkldnn_rnn_layer(args: dict[str, Any], out: Any) -> list[Term]:
     ``weight1`` (W_hh); gate arithmetic is elementwise and not counted."""
     x, w_ih, w_hh = args["input"], args["weight0"], args["weight1"]
     steps = x.numel() // x.shape[-1]  # time x batch (or packed rows)
-    return [(steps * w_ih.numel(), (w_ih,)), (steps * w_hh.numel(), (w_hh,))]
+    return [(_macs.product(steps, *w.shape), (w,)) for w in (w_ih, w_hh)]
 
 
 @mac_rules.register("aten._scaled_dot_product_flash_attention_for_cpu")
@@ -488,7 +490,7 @@ def _attention(args: dict[str, Any], out: Any) -> list[Term]:
     v (..., Lk, Ev); masking and causality are ignored, as for the dense matmuls."""
     q, k, v = args["query"], args["key"], args["value"]
     rows = q.numel() // q.shape[-1]  # batch x heads x Lq
-    return [(rows * k.shape[-2] * (q.shape[-1] + v.shape[-1]), ())]
+    return [(sum(_macs.attention(rows, k.shape[-2], q.shape[-1], v.shape[-1])), ())]
 
 
 # --- counting machinery ------------------------------------------------------------
