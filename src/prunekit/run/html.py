@@ -17,6 +17,7 @@ from typing import Any
 
 from .._io import write_text
 from ..errors import ConfigError
+from .user_report import metric_rows
 
 __all__ = ["HTML_NAME", "render_html"]
 
@@ -54,8 +55,6 @@ def render_html(run_dir: str | Path, *, metrics: Mapping[str, Any] | None = None
 
 
 def _page(folder: Path, metrics: Mapping[str, Any], markdown: str | None) -> str:
-    from .user_report import metric_rows
-
     title = html.escape(folder.resolve().name)
     rows = metric_rows(metrics.get("dense", {}), metrics.get("pruned", {}))
     table = "".join(f"<tr><td>{html.escape(a)}</td><td class=n>{html.escape(b)}</td>"

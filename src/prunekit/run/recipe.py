@@ -51,9 +51,12 @@ from pydantic import (
 
 from ..allocation.search import NEEDS_EVALUATE, list_kinds
 from ..data import list_datasets
+from ..data.sources import DATA_KINDS, _check_keys
 from ..errors import ConfigError
 from ..importance import list_criteria
+from ..measure.tasks import list_tasks
 from ..models import list_models
+from ..models.sources import list_model_sources
 from ..recovery import list_bn_modes
 from ..recovery.penalty import list_penalties
 from ..recovery.train import list_lr_schedules, list_optimizers
@@ -162,8 +165,6 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _known_kind(self) -> DataConfig:
-        from ..data.sources import DATA_KINDS, _check_keys
-
         if self.kind is None and self.python is None:
             if self.options:
                 raise KeyProblem("options", "goes with kind: or python: (your own data)")
@@ -226,8 +227,6 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _known_model(self) -> ModelConfig:
-        from ..models.sources import list_model_sources
-
         if self.source is not None:
             _keyed("source", "model source", self.source, list_model_sources())
             return self
@@ -741,8 +740,6 @@ class Recipe(_Section):
     @field_validator("task")
     @classmethod
     def _known_task(cls, value: str) -> str:
-        from ..measure.tasks import list_tasks
-
         return _registry_name("task", value, list_tasks())
 
     @property

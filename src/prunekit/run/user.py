@@ -27,9 +27,20 @@ from torch import nn
 
 from .._io import save_safetensors, write_json, write_text
 from .._utils import seed_everything, versions
-from ..data.sources import UserData, check_num_classes
+from ..data import load_dataset
+from ..data.sources import UserData, _Loaders, check_num_classes, load_data
 from ..errors import DataError
+from ..mask import bake
+from ..mask.targets import find_targets
+from ..measure import count_macs, count_params, measure_cost
+from ..measure.tasks import evaluate_task, forward, get_task, logits_of
+from ..models import CLASSIFIER, build_model
+from ..models.sources import load_checkpoint, load_model
+from ..recovery import train
+from ..sparsify import sparsify, sparsity_of
+from .html import render_html
 from .recipe import PruneConfig, Recipe, dump_recipe
+from .user_report import plot_layers, render_markdown
 
 __all__ = ["Prepared", "dry_run", "prepare", "run_user"]
 
@@ -83,8 +94,6 @@ def prepare(recipe: Recipe, *, quiet: bool = False) -> Prepared:
         DataError: the data is missing or empty, has another class count than the head,
             or has no labels for a task that needs them.
     """
-    from ..measure.tasks import get_task
-
     seed_everything(recipe.seed)
     started = time.perf_counter()
     model, heads, num_classes, folder, label = _model(recipe, quiet)
@@ -113,8 +122,6 @@ def _example(recipe: Recipe, data: UserData) -> Any:
 
 
 def _model(recipe: Recipe, quiet: bool) -> tuple:
-    from ..models.sources import load_model
-
     m = recipe.model
     if not m.own:
         return None, (), None, None, m.name
@@ -125,8 +132,6 @@ def _model(recipe: Recipe, quiet: bool) -> tuple:
 
 
 def _data(recipe: Recipe, folder: Path | None, model: nn.Module | None) -> UserData:
-    from ..data.sources import load_data
-
     d = recipe.data
     if d.own:
         return load_data(d.spec(), batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
@@ -137,8 +142,6 @@ def _data(recipe: Recipe, folder: Path | None, model: nn.Module | None) -> UserD
 
 def _builtin(recipe: Recipe) -> UserData:
     """A registered dataset (digits, Fashion-MNIST...) as loaders."""
-    from ..data import load_dataset
-    from ..data.sources import _Loaders
 
     d = recipe.data
     splits = load_dataset(d.name, data_dir=d.data_dir, seed=recipe.seed)
@@ -150,8 +153,6 @@ def _builtin(recipe: Recipe) -> UserData:
 
 
 def _reference(recipe: Recipe, data: UserData) -> tuple[nn.Module, tuple[str, ...], int]:
-    from ..models import CLASSIFIER, build_model
-    from ..models.sources import load_checkpoint
 
     if data.num_classes is None or data.input_shape is None:
         raise DataError(f"reference network {recipe.model.name} needs labelled data of a fixed "
@@ -168,9 +169,6 @@ def _reference(recipe: Recipe, data: UserData) -> tuple[nn.Module, tuple[str, ..
 
 def cut(model: nn.Module, prepared: Prepared, prune: PruneConfig, *, seed: int) -> dict:
     """Cut ``model`` once as ``prune`` says; returns what was cut (and the plan for channels)."""
-    from ..measure import count_macs, count_params
-    from ..sparsify import sparsity_of
-
     before = {"params": count_params(model), "macs": count_macs(model, _head(prepared.example,
                                                                             1)).dense}
     if prune.structured:
@@ -186,8 +184,6 @@ def cut(model: nn.Module, prepared: Prepared, prune: PruneConfig, *, seed: int) 
 
 
 def _mask_cut(model: nn.Module, prune: PruneConfig, *, seed: int) -> dict:
-    from ..sparsify import sparsify
-
     key, value = prune.amount
     layers = sparsify(model, **{key: value}, criterion=prune.criterion, scope=prune.scope,
                       granularity=prune.granularity, ignore=tuple(prune.exclude or ()),
@@ -322,8 +318,6 @@ def _baseline(model: nn.Module, prepared: Prepared, recipe: Recipe, quiet: bool)
 
 
 def _finetune(model: nn.Module, prepared: Prepared, recipe: Recipe, quiet: bool) -> str:
-    from ..mask import bake
-
     f, data = recipe.finetune, prepared.data
     if f.epochs == 0:
         reason = "finetune.epochs is 0"
@@ -340,8 +334,6 @@ def _finetune(model: nn.Module, prepared: Prepared, recipe: Recipe, quiet: bool)
 
 def _train(model: nn.Module, prepared: Prepared, config: Any, recipe: Recipe, quiet: bool,
            desc: str) -> None:
-    from ..recovery import train
-
     _say(quiet, f"{desc}: {config.epochs} epochs")
     train(_Logits(model), _Batches(prepared.data.train), epochs=config.epochs, lr=config.lr,
           optimizer=config.optimizer, momentum=config.momentum,
@@ -380,17 +372,12 @@ class _Logits(nn.Module):
         self.model = model
 
     def forward(self, inputs: Any) -> torch.Tensor:
-        from ..measure.tasks import forward, logits_of
-
         return logits_of(forward(self.model, dict(inputs) if isinstance(inputs, dict)
                                  else inputs))
 
 
 def _evaluate(model: nn.Module, dense: nn.Module, prepared: Prepared, recipe: Recipe,
               quiet: bool, label: str) -> dict[str, Any]:
-    from ..measure import measure_cost
-    from ..measure.tasks import evaluate_task
-    from ..sparsify import sparsity_of
 
     _say(quiet, f"evaluating the {label} model ({recipe.task}) and measuring it")
     quality = evaluate_task(recipe.task, model, prepared.data.test, reference=dense,
@@ -416,8 +403,6 @@ def _save(model: nn.Module, plan: Any, out: Path) -> dict[str, Path]:
 
 def _layer_rows(dense: nn.Module, pruned: nn.Module) -> list[dict[str, Any]]:
     """Per prunable weight: parameters before and after, and non-zeros after."""
-    from ..mask.targets import find_targets
-
     after = {t.name: t.weight.detach() for t in find_targets(pruned)}
     rows = []
     for t in find_targets(dense):
@@ -432,8 +417,6 @@ def _layer_rows(dense: nn.Module, pruned: nn.Module) -> list[dict[str, Any]]:
 
 def _report(metrics: dict, layers: list[dict], recipe: Recipe, out: Path,
             record: dict[str, str]) -> dict[str, Path]:
-    from .html import render_html
-    from .user_report import plot_layers, render_markdown
 
     files = {LAYERS_CHART: out / LAYERS_CHART}
     plot_layers(layers, files[LAYERS_CHART], title=f"{recipe.name}: weights kept per layer")

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._io import write_bytes
+from ..measure.tasks import get_task
 from .recipe import Recipe
 
 __all__ = ["plot_layers", "render_markdown"]
@@ -100,8 +101,6 @@ def plot_layers(layers: Sequence[Mapping[str, Any]], path: str | os.PathLike[str
 def summary_lines(metrics: Mapping[str, Any], out: Any, seconds: float) -> str:
     """The command line's before/after lines of a run on your own model: the task's
     headline metric, parameters, MACs and latency; then where the outputs are."""
-    from ..measure.tasks import get_task
-
     task = get_task(metrics["run"]["task"])
     kind = {k: f for k, _, f in _ROWS}.get(task.headline, "num")
     lines = []
