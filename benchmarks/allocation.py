@@ -225,11 +225,9 @@ def report(args) -> None:
     acc = [r for r in rows if r["part"] == "accuracy"]
     lines = [f"Machine: {machine()}; {versions_line()}. One intra-op thread; "
              f"{args.runs} timed runs x {args.rounds} interleaved rounds per network. Clock "
-             "`cpu`: the CPU time of the inference thread, i.e. what an idle core takes; this "
-             "machine's two cores were shared with other jobs while it ran (load average "
-             "13 to 18), which stretches wall-clock times of whole networks 2-5x at random. "
-             "Clock `wall`: wall-clock. 'measured' is the fastest run (table entries too); "
-             "the median column shows the spread.", ""]
+             "`cpu`: the CPU time of the inference thread, i.e. what an idle core takes even "
+             "while other jobs share the machine. Clock `wall`: wall-clock. 'measured' is the "
+             "fastest run (table entries too); the median column shows the spread.", ""]
     for clock in dict.fromkeys(r.get("clock", "wall") for r in table):
         part = [r for r in table if r.get("clock", "wall") == clock]
         lines += [f"### How well the table predicts measured latency (clock `{clock}`)", "",
