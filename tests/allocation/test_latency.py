@@ -62,6 +62,7 @@ class FakeTimer:
 
     def __init__(self) -> None:
         self.layer_calls = 0
+        self.network_calls = 0
 
     def __call__(self, module: nn.Module, inputs: torch.Tensor) -> float:
         module, inputs = copy.deepcopy(module).to("meta"), inputs.to("meta")  # shapes only
@@ -76,6 +77,7 @@ class FakeTimer:
                 h.remove()
         network = any(True for _ in module.children())
         self.layer_calls += not network
+        self.network_calls += network
         return sum(total) + (REST_MS if network else 0.0)
 
 
@@ -107,9 +109,12 @@ def test_table_is_measured_once_and_cached_on_disk(space, tmp_path):
     assert first.layer_calls == space.tables[1].measured > 0
     files = list((tmp_path / "latency").glob("*.json"))
     assert len(files) == 1
+    fit = space.tables[1].fit
     again = FakeTimer()
     space.use_latency(timer=again, cache_dir=tmp_path, grid=GRID)
     assert again.layer_calls == 0 and space.tables[1].measured == 0
+    # the fitted rest of this network is cached too: the same prediction, nothing timed
+    assert again.network_calls == 0 and space.tables[1].fit == fit
     # another batch size needs new entries
     space.use_latency(batch_size=2, timer=again, cache_dir=tmp_path, grid=GRID)
     assert again.layer_calls > 0

@@ -205,12 +205,15 @@ class LatencyTable:
             version, thread count and timer); ``None`` keeps entries in memory only.
         build: ``build(counts) -> model`` pruned to ``counts``; when given, the part of
             the latency the table does not see is fitted on uniformly pruned networks too.
+        network_key: names the network; with a cache, its fitted rest is stored under it
+            and read back next time, so every call predicts the same dense latency.
     """
 
     def __init__(self, graph: Any, *, widths: Mapping[int, Sequence[int]],
                  batch_size: int = 1, timer: Timer | None = None, threads: int = 1,
                  clock: str = "wall", cache_dir: str | os.PathLike[str] | None = None,
-                 build: Callable[[Counts], nn.Module] | None = None) -> None:
+                 build: Callable[[Counts], nn.Module] | None = None,
+                 network_key: str | None = None) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.graph, self.batch_size = graph, batch_size
@@ -223,7 +226,15 @@ class LatencyTable:
         self.layers = self._record_layers()
         self.measured = 0
         self._measure_all()
-        self.fit = self._calibrate(build)
+        key = None if network_key is None else f"{network_key}|n{batch_size}|{self.widths}"
+        cached = self.fits.get(key) if key is not None else None
+        if cached is not None:
+            self.fit, self.calibration = (cached["a"], cached["b"]), cached["points"]
+        else:
+            self.fit = self._calibrate(build)
+            if key is not None:
+                self.fits[key] = {"a": self.fit[0], "b": self.fit[1], "points": self.calibration}
+                self._save_cache(force=True)
 
     # -- public ---------------------------------------------------------------------------------
     def predict(self, counts: Counts) -> float:
@@ -380,21 +391,25 @@ class LatencyTable:
         return folder / "latency" / f"{digest}.json"
 
     def _load_cache(self) -> dict[str, float]:
+        self.fits: dict[str, dict[str, Any]] = {}
         if self.cache_path is None or not self.cache_path.exists():
             return {}
         try:
             data = json.loads(self.cache_path.read_text())
-            return {str(k): float(v) for k, v in data["entries"].items()}
-        except (OSError, ValueError, KeyError, TypeError):
+            entries = {str(k): float(v) for k, v in data["entries"].items()}
+            self.fits = dict(data.get("fits", {}))
+            return entries
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return {}  # a damaged cache is measured again
 
-    def _save_cache(self) -> None:
-        if self.cache_path is None or not self.measured:
+    def _save_cache(self, *, force: bool = False) -> None:
+        if self.cache_path is None or not (self.measured or force):
             return
         from .._io import write_json
 
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(self.cache_path, {**self._cache_meta, "entries": self.entries})
+        write_json(self.cache_path, {**self._cache_meta, "entries": self.entries,
+                                     "fits": self.fits})
 
 
 def _in_width(m: nn.Module) -> int:

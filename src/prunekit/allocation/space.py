@@ -191,7 +191,8 @@ class ChannelSpace(_Space):
         self.tables[batch_size] = LatencyTable(self.graph, widths=widths, batch_size=batch_size,
                                                timer=timer, threads=threads, clock=clock,
                                                cache_dir=cache_dir,
-                                               build=self.build_counts)
+                                               build=self.build_counts,
+                                               network_key=self.fingerprint())
         self.latency_options = {"batch_size": batch_size}
         self._dense = self._cost_of({}, latency=True)
 
