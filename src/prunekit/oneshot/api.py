@@ -199,9 +199,14 @@ def _owl(blocks, layers, captured: Captured, cfg: OneShotConfig) -> list[float]:
 
 
 def _progress(items: Iterable, cfg: OneShotConfig, desc: str) -> Iterable:
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, unit="block", disable=cfg.quiet, leave=False)
+    """A tqdm bar per block (no bar when quiet or when tqdm is not installed)."""
+    if cfg.quiet:
+        return items
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=desc, unit="block", leave=False)
 
 
 def _block_layers(model, path, blocks, cfg) -> list[list[tuple[str, nn.Linear]]]:
