@@ -276,3 +276,11 @@ def test_bfloat16_models_are_pruned_in_their_dtype(method):
     assert torch.all((w != 0).reshape(w.shape[0], -1, 4).sum(-1) <= 2)
     with torch.no_grad():
         assert torch.isfinite(model(calibration(2)).logits.float()).all()
+
+
+def test_progress_bar_per_block_unless_quiet(capsys):
+    pytest.importorskip("tqdm", reason="pip install tqdm")
+    oneshot(tiny_llama(), calibration(), method="wanda", sparsity=0.5)
+    assert "oneshot wanda" in capsys.readouterr().err
+    oneshot(tiny_llama(), calibration(), method="wanda", sparsity=0.5, quiet=True)
+    assert capsys.readouterr().err == ""
