@@ -46,6 +46,7 @@ RUNS = {
     "sparsegpt-50": dict(method="sparsegpt", sparsity=0.5),
     "magnitude-50": dict(method="magnitude", sparsity=0.5),
     "owl-wanda-50": dict(method="wanda", sparsity=0.5, allocation="owl"),
+    "wanda-50-onepass": dict(method="wanda", sparsity=0.5, sequential=False),
     "sparsegpt-2:4": dict(method="sparsegpt", pattern="2:4"),
     "wanda-2:4": dict(method="wanda", pattern="2:4"),
     "magnitude-2:4": dict(method="magnitude", pattern="2:4"),
