@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import os
-import platform
 import re
 from pathlib import Path
 
 import torch
 
 from prunekit._io import write_text
-from prunekit._utils import versions
+from prunekit._utils import cpu_name, versions
 
 
 def machine() -> str:
     """CPU model, cores and memory of this machine, for the record."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     mem = ""
     try:
         kb = int(Path("/proc/meminfo").read_text().split()[1])

@@ -73,6 +73,7 @@ EXERCISED = {
     "SparsifyConfig": "test_configs_equal_their_keyword_calls",
     "PlanConfig": "test_configs_equal_their_keyword_calls",
     "Budget": "test_configs_equal_their_keyword_calls",
+    "allocate": "test_allocate",
 }
 
 
@@ -180,6 +181,18 @@ def test_configs_equal_their_keyword_calls():
     assert p1.to_dict()["groups"] == p2.to_dict()["groups"]
     with pytest.raises(pk.errors.ConfigError, match="not both"):
         pk.plan(pk.trace(mlp(), x), pk.PlanConfig(), ratio=0.5)
+
+
+def test_allocate():
+    model, x = mlp(), torch.randn(1, 6)
+    alloc = pk.allocate(model, x, kind="uniform", budget={"params_ratio": 0.6},
+                        cache_dir=None)
+    graph = pk.trace(mlp(), x)
+    pruned = mlp()
+    pk.apply(pruned, pk.plan(graph, **alloc.plan_kwargs))
+    assert sum(p.numel() for p in pruned.parameters()) <= 0.6 * sum(
+        p.numel() for p in model.parameters())
+    assert alloc.predicted["params"] == sum(p.numel() for p in pruned.parameters())
 
 
 def test_schedules_and_pruner():

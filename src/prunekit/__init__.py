@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 from ._version import __version__ as __version__
+from .allocation import allocate as allocate
 from .compress import quantize as quantize
 from .config import Budget as Budget
 from .config import PlanConfig as PlanConfig

@@ -3,13 +3,14 @@ positional arguments, or a dict of keyword arguments (Hugging Face models)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["flatten_tensors", "run_model", "to_meta"]
+__all__ = ["eval_mode", "flatten_tensors", "run_model", "to_meta"]
 
 
 def flatten_tensors(obj: Any) -> list[torch.Tensor]:
@@ -44,3 +45,15 @@ def to_meta(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_meta(v) for v in obj)
     return obj
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode inside; every module's own train/eval flag restored after."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in flags:
+            module.training = training

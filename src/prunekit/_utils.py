@@ -74,6 +74,18 @@ def resolve_ignore(model: nn.Module, ignore: Any) -> set[str]:
     return out
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else the platform's word for it."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return cpu
+
+
 def versions() -> dict[str, str]:
     """Versions of Python, prunekit and its main dependencies, for run records."""
     out = {

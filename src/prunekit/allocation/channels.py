@@ -122,7 +122,7 @@ def _unit_rounding(graph: Graph, groups: list[Group], round_to: int) -> dict[int
     return out
 
 
-def _keep_count(n: int, ratio: float, round_to: int) -> int:
+def keep_count(n: int, ratio: float, round_to: int) -> int:
     """Units kept out of ``n`` at ``ratio``: rounded to a multiple of ``round_to``, at least one."""
     keep = n * (1.0 - ratio)
     if round_to > 1:
@@ -132,12 +132,14 @@ def _keep_count(n: int, ratio: float, round_to: int) -> int:
     return int(min(n, max(1, round(keep))))
 
 
+
+
 def _layer_counts(groups: list[Group], options: _Options, r: float | None) -> dict[int, int]:
     """Per-group counts: each group's own ratio, or the searched uniform ratio ``r``."""
     out = {}
     for g in groups:
         gr = _group_ratio(g, options) if r is None else min(options.max_ratio, r)
-        out[g.id] = _keep_count(g.size, gr, options.unit_round.get(g.id, options.round_to))
+        out[g.id] = keep_count(g.size, gr, options.unit_round.get(g.id, options.round_to))
     return out
 
 
@@ -166,7 +168,7 @@ def _global_counts(groups: list[Group], scores: dict[int, torch.Tensor], ratio: 
             removed[gid] += 1
             budget -= 1
     sizes = {g.id: g.size for g in groups}
-    return {gid: _keep_count(sizes[gid], removed[gid] / sizes[gid],
+    return {gid: keep_count(sizes[gid], removed[gid] / sizes[gid],
                              options.unit_round.get(gid, options.round_to)) for gid in removed}
 
 

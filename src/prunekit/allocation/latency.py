@@ -28,12 +28,11 @@ Example:
 from __future__ import annotations
 
 import bisect
-import contextlib
 import hashlib
 import json
 import os
 import platform
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._calls import eval_mode as _eval_mode
 from .._calls import run_model
+from .._utils import cpu_name
 from ..errors import ConfigError
 
 Timer = Callable[[nn.Module, Any], float]
@@ -62,14 +63,7 @@ def default_cache_dir() -> Path:
 
 def machine_key(threads: int) -> dict[str, str]:
     """What a latency entry depends on besides the layer: CPU, torch version, threads."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     return {"cpu": cpu, "arch": platform.machine(), "torch": torch.__version__,
             "threads": str(threads), "device": device}
@@ -120,34 +114,14 @@ def _cpu_times(module: nn.Module, inputs: Any, *, warmup: int, runs: int) -> lis
     try:
         with _eval_mode(module), torch.inference_mode():
             for _ in range(warmup):
-                _run(module, inputs)
+                run_model(module, inputs)
             for _ in range(runs):
                 start = time.thread_time()
-                _run(module, inputs)
+                run_model(module, inputs)
                 out.append((time.thread_time() - start) * 1e3)
     finally:
         torch.set_num_threads(before)
     return out
-
-
-def _run(module: nn.Module, inputs: Any) -> Any:
-    if isinstance(inputs, Mapping):
-        return module(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return module(*inputs)
-    return module(inputs)
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode inside; every module's own flag restored after."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in flags:
-            module.training = training
 
 
 @dataclass

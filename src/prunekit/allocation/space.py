@@ -24,21 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-
-
-def keep_count(n: int, ratio: float, round_to: int) -> int:
-    """Units kept out of ``n`` at ``ratio``, a multiple of ``round_to`` (as ``pk.plan`` keeps).
-
-    Example:
-        >>> keep_count(64, 0.3, 8)
-        48
-    """
-    keep = n * (1.0 - ratio)
-    if round_to > 1:
-        if n <= round_to:
-            return n
-        keep = max(round_to, round(keep / round_to) * round_to)
-    return int(min(n, max(1, round(keep))))
+from .channels import keep_count
 
 
 def fingerprint(model: nn.Module, example_inputs: Any, *extra: Any) -> str:
@@ -65,8 +51,9 @@ class _Space:
     round_to_choices: tuple[int, ...] = (1,)
 
     def ratios_dict(self, ratios: Sequence[float]) -> dict[str, float]:
-        """Unit name -> ratio, rounded for reading."""
-        return {u: round(float(r), 6) for u, r in zip(self.units, ratios, strict=True)}
+        """Unit name -> ratio, exactly as evaluated (a ratio rounded for reading can land on
+        the other side of a half unit and make ``pk.plan`` keep one unit more)."""
+        return {u: float(r) for u, r in zip(self.units, ratios, strict=True)}
 
     def blocks(self, depth: int) -> dict[str, list[int]]:
         """Units by the first ``depth`` parts of their name (``layer1``), at least two blocks

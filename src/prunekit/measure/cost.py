@@ -27,6 +27,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import _macs
+from .._calls import eval_mode as _eval_mode
 from .._calls import run_model, to_meta
 from .._registry import Registry
 from ..errors import ConfigError
@@ -602,18 +603,6 @@ def _is_meta(model: nn.Module) -> bool:
 def _inputs_for(model: nn.Module, inputs: Any) -> Any:
     """Inputs moved to the meta device when the model lives there."""
     return to_meta(inputs) if _is_meta(model) else inputs
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode inside; every module's own train/eval flag restored after."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in flags:
-            module.training = training
 
 
 @contextlib.contextmanager
