@@ -454,7 +454,8 @@ def test_allocated_channel_cut_meets_its_macs_budget_and_is_reported(tmp_path, m
     result = run_quick(tmp_path, model={"name": "lenet5"},
                        data={"name": "digits", "val_fraction": 0.2},
                        prune={"granularity": "channel", "sparsity": None},
-                       finetune={"epochs": 0}, allocate={"kind": "greedy", "budget": {"macs_ratio": 0.6},
+                       finetune={"epochs": 0},
+                       allocate={"kind": "greedy", "budget": {"macs_ratio": 0.6},
                                  "grid": [0.25, 0.5, 0.75]})
     dense, pruned = result.metrics["dense"], result.metrics["pruned"]
     assert pruned["macs"] <= 0.6 * dense["macs"]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
+from tests.graph.test_wrong_cuts import LiteralHeads
 
 import prunekit as pk
-from tests.graph.test_wrong_cuts import LiteralHeads
 
 
 def test_summary_names_groups_left_whole_with_the_reason():
