@@ -16,9 +16,12 @@ from typing import Any
 
 from torch import nn
 
+from .._io import write_json
 from ..errors import ConfigError
 from .budget import Budget
+from .latency import default_cache_dir
 from .search import NEEDS_EVALUATE, STRATEGIES, SearchContext
+from .space import ChannelSpace, MaskSpace, mask_layers
 
 DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 GRANULARITIES = ("channel", "mask")
@@ -71,7 +74,6 @@ class Allocation:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the allocation and its history as JSON (atomically)."""
-        from .._io import write_json
 
         write_json(path, self.to_dict())
 
@@ -192,14 +194,12 @@ def apply_allocation(model: nn.Module, allocation: Allocation, example_inputs: A
         plan = pk.plan(pk.trace(model, example_inputs), **allocation.plan_kwargs)
         pk.apply(model, plan)
         return plan
-    from .space import mask_layers
 
     return mask_layers(model, allocation.ratios, criterion=allocation.criterion,
                        exclude=allocation.ignore)
 
 
 def _space(model, example_inputs, granularity, criterion, ignore, round_to, plan_options) -> Any:
-    from .space import ChannelSpace, MaskSpace
 
     if granularity == "channel":
         return ChannelSpace(model, example_inputs, criterion=criterion or "l2", ignore=ignore,
@@ -221,7 +221,6 @@ def _check_grid(grid: Sequence[float]) -> list[float]:
 
 def _cache_dir(cache_dir: Any) -> Any:
     if cache_dir == "default":
-        from .latency import default_cache_dir
 
         return default_cache_dir()
     return cache_dir

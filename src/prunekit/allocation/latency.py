@@ -43,8 +43,12 @@ from torch import nn
 
 from .._calls import eval_mode as _eval_mode
 from .._calls import run_model
+from .._io import write_json
 from .._utils import cpu_name
 from ..errors import ConfigError
+from ..graph import axes as ax
+from ..measure import measure_latency
+from ..measure.cost import resize_batch
 
 Timer = Callable[[nn.Module, Any], float]
 Counts = Mapping[int, int]
@@ -84,7 +88,6 @@ def measured_timer(*, threads: int = 1, warmup: int = 3, runs: int = 15, stat: s
             core even while other jobs share the machine (time spent descheduled is not
             counted).
     """
-    from ..measure import measure_latency
 
     if stat not in ("min", "median"):
         raise ConfigError(f"stat must be 'min' or 'median', got {stat!r}")
@@ -233,7 +236,6 @@ class LatencyTable:
 
     # -- recording ------------------------------------------------------------------------------
     def _inputs(self) -> Any:
-        from ..measure.cost import resize_batch
 
         return resize_batch(self.graph.example_inputs, self.batch_size)
 
@@ -280,7 +282,6 @@ class LatencyTable:
 
     def _axis_widths(self, axis: Any) -> list[int]:
         """Candidate widths of an axis: its size when each group in it keeps each candidate."""
-        from ..graph import axes as ax
 
         leaves = {ax.find(leaf) for leaf in ax.leaves(axis)}
         gids = [g for g in self.widths if ax.find(self.graph.groups[g].leaf) in leaves]
@@ -379,7 +380,6 @@ class LatencyTable:
     def _save_cache(self, *, force: bool = False) -> None:
         if self.cache_path is None or not (self.measured or force):
             return
-        from .._io import write_json
 
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
         write_json(self.cache_path, {**self._cache_meta, "entries": self.entries,

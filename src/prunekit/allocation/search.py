@@ -31,6 +31,7 @@ from typing import Any
 from .._registry import Registry
 from ..errors import ConfigError
 from .budget import Budget
+from .sensitivity import scan
 
 Result = tuple[list[float], int, list[dict[str, Any]]]
 Strategy = Callable[["SearchContext"], Result]
@@ -87,7 +88,6 @@ class SearchContext:
         return self._quality[key]
 
     def scan(self, sets: dict[str, list[int]] | None = None, round_to: int = 1) -> Any:
-        from .sensitivity import scan
 
         return scan(self.space, self.evaluate, ratios=self.grid, sets=sets, round_to=round_to,
                     cache_dir=self.options.get("cache_dir"),

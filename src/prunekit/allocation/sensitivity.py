@@ -29,7 +29,9 @@ from typing import Any
 
 from torch import nn
 
+from .._io import atomic_open, write_json
 from ..errors import ConfigError
+from .latency import _interp
 
 Evaluate = Callable[[nn.Module], float]
 
@@ -62,7 +64,6 @@ class SensitivityScan:
 
     def drop(self, unit: str, ratio: float) -> float:
         """Quality lost at ``ratio`` (linear between scanned ratios)."""
-        from .latency import _interp
 
         xs = [round(r * 1e6) for r in self.ratios]  # integers for the interpolation helper
         values = dict(zip(xs, self.drops(unit), strict=True))
@@ -94,7 +95,6 @@ class SensitivityScan:
         if len(self.units) <= 24:
             ax.legend(fontsize=6, ncol=2)
         fig.tight_layout()
-        from .._io import atomic_open
 
         with atomic_open(path) as f:
             fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", dpi=120)
@@ -145,7 +145,6 @@ def scan(space: Any, evaluate: Evaluate, *, ratios: Sequence[float],
         if progress is not None:
             progress(f"scanned {name}: " + ", ".join(f"{q:.4g}" for q in row))
     if path is not None:
-        from .._io import write_json
 
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, result.to_dict())

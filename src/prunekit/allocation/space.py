@@ -23,8 +23,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._utils import match_any
 from ..errors import ConfigError
+from ..importance.group import group_importance
+from ..mask.targets import find_targets
+from ..measure import count_macs, size_bytes
+from ..surgery.build import build_plan
+from ..surgery.surgeons import input_dims
 from .channels import keep_count
+from .latency import LatencyTable
 
 
 def fingerprint(model: nn.Module, example_inputs: Any, *extra: Any) -> str:
@@ -113,7 +120,6 @@ class ChannelSpace(_Space):
 
     def _key(self, group: Any) -> str:
         """The first module whose outputs the group cuts: the name ``pk.plan`` matches."""
-        from ..surgery.surgeons import input_dims
 
         for m in group.members:
             path, _, local = m.name.rpartition(".")
@@ -137,7 +143,6 @@ class ChannelSpace(_Space):
         with the unit scores computed once."""
         import prunekit as pk
 
-        from ..surgery.build import build_plan
 
         scores = self._scores()
         kept = {gid: torch.sort(torch.topk(scores[gid], k).indices).values
@@ -151,7 +156,6 @@ class ChannelSpace(_Space):
 
     def _scores(self) -> dict[int, torch.Tensor]:
         if getattr(self, "_unit_scores", None) is None:
-            from ..importance.group import group_importance
 
             extra = {k: v for k, v in self.plan_options.items()
                      if k in ("data", "loss_fn", "batches", "seed")}
@@ -170,7 +174,6 @@ class ChannelSpace(_Space):
                     grid: Sequence[float] = ()) -> None:
         """Build the latency table for ``batch_size`` (widths of every grid ratio and
         ``round_to`` choice)."""
-        from .latency import LatencyTable
 
         ratios = sorted(set(grid) | {0.0})
         widths = {g.id: sorted({keep_count(g.size, r, rt) for r in ratios
@@ -235,9 +238,6 @@ class MaskSpace(_Space):
 
     def __init__(self, model: nn.Module, example_inputs: Any, *, criterion: str = "magnitude",
                  exclude: Sequence[str] = ()) -> None:
-        from .._utils import match_any
-        from ..mask.targets import find_targets
-        from ..measure import count_macs, size_bytes
 
         self.model, self.example_inputs = model, example_inputs
         self.criterion, self.exclude = criterion, list(exclude)
