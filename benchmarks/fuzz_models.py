@@ -28,16 +28,15 @@ import copy
 import json
 import math
 import random
-import signal
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from zoolib.runner import ZooTimeout, time_limit
 
 CRITERIA = ("l1", "l2", "random", "lamp", "bn_scale", "magnitude")
 OUTCOMES = ("pass", "refused", "wrong_verify_ok", "wrong_caught", "internal_error", "timeout")
@@ -700,23 +699,9 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
 
 
-class Timeout(Exception):
-    """A case ran past its time limit."""
+# one time limit for the benchmark harnesses (SIGALRM, main thread)
+Timeout = ZooTimeout
 
-
-@contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Raise :class:`Timeout` after ``seconds`` (SIGALRM; main thread, Unix)."""
-    def fire(signum, frame):
-        raise Timeout(f"over {seconds:g} s")
-
-    old = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def outputs(model: nn.Module, x: Any) -> torch.Tensor:

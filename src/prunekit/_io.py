@@ -1,4 +1,5 @@
-"""Atomic file output: a file either appears complete or not at all."""
+"""Atomic file output (a file either appears complete or not at all), and reading an
+encoded file back with errors that name it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -60,3 +61,19 @@ def save_safetensors(
 
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     write_bytes(path, save(flat, metadata=metadata))
+
+
+def read_decoded(path: str | os.PathLike[str], what: str, decode: Callable[[bytes], Any]) -> Any:
+    """``decode`` of the bytes of ``path``; an unreadable file or a ``DataError`` from
+    ``decode`` becomes a ``DataError`` that names the file (``what``: the kind of file)."""
+    from .errors import DataError
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {what} file {path}: {exc.strerror}") from None
+    try:
+        return decode(raw)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None

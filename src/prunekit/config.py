@@ -315,16 +315,16 @@ class PlanConfig:
         return dataclasses.replace(self, **changes)
 
 
-def split_ignore(model: nn.Module, ignore: Any) -> tuple[tuple[str, ...], set[str]]:
-    """Keyword-layer ``ignore``: modules become their names; returns (names, resolved paths).
+def split_ignore(model: nn.Module, ignore: Any) -> tuple[str, ...]:
+    """Keyword-layer ``ignore``: modules become their names (configs hold names only).
 
     A module that is not part of ``model`` or a name that matches nothing is a ConfigError.
     """
-    resolved = resolve_ignore(model, ignore)
+    resolve_ignore(model, ignore)  # validates every item against the model
     items = [ignore] if isinstance(ignore, (str, nn.Module)) else list(ignore)
     named = {id(m): n for n, m in reversed(list(model.named_modules()))}
     names = tuple(named[id(i)] if isinstance(i, nn.Module) else i for i in items)
-    return names, resolved
+    return names
 
 
 def deprecated(old: str, new: str) -> None:

@@ -176,7 +176,7 @@ def _config(model: nn.Module, config: SparsifyConfig | None, options: dict) -> S
         options["ignore"] = tuple(_as_list(options.pop("exclude"))) + \
             tuple(_as_list(options.pop("ignore", ())))
     if "ignore" in options:
-        options["ignore"], _ = split_ignore(model, options["ignore"])
+        options["ignore"] = split_ignore(model, options["ignore"])
     return SparsifyConfig.from_keywords(**options)
 
 

@@ -157,7 +157,7 @@ def _plan_config(model: nn.Module, config: PlanConfig | None, options: dict) -> 
     """The config of a call: the one given, or the one its keywords spell."""
     if config is None:
         if "ignore" in options:
-            options["ignore"], _ = split_ignore(model, options["ignore"])
+            options["ignore"] = split_ignore(model, options["ignore"])
         return PlanConfig.from_keywords(**options)
     if options:
         raise ConfigError(f"give a PlanConfig or keywords, not both (got {', '.join(options)})")

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._io import write_bytes
+from .._io import read_decoded, write_bytes
 from ..errors import ConfigError, DataError
 from ..measure.sparse_io import _BITS, _nonzero, decode_sparse, encode_sparse
 from . import huffman
@@ -112,15 +112,7 @@ def load_compressed(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         DataError: The file is missing, truncated or not a Deep-Compression file; the
             message names the file.
     """
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read compressed weights file {path}: {exc.strerror}") from None
-    try:
-        return decode_compressed(raw)
-    except DataError as exc:
-        raise DataError(f"{path}: {exc}") from None
+    return read_decoded(path, "compressed weights", decode_compressed)
 
 
 def decode_compressed(raw: bytes) -> dict[str, torch.Tensor]:

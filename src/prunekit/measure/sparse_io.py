@@ -20,13 +20,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .._io import write_bytes
+from .._io import read_decoded, write_bytes
 from .._registry import Registry
 from ..errors import ConfigError, DataError
 
@@ -79,15 +78,7 @@ def load_sparse(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         DataError: The file is missing, is not safetensors, has no sparse index, or
             its entries disagree with the index; the message names the file.
     """
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read sparse weights file {path}: {exc.strerror}") from None
-    try:
-        return decode_sparse(raw)
-    except DataError as exc:
-        raise DataError(f"{path}: {exc}") from None
+    return read_decoded(path, "sparse weights", decode_sparse)
 
 
 @encodings.register("dense")
