@@ -799,6 +799,8 @@ def check_prunekit(case: FuzzCase, *, limit_s: float = 60.0) -> Outcome:
     except Timeout as e:
         return Outcome("timeout", str(e))
     except PrunekitError as e:
+        if isinstance(e.__cause__, Timeout):  # the tracer wraps what the model's run raised
+            return Outcome("timeout", str(e.__cause__))
         kind = "internal_error" if _internal(e) else "refused"
         return Outcome(kind, f"{type(e).__name__}: {e}")
     except Exception as e:
