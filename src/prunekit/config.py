@@ -327,6 +327,19 @@ def split_ignore(model: nn.Module, ignore: Any) -> tuple[str, ...]:
     return names
 
 
+def as_items(items: Any) -> list:
+    """One name (or module) or several, as a list."""
+    return [items] if isinstance(items, (str, nn.Module)) else list(items)
+
+
+def fold_exclude(options: dict[str, Any], where: str) -> None:
+    """The older ``exclude=`` keyword folded into ``ignore`` (with a deprecation warning)."""
+    if "exclude" in options:
+        deprecated(f"{where}(exclude=...)", "ignore=...")
+        options["ignore"] = (*as_items(options.pop("exclude")),
+                             *as_items(options.pop("ignore", ())))
+
+
 def deprecated(old: str, new: str) -> None:
     """Warn once per call site that keyword ``old`` is now ``new``."""
     warnings.warn(f"{old} is deprecated; use {new}", DeprecationWarning, stacklevel=3)

@@ -19,7 +19,7 @@ from . import mask as _mask
 from ._registry import Registry
 from ._utils import match_any
 from .allocation import nm_keep, select
-from .config import NM, SparsifyConfig, deprecated, split_ignore
+from .config import NM, SparsifyConfig, fold_exclude, split_ignore
 from .errors import ConfigError
 from .importance import collect_stats, get_criterion
 from .mask.targets import Target, find_targets
@@ -171,17 +171,10 @@ def _config(model: nn.Module, config: SparsifyConfig | None, options: dict) -> S
         if not isinstance(config, SparsifyConfig):
             raise ConfigError(f"config must be a SparsifyConfig, got {type(config).__name__}")
         return config
-    if "exclude" in options:
-        deprecated("sparsify(exclude=...)", "ignore=...")
-        options["ignore"] = tuple(_as_list(options.pop("exclude"))) + \
-            tuple(_as_list(options.pop("ignore", ())))
+    fold_exclude(options, "sparsify")
     if "ignore" in options:
         options["ignore"] = split_ignore(model, options["ignore"])
     return SparsifyConfig.from_keywords(**options)
-
-
-def _as_list(items: Any) -> list:
-    return [items] if isinstance(items, (str, nn.Module)) else list(items)
 
 
 def sparsity_of(model: nn.Module) -> float:

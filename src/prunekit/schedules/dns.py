@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .. import mask as _mask
+from ..config import as_items
 from ..errors import ConfigError
 from ..mask.targets import Target
 from ..sparsify import select_targets
@@ -88,7 +89,7 @@ class Surgery:
         _check(sparsity, c_rate, margin, gamma, power, frequency, stop)
         self.model = unwrap(model)
         self.targets: list[Target] = select_targets(
-            self.model, [*_names(ignore), *_names(exclude)], protect_output)
+            self.model, [*as_items(ignore), *as_items(exclude)], protect_output)
         self.options = dict(gamma=gamma, power=power, frequency=frequency, stop=stop)
         self.thresholds = {
             t.name: _thresholds(t.weight.detach(), sparsity, c_rate, margin) for t in self.targets
@@ -214,7 +215,3 @@ def _check(sparsity, c_rate, margin, gamma, power, frequency, stop) -> None:
         raise ConfigError(f"frequency must be an integer >= 1, got {frequency!r}")
     if stop is not None and (not isinstance(stop, int) or stop < 0):
         raise ConfigError(f"stop must be None or an integer >= 0, got {stop!r}")
-
-
-def _names(items: Sequence[str] | str) -> list[str]:
-    return [items] if isinstance(items, str) else list(items)

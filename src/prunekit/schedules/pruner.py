@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ..config import NM, Rule, SparsifyConfig, deprecated
+from ..config import NM, Rule, SparsifyConfig, fold_exclude
 from ..errors import ConfigError
 from ..mask import enforce
 from ..sparsify import sparsify
@@ -67,10 +67,7 @@ class MaskPruning:
     ) -> None:
         if config is None:
             pattern = options.pop("pattern", None)
-            if "exclude" in options:
-                deprecated("exclude=...", "ignore=...")
-                options["ignore"] = (*_names(options.pop("exclude")),
-                                     *_names(options.pop("ignore", ())))
+            fold_exclude(options, "MaskPruning")
             amount = {"pattern": pattern} if pattern is not None else {"sparsity": 0.0}
             config = SparsifyConfig.from_keywords(**amount, **options)
         elif options:
@@ -212,7 +209,3 @@ class Pruner:
 
 def _normalized(d: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-
-
-def _names(items: Any) -> list:
-    return [items] if isinstance(items, str) else list(items)
