@@ -350,14 +350,15 @@ def test_inspect_names_what_cannot_be_pruned_and_why():
     assert "a.weight:0" in str(report)
 
 
-def test_verify_lists_groups_normalized_over_the_cut_as_unchecked(zoo):
+def test_verify_checks_groups_under_a_layer_norm_by_normalizing_over_the_kept_units(zoo):
     case = zoo("mha")
     original = copy.deepcopy(case.model)
     plan = S.prune(case.model, case.inputs, ratio=0.5)
+    assert any("layer norm" in " ".join(g.unchecked) for g in plan.groups if g.removed)
     result = S.verify(original, case.model, plan, case.inputs)
-    assert result.ok
-    assert result.unchecked and all("layer norm" in " ".join(r) for r in result.unchecked.values())
-    assert result.checked
+    assert result.ok and not result.unchecked
+    assert result.emulated == {"norm": "LayerNorm"}
+    assert {g.name for g in plan.groups if g.removed} == set(result.checked)
 
 
 class _StdConv(nn.Conv2d):
@@ -462,7 +463,8 @@ def test_llama_grouped_query_attention_keeps_kv_groups_and_prunes_hidden():
     assert model.config.hidden_size == 16 == model.model.norm.weight.shape[0]
     assert model.config.intermediate_size == 24 == model.model.layers[1].mlp.intermediate_size
     result = S.verify(original, model, plan, inputs)
-    assert result.ok and any("mean" in " ".join(r) for r in result.unchecked.values())
+    assert result.ok and not result.unchecked  # the hidden width: its RMS norms emulated
+    assert set(result.emulated.values()) == {"LlamaRMSNorm"}
 
 
 def test_per_layer_sizes_are_recorded_when_the_config_cannot_hold_them(tmp_path):

@@ -92,3 +92,86 @@ def test_locating_a_mismatch_names_groups_instead_of_raising():
     result = pk.verify(model, pruned, plan, x)
     assert not result.ok and result.failed
     assert "a.weight:0" in " ".join(result.failed)
+
+
+class _Normed(nn.Module):
+    """A hidden width normalized by a layer norm, a group norm and an RMS norm."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.fc1, self.norm, self.fc2 = nn.Linear(8, 16), norm, nn.Linear(16, 4)
+        self.channels_first = isinstance(norm, nn.GroupNorm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        if self.channels_first:
+            return self.fc2(self.norm(h.transpose(1, 2)).transpose(1, 2))
+        return self.fc2(torch.relu(self.norm(h)))
+
+
+def _normed(norm: nn.Module) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = _Normed(norm).eval()
+    with torch.no_grad():
+        for p in model.norm.parameters():
+            p.uniform_(0.5, 1.5)
+    return model, torch.randn(3, 5, 8)
+
+
+_NORMS = {"layer": lambda: nn.LayerNorm(16), "group": lambda: nn.GroupNorm(1, 16),
+          "rms": lambda: nn.RMSNorm(16, eps=1e-6)}
+
+
+@pytest.mark.parametrize("kind", sorted(_NORMS))
+def test_groups_under_a_norm_are_checked_by_normalizing_over_the_kept_units(kind):
+    model, x = _normed(_NORMS[kind]())
+    pruned, plan = _pruned(model, x)
+    assert any(g.unchecked for g in plan.groups if g.removed)
+    result = pk.verify(model, pruned, plan, x)
+    assert result.ok, result.message
+    assert not result.unchecked and result.emulated == {"norm": type(model.norm).__name__}
+
+
+@pytest.mark.parametrize("kind", sorted(_NORMS))
+def test_a_wrong_cut_of_a_normalized_group_is_caught_even_when_the_surgery_is_wrong(
+        kind, monkeypatch):
+    """The reference must not share the surgery's mistakes: a norm weight sliced at the wrong
+    positions (here by a broken slicer that the reference would also use, were it to cut the
+    norm) is a difference, not an agreement."""
+    from prunekit.surgery import apply as surgery
+
+    model, x = _normed(_NORMS[kind]())
+    right = surgery._cut
+
+    def broken(t, kept):
+        out = right(t, kept)
+        if out.dim() == 1 and out.shape[0] == 8 and t.shape[0] == 16:  # the norm's weight
+            with torch.no_grad():
+                out.data = out.data.flip(0)
+        return out
+
+    monkeypatch.setattr(surgery, "_cut", broken)
+    pruned, plan = _pruned(model, x)
+    result = pk.verify(model, pruned, plan, x)
+    assert not result.ok
+    assert result.failed  # the group is named
+
+
+class _GemmaStyleRMSNorm(nn.Module):
+    """An RMS norm scaling by ``1 + weight``: a formula verify does not know, so it must fall
+    back to a structural cut and say the group is unchecked."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.weight, self.eps = nn.Parameter(torch.zeros(n)), 1e-6
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return y * (1 + self.weight)
+
+
+def test_a_norm_whose_formula_differs_falls_back_to_unchecked():
+    model, x = _normed(_GemmaStyleRMSNorm(16))
+    pruned, plan = _pruned(model, x)
+    result = pk.verify(model, pruned, plan, x)
+    assert result.ok and result.unchecked and not result.emulated

@@ -1,14 +1,18 @@
 """Verification of a structural cut by zero-out equivalence.
 
 A copy of the original network gets the removed units zeroed; its outputs must equal the
-pruned network's. Groups normalized over their cut cannot be checked that way and are cut
-structurally in the reference too (reported as unchecked).
+pruned network's. A normalization over the cut dimension (layer, RMS and group norm modules)
+is replaced in that copy by the same normalization over the kept units only, computed here
+and not by the surgery, so a wrong cut of a normalized group shows as a difference. Other
+statistics over a cut dimension (a softmax or a mean written in the code) cannot be emulated
+that way; those groups are cut structurally in the reference too and reported as unchecked.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +33,12 @@ class VerifyResult:
     Attributes:
         ok: zero-out equivalence held for every checked group (within tolerance).
         max_abs_diff: largest absolute difference between the outputs.
-        checked: names of groups checked by zero-out equivalence.
+        checked: names of groups checked by zero-out equivalence (with any normalization
+            over their cut computed over the kept units; see ``emulated``).
         unchecked: group name -> why exact equivalence cannot hold (these groups were
             cut structurally in the reference as well, so they are not checked).
+        emulated: norm modules the reference replaced by a normalization over the kept
+            units (module path -> class name).
         failed: names of groups whose cut changes the outputs.
         message: one sentence for people.
     """
@@ -42,6 +49,7 @@ class VerifyResult:
     unchecked: dict[str, list[str]] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
     message: str = ""
+    emulated: dict[str, str] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return self.ok
@@ -64,8 +72,12 @@ def verify(
 
     A copy of ``original`` gets the removed units zeroed (every tensor slice of every
     cut group: producers, norms and what they feed); its outputs must equal
-    ``pruned``'s. Groups whose equivalence cannot hold exactly (a norm or mean over
-    the cut dimension) are cut structurally in the copy too and reported as unchecked.
+    ``pruned``'s. Layer, RMS and group norm modules normalizing over a cut dimension are
+    replaced in the copy by the same normalization over the kept units, computed
+    independently of the surgery (each emulation is first checked against the module on
+    its real input). Groups whose equivalence cannot be built that way (a softmax or a
+    mean over the cut dimension written in the code, a norm of a class not known here)
+    are cut structurally in the copy too and reported as unchecked.
 
     Each output is compared relative to its own scale: ``|diff| <= atol + rtol * max|ref|``,
     so a change of small outputs is not hidden by an absolute tolerance.
@@ -88,14 +100,17 @@ def verify(
     """
     _check_args(original, pruned, plan, example_inputs)
     cut = [g for g in plan.groups if g.removed]
-    unchecked = {g.name: list(g.unchecked) for g in cut if g.unchecked}
     structural = {g.id for g in cut if g.unchecked}
+    norms: dict[str, torch.Tensor] = {}
+    if structural:
+        structural, norms = _emulated_norms(original, cut, example_inputs)
+    unchecked = {g.name: list(g.unchecked) for g in cut if g.id in structural}
     expected = _outputs(pruned, example_inputs, "the pruned model")
     while True:
         checked = [g for g in cut if g.id not in structural]
         reference = None
         try:
-            reference = _reference(original, plan, structural, checked)
+            reference = _reference(original, plan, structural, checked, norms)
             got = _outputs(reference, example_inputs)
             break
         except Exception as e:  # sizes in the code tie some checked groups to structural ones
@@ -107,18 +122,22 @@ def verify(
                 structural.add(g.id)
                 unchecked[g.name] = [f"cut together with groups normalized over their cut "
                                      f"({type(e).__name__} without it)"]
+            structural, norms = _emulated_norms(original, cut, example_inputs, structural)
     diff, rel, ok = _judge(got, expected, atol, rtol)
     failed: list[str] = []
     if not ok and locate:
-        failed = _locate(original, plan, example_inputs, checked, structural, atol, rtol)
+        failed = _locate(original, plan, example_inputs, checked, structural, norms, atol, rtol)
     if ok:
         msg = f"zero-out equivalence holds for {len(checked)} groups (max |diff| {diff:.2e})"
     else:
         msg = (f"outputs differ by {diff:.2e} ({rel:.2e} of the output's scale, tolerance "
                f"{rtol:.0e})" + (f"; groups responsible: {', '.join(failed)}" if failed else ""))
+    if norms:
+        msg += f"; {len(norms)} norm modules normalized over the kept units"
     if unchecked:
         msg += f"; {len(unchecked)} groups not checkable by zero-out (normalized over the cut)"
-    return VerifyResult(ok, diff, [g.name for g in checked], unchecked, failed, msg)
+    emulated = {p: type(original.get_submodule(p)).__name__ for p in norms}
+    return VerifyResult(ok, diff, [g.name for g in checked], unchecked, failed, msg, emulated)
 
 
 def _first_line(e: BaseException) -> str:
@@ -164,8 +183,10 @@ def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _reference(original: nn.Module, plan: Plan, structural: set[int], zero: list) -> nn.Module:
-    """A copy of ``original`` with ``structural`` groups cut and ``zero`` groups zeroed."""
+def _reference(original: nn.Module, plan: Plan, structural: set[int], zero: list,
+               norms: dict[str, torch.Tensor]) -> nn.Module:
+    """A copy of ``original`` with ``structural`` groups cut, ``zero`` groups zeroed and the
+    norm modules in ``norms`` normalizing over their kept units only."""
     ref = copy.deepcopy(original)
     everything = structural >= {g.id for g in plan.groups if g.removed}
     sub = plan if everything else plan.subset(structural)
@@ -187,6 +208,10 @@ def _reference(original: nn.Module, plan: Plan, structural: set[int], zero: list
                     if name.endswith("running_var"):
                         continue
                     t.index_fill_(d, torch.nonzero(mask).flatten(), 0)
+    for path, keep in norms.items():
+        parent, _, leaf = path.rpartition(".")
+        owner = ref.get_submodule(parent) if parent else ref
+        setattr(owner, leaf, _KeptNorm(getattr(owner, leaf), keep))
     return ref
 
 
@@ -254,7 +279,8 @@ def _judge(ref: list[torch.Tensor], got: list[torch.Tensor], atol: float,
     return diff, rel, ok
 
 
-def _locate(original, plan: Plan, inputs, checked, structural, atol, rtol) -> list[str]:
+def _locate(original, plan: Plan, inputs, checked, structural, norms, atol,
+            rtol) -> list[str]:
     """Checked groups whose cut alone (with the structural ones) changes the outputs; a
     group whose partial model does not even run is named with why."""
     failed = []
@@ -262,7 +288,8 @@ def _locate(original, plan: Plan, inputs, checked, structural, atol, rtol) -> li
         try:
             cut_model = copy.deepcopy(original)
             apply_plan(cut_model, plan.subset(structural | {g.id}))
-            ref = _outputs(_reference(original, plan, structural, [g]), inputs)
+            ref = _outputs(_reference(original, plan, structural, [g], _only(norms, g)),
+                           inputs)
             ok = _judge(ref, _outputs(cut_model, inputs), atol, rtol)[2]
         except Exception as e:  # groups that share a size attribute cannot be cut alone
             failed.append(f"{g.name} (cannot be checked alone: {type(e).__name__})")
@@ -270,3 +297,193 @@ def _locate(original, plan: Plan, inputs, checked, structural, atol, rtol) -> li
         if not ok:
             failed.append(g.name)
     return failed
+
+
+def _only(norms: dict[str, torch.Tensor], group) -> dict[str, torch.Tensor]:
+    """The norm emulations ``group`` alone needs: its kept units (others stay)."""
+    out = {}
+    for path, keep in norms.items():
+        mask = _kept_mask(keep.shape, path, [group])
+        if mask is not None and not bool(mask.all()):
+            out[path] = mask
+    return out
+
+
+# -- normalization over the kept units ---------------------------------------------------
+#
+# A norm over a cut dimension computes its statistics over fewer units after the cut, so
+# zeroing the removed units in the original does not reproduce it. The reference replaces
+# such a norm by the same formula with its statistics taken over the kept units only. The
+# formulas are written here, independent of the surgery, and each one is first checked
+# against its module on the input that module really receives (with nothing removed): a norm
+# of a class whose formula differs (Gemma's ``1 + weight``, say) falls back to a
+# structural cut in the reference and its groups are reported as unchecked.
+
+
+def _layer_norm(m: nn.Module, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    dims = tuple(range(-keep.dim(), 0))
+    k = keep.to(x.dtype)
+    n = k.sum()
+    mean = (x * k).sum(dims, keepdim=True) / n
+    var = ((x - mean) * k).pow(2).sum(dims, keepdim=True) / n
+    y = (x - mean) * torch.rsqrt(var + m.eps)
+    if m.weight is not None:
+        y = y * m.weight
+    if getattr(m, "bias", None) is not None:
+        y = y + m.bias
+    return y * k
+
+
+def _rms_norm(m: nn.Module, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    dims = tuple(range(-keep.dim(), 0))
+    eps = getattr(m, "eps", None)
+    if eps is None:
+        eps = getattr(m, "variance_epsilon", None)
+    if eps is None:
+        eps = torch.finfo(x.dtype).eps
+    k = keep.to(torch.float32)
+    h = x.float()
+    ms = (h * k).pow(2).sum(dims, keepdim=True) / k.sum()
+    y = (h * torch.rsqrt(ms + eps)).to(x.dtype)
+    if getattr(m, "weight", None) is not None:
+        y = m.weight * y
+    return y * keep.to(y.dtype)
+
+
+def _group_norm(m: nn.Module, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    n, c = x.shape[:2]
+    g = m.num_groups
+    rest = x.shape[2:]
+    xs = x.reshape(n, g, c // g, *rest)
+    k = keep.to(x.dtype).reshape(1, g, c // g, *([1] * len(rest)))
+    dims = tuple(range(2, xs.dim()))
+    count = (k * torch.ones_like(xs[:1])).sum(dims, keepdim=True).clamp_min(1)
+    mean = (xs * k).sum(dims, keepdim=True) / count
+    var = ((xs - mean) * k).pow(2).sum(dims, keepdim=True) / count
+    y = ((xs - mean) * torch.rsqrt(var + m.eps) * k).reshape(x.shape)
+    shape = (1, c, *([1] * len(rest)))
+    if m.weight is not None:
+        y = y * m.weight.reshape(shape)
+    if m.bias is not None:
+        y = y + m.bias.reshape(shape)
+    return y * keep.to(y.dtype).reshape(shape)
+
+
+def _formula(module: nn.Module) -> Callable[..., torch.Tensor] | None:
+    """The kept-units formula for a norm module, or None for one not known here."""
+    if isinstance(module, nn.LayerNorm):
+        return _layer_norm
+    if isinstance(module, nn.GroupNorm):
+        return _group_norm
+    if (isinstance(getattr(module, "weight", None), torch.Tensor)
+            and type(module).__name__.endswith("RMSNorm")):
+        return _rms_norm  # torch's and the Llama-family ones; checked before use
+    return None
+
+
+class _KeptNorm(nn.Module):
+    """A norm module computing its statistics over the kept units ``keep`` only."""
+
+    def __init__(self, inner: nn.Module, keep: torch.Tensor) -> None:
+        super().__init__()
+        self.inner = inner
+        self.formula = _formula(inner)
+        self.register_buffer("keep", keep, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.formula(self.inner, x, self.keep.to(x.device))
+
+
+def _weight_of(path: str) -> str:
+    return f"{path}.weight" if path else "weight"
+
+
+def _weight_shape(module: nn.Module) -> tuple[int, ...] | None:
+    w = getattr(module, "weight", None)
+    return tuple(w.shape) if isinstance(w, torch.Tensor) else None
+
+
+def _kept_mask(shape: tuple[int, ...], path: str, groups: list) -> torch.Tensor | None:
+    """Kept units of the norm at ``path`` (weight of ``shape``) under ``groups``."""
+    name = _weight_of(path)
+    mask = torch.ones(shape, dtype=torch.bool)
+    for g in groups:
+        for d, kept in g.members.get(name, {}).items():
+            gone = torch.ones(shape[d], dtype=torch.bool)
+            gone[kept] = False
+            mask[(slice(None),) * d + (gone,)] = False
+    return mask
+
+
+def _emulated_norms(original: nn.Module, cut: list, inputs: Any,
+                    structural: set[int] | None = None
+                    ) -> tuple[set[int], dict[str, torch.Tensor]]:
+    """Which unchecked groups the reference can check with norms over the kept units.
+
+    A group qualifies when every statistic over its cut comes from a norm module whose
+    formula is known here and agrees with the module, and no group cut structurally in the
+    reference touches those modules. Returns the groups still cut structurally and, per
+    emulated norm module, its kept-unit mask.
+    """
+    structural = set(structural or ())
+    modules = dict(original.named_modules())
+    needs: dict[int, set[str]] = {}
+    for g in cut:
+        if not g.unchecked or g.id in structural:
+            continue
+        paths = {getattr(r, "module", None) for r in g.unchecked}
+        if all(getattr(r, "kind", "") == "unchecked" for r in g.unchecked) and all(
+                p is not None and p in modules and _formula(modules[p]) is not None
+                and _weight_of(p) in g.members for p in paths):
+            needs[g.id] = paths
+        else:
+            structural.add(g.id)
+    agree = _formulas_agree(original, {p for ps in needs.values() for p in ps}, inputs)
+    while True:
+        touched = {p for g in cut if g.id in structural for p in modules
+                   if _weight_of(p) in g.members}
+        bad = [i for i, ps in needs.items()
+               if i not in structural and (ps & touched or not ps <= agree)]
+        if not bad:
+            break
+        structural.update(bad)
+    live = [g for g in cut if g.id not in structural]
+    norms = {}
+    for p in sorted({p for i, ps in needs.items() if i not in structural for p in ps}):
+        norms[p] = _kept_mask(_weight_shape(modules[p]), p, live)
+    return structural, norms
+
+
+def _formulas_agree(original: nn.Module, paths: set[str], inputs: Any) -> set[str]:
+    """Norm modules whose kept-units formula, with every unit kept, reproduces the module
+    on the input it receives from ``inputs``."""
+    if not paths:
+        return set()
+    seen: dict[str, bool] = {}
+
+    def hook(path):
+        def check(module, args, out):
+            if path in seen or not args or not isinstance(args[0], torch.Tensor):
+                seen.setdefault(path, False)
+                return
+            keep = torch.ones(_weight_shape(module), dtype=torch.bool, device=args[0].device)
+            want = out if isinstance(out, torch.Tensor) else None
+            if want is None:
+                seen[path] = False
+                return
+            mine = _formula(module)(module, args[0], keep)
+            scale = float(want.detach().abs().max()) if want.numel() else 0.0
+            seen[path] = bool(mine.shape == want.shape and float(
+                (mine - want).detach().abs().max()) <= 1e-6 + 1e-5 * scale)
+        return check
+
+    handles = [original.get_submodule(p).register_forward_hook(hook(p)) for p in paths]
+    try:
+        with torch.no_grad():
+            _outputs(original, inputs)
+    except Exception:
+        return set()
+    finally:
+        for h in handles:
+            h.remove()
+    return {p for p, ok in seen.items() if ok}

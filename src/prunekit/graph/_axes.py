@@ -73,8 +73,14 @@ def new(size: int, reason: str | None = None) -> Axis:
     return Axis(size, blocked=[reason] if reason else [])
 
 
-def _add_reason(lst: list[str], reason: str, cap: int = 8) -> None:
-    if reason not in lst and len(lst) < cap:
+#: How many reasons each list keeps. Unchecked reasons are all kept: verify reads every one
+#: to decide how a group can be checked (blocked and literal ones are for people).
+_CAP = {"blocked": 8, "literal": 8, "unchecked": None}
+
+
+def _add_reason(lst: list[str], reason: str, kind: str = "blocked") -> None:
+    cap = _CAP[kind]
+    if reason not in lst and (cap is None or len(lst) < cap):
         lst.append(reason)
 
 
@@ -92,7 +98,7 @@ def leaves(a: Axis) -> Iterator[Axis]:
 def mark(a: Axis, reason: str, *, kind: str = "blocked") -> None:
     """Attach a reason (``kind``: "blocked", "unchecked" or "literal") to every leaf under ``a``."""
     for leaf in leaves(a):
-        _add_reason(getattr(leaf, kind), reason)
+        _add_reason(getattr(leaf, kind), reason, kind)
 
 
 def factors(a: Axis) -> list[Axis]:
@@ -198,7 +204,7 @@ def _link(child: Axis, root: Axis) -> None:
             _add_reason(root.blocked, reason)
         for kind in ("unchecked", "literal"):
             for reason in getattr(child, kind):
-                _add_reason(getattr(root, kind), reason)
+                _add_reason(getattr(root, kind), reason, kind)
         root.siblings.extend(child.siblings)
     child.parent = root
 

@@ -106,7 +106,8 @@ class Call:
 
     def unchecked(self, a: Axis, why: str) -> None:
         """Leaves under ``a`` stay prunable but cannot be checked by zero-out equivalence."""
-        ax.mark(a, f"{why} at {self.where}", kind="unchecked")
+        ax.mark(a, Reason(f"{why} at {self.where}", kind="unchecked", op=self.name,
+                          module=self.module), kind="unchecked")
 
     def tensor_args(self) -> list[torch.Tensor]:
         """Tensor arguments, including those inside list arguments."""

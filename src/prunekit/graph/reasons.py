@@ -26,9 +26,11 @@ class Reason(str):
     """A reason as text, with its facts.
 
     Attributes:
-        kind: what sort of reason (``literal``, ``model_input``, ``model_output``, ``kernel``,
-            ``spatial``, ``unused``, ``index``, ``int_buffer``, ``other``).
-        op: the operator that spelled a size (``literal`` reasons), else None.
+        kind: what sort of reason (``literal``, ``unchecked``, ``model_input``,
+            ``model_output``, ``kernel``, ``spatial``, ``unused``, ``index``, ``int_buffer``,
+            ``other``).
+        op: the operator that spelled a size (``literal``) or computed statistics over the
+            dimension (``unchecked``), else None.
         module: the module path where it happened ("" for the model itself), else None.
     """
 
