@@ -110,6 +110,9 @@ def test_group_norm_keeps_whole_groups_checkable():
     by_size = {g.size: g for g in graph.group_of("1.weight", 0)}
     assert by_size[4].prunable and not by_size[4].unchecked  # whole groups of channels
     assert by_size[2].unchecked  # channels inside a group share statistics
+    outer, inner = by_size[4], by_size[2]  # the part of the dimension each group is, typed
+    assert (outer.part, outer.part_shape, outer.name) == ("outer", "4x2", "0.weight:0[4x2]")
+    assert (inner.part, inner.part_shape, inner.name) == ("inner", "4x2", "0.weight:0[4x2]/2")
 
 
 def test_layer_norm_marks_the_normalized_dimension_unchecked():
@@ -190,6 +193,23 @@ def test_even_chunks_are_cut_alike():
     (group,) = graph.group_of("a.weight", 0)
     assert group.size == 4  # each unit spans position i of both halves
     assert "b.weight:1" in _members(group)
+    assert (group.part, group.part_shape) == ("slice", "0:4")  # named after its first half
+
+
+def test_a_slice_of_a_dimension_is_named_and_typed_as_a_slice():
+    class Split(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(4, 10), nn.Linear(6, 3), nn.Linear(4, 3)
+
+        def forward(self, x):
+            p, q = self.a(x).split([6, 4], dim=-1)
+            return self.b(p) + self.c(q)
+
+    graph = trace(Split(), torch.randn(2, 4))
+    first, second = sorted(graph.group_of("a.weight", 0), key=lambda g: g.part_shape)
+    assert (first.part, first.part_shape, first.name) == ("slice", "0:6", "a.weight:0[0:6]")
+    assert (second.part, second.part_shape) == ("slice", "6:10")
 
 
 def test_lstm_hidden_units_span_all_gate_chunks_and_layers(zoo):

@@ -41,6 +41,12 @@ class Group:
         size: number of units (indices) of the group.
         members: every parameter/buffer dimension cut with it.
         leaf: the axis class behind the group (internal).
+        part: which part of its first producer's dimension the group is: ``"whole"``,
+            ``"slice"`` (a contiguous run), ``"outer"`` (the block index when the dimension
+            is blocks of units: heads, channel groups), ``"inner"`` (the unit inside each
+            block) or ``"part"`` (any other subset).
+        part_shape: the slice (``"0:4"``) or the blocks (``"4x8"``: 4 blocks of 8) for
+            slices and factors, else ``""``.
     """
 
     id: int
@@ -49,6 +55,8 @@ class Group:
     leaf: Axis = field(repr=False)
     extra_blocked: list[str] = field(default_factory=list, repr=False)
     label: str = ""
+    part: str = "whole"
+    part_shape: str = ""
 
     @property
     def blocked(self) -> list[str]:
@@ -182,23 +190,22 @@ class Graph:
             g.label = label if seen[label] == 1 else f"{label}#{seen[label]}"
 
     def _label(self, g: Group) -> str:
+        """Name ``g`` after its first producer and set which part of that dimension it is."""
         m = next((m for m in g.members if m.dim == 0 and m.name.endswith("weight")), g.members[0])
         a = self.param_axes[m.name][m.dim]
         base = f"{m.name}:{m.dim}"
         size = ax.find(a).size
         idx = ax.leaf_index(a, ax.find(g.leaf))[0]
         hit = torch.nonzero(idx >= 0).flatten()
-        if len(hit) == size and bool((idx == torch.arange(size)).all()):
+        g.part, g.part_shape = _part(idx, hit, size, g.size)
+        if g.part == "whole":
             return base
-        start, stop = int(hit[0]), int(hit[-1]) + 1
-        run = idx[start:stop]
-        if stop - start == len(hit) == g.size and bool((run == torch.arange(g.size)).all()):
-            return f"{base}[{start}:{stop}]"
-        pos = torch.arange(size)
-        if len(hit) == size and bool((idx == pos // (size // g.size)).all()):
-            return f"{base}[{g.size}x{size // g.size}]"  # outer factor: blocks (heads, groups)
-        if len(hit) == size and bool((idx == pos % g.size).all()):
-            return f"{base}[{size // g.size}x{g.size}]/{g.size}"  # inner factor
+        if g.part == "slice":
+            return f"{base}[{g.part_shape}]"
+        if g.part == "outer":
+            return f"{base}[{g.part_shape}]"  # blocks (heads, channel groups)
+        if g.part == "inner":
+            return f"{base}[{g.part_shape}]/{g.size}"
         return f"{base}[part of {g.size}]"
 
     def groups_in_module(self, path: str) -> set[int]:
@@ -281,3 +288,19 @@ class Graph:
     def __repr__(self) -> str:
         n = len(self.prunable_groups)
         return f"Graph({type(self.model).__name__}: {len(self.groups)} groups, {n} prunable)"
+
+
+def _part(idx: torch.Tensor, hit: torch.Tensor, size: int, units: int) -> tuple[str, str]:
+    """Which part of a dimension of ``size`` a group of ``units`` is, from the group's index
+    in each position of the dimension (``idx``, -1 where it is absent; ``hit`` where present)."""
+    if len(hit) == size and bool((idx == torch.arange(size)).all()):
+        return "whole", ""
+    start, stop = int(hit[0]), int(hit[-1]) + 1
+    if stop - start == len(hit) == units and bool((idx[start:stop] == torch.arange(units)).all()):
+        return "slice", f"{start}:{stop}"
+    pos = torch.arange(size)
+    if len(hit) == size and bool((idx == pos // (size // units)).all()):
+        return "outer", f"{units}x{size // units}"
+    if len(hit) == size and bool((idx == pos % units).all()):
+        return "inner", f"{size // units}x{units}"
+    return "part", ""

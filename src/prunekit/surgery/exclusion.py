@@ -36,8 +36,8 @@ def _runner(graph: Graph) -> DryRunner:
 def _signature(graph: Graph, g: Group) -> tuple:
     """A group's structure with layer indices blanked: repeated blocks share signatures."""
     blank = re.compile(r"(^|\.)\d+(?=\.)")
-    label = g.name.partition("[")[2]
-    return (label, *sorted(blank.sub(r"\1#", f"{m.name}:{m.dim}") for m in g.members))
+    return (g.part, g.part_shape,
+            *sorted(blank.sub(r"\1#", f"{m.name}:{m.dim}") for m in g.members))
 
 
 def _analogues(graph: Graph, groups: list[Group], bad: dict[int, str],
@@ -45,30 +45,18 @@ def _analogues(graph: Graph, groups: list[Group], bad: dict[int, str],
     """Groups like the failing ones: the same structure in another layer, or a size spelled
     out by the same operator in another module of the same class."""
     failing = {_signature(graph, graph.groups[gid]): graph.groups[gid].name for gid in bad}
-    code = {(*key, _category(graph.groups[gid])): graph.groups[gid].name for gid in bad
+    code = {(*key, graph.groups[gid].part): graph.groups[gid].name for gid in bad
             for key in _literal_sites(graph, graph.groups[gid], where)}
     out = {}
     for g in groups:
         if g.id in excluded or g.id in bad:
             continue
         name = failing.get(_signature(graph, g)) or next(
-            (code[(*k, _category(g))] for k in _literal_sites(graph, g, None)
-             if (*k, _category(g)) in code), None)
+            (code[(*k, g.part)] for k in _literal_sites(graph, g, None)
+             if (*k, g.part) in code), None)
         if name is not None:
             out[g.id] = f"same code as {name}, which fails: {bad[_id(graph, name)]}"
     return out
-
-
-def _category(g: Group) -> str:
-    """What part of its dimension a group is: whole, slice, outer or inner factor, other."""
-    label = g.name.partition("[")[2]
-    if not label:
-        return "whole"
-    if ":" in label:
-        return "slice"
-    if label.startswith("part"):
-        return "part"
-    return "inner" if "/" in label else "outer"
 
 
 def _literal_sites(graph: Graph, g: Group, where: str | None) -> set[tuple[str, str]]:
