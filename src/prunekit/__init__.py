@@ -35,5 +35,6 @@ from .structured import plan as plan
 from .structured import prune as prune
 from .structured import trace as trace
 from .surgery import Plan as Plan
+from .surgery import PlanInfo as PlanInfo
 from .verify import VerifyResult as VerifyResult
 from .verify import verify as verify

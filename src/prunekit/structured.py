@@ -110,7 +110,8 @@ def plan(
         loss_fn: loss for those criteria (cross-entropy by default).
 
     Returns:
-        The :class:`Plan`; ``plan.info["excluded"]`` names the groups the dry run left out.
+        The :class:`Plan`; ``plan.info.excluded`` names the groups the dry run left out
+        (:class:`PlanInfo` says how the plan was made).
 
     Example:
         >>> plan = pk.plan(graph, ratio=0.5, criterion="l2", round_to=8)
@@ -149,7 +150,7 @@ def plan(
         excluded.update(bad)
         excluded.update(_analogues(graph, groups, bad, excluded, where))
     if excluded:
-        result.info["excluded"] = {graph.groups[g].name: why for g, why in excluded.items()}
+        result.info.excluded = {graph.groups[g].name: why for g, why in excluded.items()}
     return result
 
 

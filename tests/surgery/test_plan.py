@@ -92,3 +92,25 @@ def test_damaged_or_foreign_files_are_config_errors(tmp_path):
         Plan.load(tmp_path / "missing.json")
     with pytest.raises(ConfigError, match="pairs"):
         decode_ranges([1, 2, 3])
+
+
+def test_plan_info_is_typed_reads_like_a_dict_and_survives_json(tmp_path):
+    import torch
+    from torch import nn
+
+    import prunekit as pk
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    plan = pk.prune(model, torch.randn(2, 8), budget=pk.Budget("params", 0.3))
+    info = plan.info
+    assert isinstance(info, pk.PlanInfo)
+    assert info.target == {"params": 0.3} and info["target"] == {"params": 0.3}
+    assert info.target_reached == info["target_reached"] >= 0.3
+    assert "excluded" not in info and info.get("excluded") is None  # never set: absent
+    info["tool_note"] = {"by": "a test"}  # other tools may record their own keys
+    plan.save(tmp_path / "plan.json")
+    loaded = pk.Plan.load(tmp_path / "plan.json").info
+    assert loaded == info and loaded.extra == {"tool_note": {"by": "a test"}}
+    assert "tool_note" in loaded and "excluded" not in loaded
+    assert json.loads(json.dumps(loaded.to_dict())) == dict(loaded)

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..graph import axes as ax
 from .apply import module_attrs
-from .plan import GroupCut, Plan, TensorCut
+from .plan import GroupCut, Plan, PlanInfo, TensorCut
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -66,7 +66,7 @@ def build_plan(graph: Graph, kept: dict[int, torch.Tensor], *, info: dict | None
         for name, dims in cuts.items()
     }
     counts = {gid: int(m.sum()) for gid, m in masks.items()}
-    plan = Plan(tensors, {}, {}, dict(graph.aliases), [], dict(info or {}))
+    plan = Plan(tensors, {}, {}, dict(graph.aliases), [], PlanInfo.of(info))
     bound = _bound_attrs(graph, counts)
     bound.update(_head_attrs(graph, counts))
     bound.update(_size_attrs(graph, plan, counts, skip=_by_module(bound)))
@@ -75,7 +75,7 @@ def build_plan(graph: Graph, kept: dict[int, torch.Tensor], *, info: dict | None
     plan.attrs = module_attrs(graph.model, plan)
     plan.config, skipped = _config_fields(graph, plan, counts)
     if skipped:
-        plan.info["config_not_updated"] = skipped
+        plan.info.config_not_updated = skipped
     plan.before = _before(graph.model, plan)
     plan.expected_views = graph.predicted_views(counts)
     return plan

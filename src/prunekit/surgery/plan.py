@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import os
-from dataclasses import dataclass, field
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .. import _io
@@ -108,6 +109,100 @@ class GroupCut:
         return self.size - len(self.kept)
 
 
+_UNSET: tuple = (None, {}, [])
+
+
+@dataclass
+class PlanInfo(MutableMapping):
+    """How a plan was made, and what it left whole: typed fields, saved in ``plan.json``.
+
+    It also reads like the dict it replaces (``plan.info["excluded"]``,
+    ``plan.info.get("target_reached")``): a field that was never set is absent.
+
+    Attributes:
+        criterion: the group criterion that ranked the units.
+        ratio: the fraction of units asked to be removed per group (None with a budget).
+        scope: ``"layer"``, ``"global"`` or ``"lamp"``.
+        round_to: units kept in multiples of this.
+        target: the budget asked for, ``{"params" | "macs" | ...: fraction}``.
+        model: the class name of the model planned on.
+        ignored: modules left alone (their outputs kept).
+        target_reached: the fraction of the budget's quantity removed (budgets only).
+        ratio_found: the ratio that meets the budget (budgets with a uniform scope).
+        skipped: prunable groups left whole because another group cuts their dimension.
+        excluded: groups the dry run left out, each with why.
+        config_not_updated: Hugging Face config fields that could not follow the cut.
+        compensation: what the transformer width cut folded into the next layer.
+        cuts: the infos of the plans a combined plan was made from, in order.
+        extra: anything else a tool records (kept through save and load).
+    """
+
+    criterion: str | None = None
+    ratio: float | None = None
+    scope: str | None = None
+    round_to: int | None = None
+    target: dict[str, float] = field(default_factory=dict)
+    model: str | None = None
+    ignored: list[str] = field(default_factory=list)
+    target_reached: float | None = None
+    ratio_found: float | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+    excluded: dict[str, str] = field(default_factory=dict)
+    config_not_updated: list[str] = field(default_factory=list)
+    compensation: dict[str, Any] = field(default_factory=dict)
+    cuts: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, data: PlanInfo | dict[str, Any] | None) -> PlanInfo:
+        """A PlanInfo from a dict (unknown keys go to ``extra``) or a copy of one."""
+        info = cls()
+        for key, value in dict(data or {}).items():
+            info[key] = value
+        return info
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields that are set, as plain data."""
+        return dict(self.items())
+
+    def _names(self) -> list[str]:
+        return [f.name for f in fields(self) if f.name != "extra"]
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._names():
+            value = getattr(self, key)
+            if value is None or (isinstance(value, dict | list) and not value):
+                raise KeyError(key)
+            return value
+        return self.extra[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key == "cuts":  # plain data, so the plan saves as JSON
+            value = [dict(c) for c in value]
+        if key in self._names():
+            setattr(self, key, value)
+        else:
+            self.extra[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        if key in self._names():
+            self[key]  # KeyError when unset, as a dict
+            setattr(self, key, type(getattr(self, key))() if isinstance(
+                getattr(self, key), dict | list) else None)
+        else:
+            del self.extra[key]
+
+    def __iter__(self) -> Iterator[str]:
+        for name in self._names():
+            value = getattr(self, name)
+            if not (value is None or (isinstance(value, dict | list) and not value)):
+                yield name
+        yield from self.extra
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 @dataclass
 class Plan:
     """A structured pruning plan (see :func:`prunekit.plan`).
@@ -118,7 +213,7 @@ class Plan:
         config: path of the module owning a Hugging Face config -> field -> new value.
         aliases: extra names of tied tensors -> the first name.
         groups: the decision per group (for verification and reports).
-        info: how the plan was made (criterion, ratio, model class, ...).
+        info: how the plan was made and what it left whole (:class:`PlanInfo`).
         before: the values ``attrs`` and ``config`` replace (checked on replay, so a
             model built differently from the original is refused); config entries
             are under ``"config:<path>"``.
@@ -132,9 +227,13 @@ class Plan:
     config: dict[str, dict[str, Any]] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
     groups: list[GroupCut] = field(default_factory=list)
-    info: dict[str, Any] = field(default_factory=dict)
+    info: PlanInfo = field(default_factory=PlanInfo)
     before: dict[str, dict[str, Any]] = field(default_factory=dict)
     expected_views: list | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.info, PlanInfo):
+            self.info = PlanInfo.of(self.info)
 
     # -- summary ------------------------------------------------------------------------
     @property
@@ -147,8 +246,8 @@ class Plan:
         """Prunable groups this plan leaves whole, and why: a group sharing its dimension
         with one cut instead, or a cut the dry run refused (the forward pass breaks, or
         the code would regroup what it splits)."""
-        out = {name: why for name, why in self.info.get("skipped", {}).items()}
-        for name, why in self.info.get("excluded", {}).items():
+        out = dict(self.info.skipped)
+        for name, why in self.info.excluded.items():
             out[name] = f"left whole because its cut fails the dry run: {why}"
         return out
 
@@ -170,7 +269,7 @@ class Plan:
         lines += [f"  cut {g.name}: {len(g.kept)} of {g.size} units kept"
                   for g in self.groups if g.removed]
         lines += [f"  left whole {name}: {why}" for name, why in self.left_whole.items()]
-        ignored = self.info.get("ignored")
+        ignored = self.info.ignored
         if ignored:
             lines.append(f"  ignored modules (outputs kept): {', '.join(ignored)}")
         return "\n".join(lines)
@@ -189,14 +288,14 @@ class Plan:
                 for d, kept in dims.items():
                     prev = cut.kept.get(d)
                     cut.kept[d] = kept if prev is None else sorted(set(prev) & set(kept))
-        return Plan(tensors, attrs, {}, dict(self.aliases), groups, dict(self.info))
+        return Plan(tensors, attrs, {}, dict(self.aliases), groups, PlanInfo.of(self.info))
 
     # -- serialization ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (index lists as half-open runs)."""
         return {
             "format": FORMAT,
-            "info": self.info,
+            "info": self.info.to_dict(),
             "tensors": {
                 n: {"shape": list(c.shape),
                     "kept": {str(d): encode_indices(k, c.shape[d]) for d, k in c.kept.items()}}
