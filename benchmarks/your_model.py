@@ -181,7 +181,7 @@ def latency(names: list[str], *, rounds: int, runs: int) -> None:
 
     from prunekit.models.sources import load_model
     from prunekit.run import load_recipe
-    from prunekit.run.user import prepare
+    from prunekit.run.prepare import prepare
 
     path = ROOT / "results.json"
     done = json.loads(path.read_text())

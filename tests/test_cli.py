@@ -167,7 +167,7 @@ def test_export_rebuilds_a_structured_run_and_checks_it_in_onnxruntime(tmp_path,
     import torch
 
     from prunekit.run import load_recipe
-    from prunekit.run.user import prepare
+    from prunekit.run.prepare import prepare
 
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(

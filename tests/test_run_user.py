@@ -16,8 +16,8 @@ import yaml
 from prunekit.errors import ConfigError, DataError
 from prunekit.run import load_recipe, parse_recipe, run
 from prunekit.run.cli import main
+from prunekit.run.dry_run import dry_run
 from prunekit.run.init import INIT_SOURCES, INIT_TASKS, init_recipe
-from prunekit.run.user import dry_run
 
 NETS = textwrap.dedent("""
     import torch
@@ -79,13 +79,13 @@ def test_classification_run_with_channels(workspace: Path) -> None:
     assert pruned["params"] < dense["params"] and pruned["macs"] < dense["macs"]
     assert 0.0 <= pruned["accuracy"] <= 1.0 and "confusion_matrix" in pruned
     assert pruned["agreement"] <= 1.0 and dense["agreement"] == 1.0
-    cut = result.metrics["run"]["cut"]
-    assert cut["kind"] == "channels" and cut["verify"]["ok"] and cut["groups_cut"] == 2
+    (cut,) = result.metrics["run"]["cuts"]  # the one pipeline's structured-cut record
+    assert cut["verify"]["ok"] and cut["groups_cut"] == 2
     assert result.metrics["run"]["finetune"].startswith("2 epochs")
     assert result.model[-1].out_features == 3  # the head kept its classes
     out = workspace / "out"
-    for name in ("recipe.yaml", "pruned.safetensors", "plan.json", "layers.png", "report.md",
-                 "report.html", "metrics.json"):
+    for name in ("recipe.yaml", "dense.safetensors", "pruned.safetensors", "plan.json",
+                 "sparsity.png", "schedule.png", "report.md", "report.html", "metrics.json"):
         assert (out / name).is_file(), name
     assert json.loads((out / "metrics.json").read_text())["pruned"]["params"] == pruned["params"]
     again = load_recipe(out / "recipe.yaml")  # the resolved recipe reads back
@@ -114,7 +114,7 @@ def test_language_modelling_run_with_masks(workspace: Path) -> None:
     dense, pruned = result.metrics["dense"], result.metrics["pruned"]
     assert pruned["sparsity"] == pytest.approx(0.5, abs=0.01)
     assert dense["perplexity"] > 1 and pruned["perplexity"] > 1 and dense["tokens"] > 0
-    assert result.metrics["run"]["finetune"].startswith("none (task language-modelling")
+    assert result.metrics["run"]["finetune"] == "none (the data has no training split)"
     assert not (workspace / "lm" / "plan.json").exists()
 
 
@@ -275,7 +275,8 @@ def test_agreement_run_on_an_image_folder(workspace: Path) -> None:
     pruned = result.metrics["pruned"]
     assert 0.0 <= pruned["agreement"] <= pruned["top5_agreement"] <= 1.0
     assert pruned["examples"] == 6 and pruned["params"] < result.metrics["dense"]["params"]
-    assert result.metrics["run"]["finetune"].startswith("none (task agreement")
+    # no labels: fine-tuning learns the dense model's outputs (KL, as the task measures)
+    assert result.metrics["run"]["finetune"].endswith("on the dense model's outputs")
 
 
 @pytest.mark.slow  # imports transformers and datasets
@@ -309,11 +310,12 @@ def test_text_classification_fine_tunes_with_keyword_inputs(tmp_path: Path) -> N
 def test_given_input_shape_makes_the_example_inputs(workspace: Path) -> None:
     recipe = parse_recipe(_recipe(workspace, model={"python": "tiny_nets:mlp",
                                                     "input_shape": [6]}))
-    from prunekit.run.user import prepare
+    from prunekit.run.prepare import prepare
 
     prepared = prepare(recipe, quiet=True)
     assert prepared.example.shape == (2, 6)
-    assert not torch.equal(prepared.example, next(iter(prepared.data.test))[0][:2])
+    test = prepared.data.loader("test", train=False)
+    assert not torch.equal(prepared.example, next(iter(test))[0][:2])
     assert "groups cut: 2" in dry_run(recipe, quiet=True)
 
 

@@ -63,24 +63,23 @@ def _run(args: argparse.Namespace) -> int:
                             "holds the dataset files, or leave --data-dir out")
         recipe.data.data_dir = str(args.data_dir)
     if args.dry_run:
-        from .user import dry_run
+        from .dry_run import dry_run
 
         print(dry_run(recipe, quiet=args.quiet))
         return 0
     out = Path(args.out or recipe.output.dir or Path("runs") / recipe.name)
     result = run(recipe, out_dir=out, quiet=args.quiet)
-    if recipe.own:
-        from .user_report import summary_lines
-
-        print(summary_lines(result.metrics, result.out_dir, result.seconds))
-    else:
-        print(_summary(result.metrics, result.out_dir, result.seconds))
+    print(_summary(result.metrics, result.out_dir, result.seconds))
     return 0
 
 
 def _summary(metrics: dict, out: Path, seconds: float) -> str:
-    """Before/after lines: accuracy, sparsity, size (parameters too when the network
-    shrank); the number of sweep points; then where the outputs are."""
+    """Before/after lines: the task's headline metric (accuracy for classification),
+    sparsity, size (parameters too when the network shrank); the number of sweep points;
+    then where the outputs are."""
+    from ..measure.tasks import get_task
+
+    headline = get_task((metrics.get("run") or {}).get("task", "classification")).headline
     lines = []
     shrunk = metrics["pruned"].get("params", 0) < metrics["dense"].get("params", 0)
     for side in ("dense", "pruned"):
@@ -91,7 +90,9 @@ def _summary(metrics: dict, out: Path, seconds: float) -> str:
         macs = f"  MACs {m['macs']:,}" if "macs" in m else ""
         amount = (f"params {m['params']:,}{macs}" if shrunk
                   else f"sparsity {100 * m['sparsity']:5.1f}%")
-        lines.append(f"{side:>6}: accuracy {100 * m['accuracy']:6.2f}%  {amount}"
+        score = m[headline]
+        score = f"{100 * score:6.2f}%" if headline in ("accuracy", "agreement") else f"{score:.4g}"
+        lines.append(f"{side:>6}: {headline} {score}  {amount}"
                      f"  size {size / 1024:8.1f} KiB{' (sparse)' if sparse else ''}")
     if metrics.get("points"):
         lines.append(f"sweep: {len(metrics['points'])} points (see report.md)")
@@ -208,8 +209,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     from ..export.onnx import export_run
+    from .prepare import prepare
     from .recipe import load_recipe
-    from .user import prepare
 
     recipe_path = Path(args.run_dir) / "recipe.yaml"
     if not recipe_path.is_file():

@@ -17,7 +17,7 @@ from typing import Any
 
 from .._io import write_text
 from ..errors import ConfigError
-from .user_report import metric_rows
+from .report import metric_rows
 
 __all__ = ["HTML_NAME", "render_html"]
 

@@ -28,6 +28,7 @@ import contextlib
 import copy
 import dataclasses
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,16 +39,14 @@ from torch import nn
 
 from .._io import save_safetensors, write_json, write_text
 from .._utils import seed_everything
-from ..data import load_dataset
-from ..errors import ConfigError
 from ..mask.targets import find_targets
-from ..measure import classification_metrics, compare_latency, measure_cost, save_sparse
+from ..measure import compare_latency, measure_cost, save_sparse
 from ..measure.cost import resize_batch
-from ..models import build_model
-from ..recovery import predict
+from ..recovery.train import init_distributed, is_main_process
 from ..sparsify import sparsity_of
 from . import stages as _stages
 from .html import render_html
+from .prepare import load_reference_checkpoint, prepare, say
 from .recipe import PruneConfig, Recipe, dump_recipe
 from .report import (
     CHART_NAME,
@@ -129,6 +128,17 @@ class _Point:
 def run(recipe: Recipe, *, out_dir: str | os.PathLike[str], quiet: bool = False) -> RunResult:
     """Run a recipe end to end and write its outputs into ``out_dir``.
 
+    Every recipe takes the same stages, in order, each once: prepare the model, data and
+    task (:func:`prunekit.run.prepare.prepare`: a reference network on a built-in dataset,
+    or your own model and data); check the settings on throwaway copies; train the
+    baseline (reference networks, or your model when ``train.epochs`` > 0); evaluate and
+    measure it; prune each point under the schedule with its repairs and fine-tuning
+    (:func:`prunekit.run.stages.prune_and_recover`); evaluate and measure; save; report.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank runs the recipe, training runs as
+    DistributedDataParallel (:func:`prunekit.recovery.train`), and only rank 0 writes
+    ``out_dir`` and prints progress.
+
     Args:
         recipe: a validated recipe (:func:`prunekit.run.recipe.load_recipe`).
         out_dir: the output folder; created if needed. The files of an earlier run
@@ -140,7 +150,7 @@ def run(recipe: Recipe, *, out_dir: str | os.PathLike[str], quiet: bool = False)
         ``recipe.yaml``, ``dense.safetensors``, ``pruned.safetensors``,
         ``pruned.sparse.safetensors``, ``plan.json`` (structured runs),
         ``sparsity.png``, ``schedule.png``, the sweep charts (sweeps), ``report.md``,
-        ``metrics.json``; a sweep also writes ``points/*/``.
+        ``report.html``, ``metrics.json``; a sweep also writes ``points/*/``.
 
     Raises:
         ConfigError: the recipe does not fit the model (an exclude or ignore pattern
@@ -149,78 +159,73 @@ def run(recipe: Recipe, *, out_dir: str | os.PathLike[str], quiet: bool = False)
             before any training.
         DataError: the dataset cannot be found or read.
     """
-    if recipe.own:  # your own model or data: prunekit.run.user
-        from .user import run_user
-
-        return run_user(recipe, out_dir=out_dir, quiet=quiet)
     start = time.perf_counter()
+    init_distributed()
+    main = is_main_process()
+    scratch = None if main else tempfile.TemporaryDirectory(prefix="prunekit-rank-")
+    out = Path(out_dir) if main else Path(scratch.name)
+    try:
+        result = _run(recipe, out, quiet or not main)
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
+    result.seconds = time.perf_counter() - start
+    if main:
+        say(quiet, f"done in {result.seconds:.1f} s; outputs in {result.out_dir}")
+    return result
+
+
+def _run(recipe: Recipe, out: Path, quiet: bool) -> RunResult:
     seed_everything(recipe.seed)
-    ctx = _context(recipe, Path(out_dir), quiet)
-    model = _build(ctx)
-    example = ctx.splits.train.tensors[0][:8]  # (8, C, H, W): tracing and verification
+    ctx = _context(recipe, out, quiet)
+    model, example = ctx.prepared.model, ctx.prepared.example
     _stages.preflight(model, ctx, example)
-    if recipe.model.checkpoint is not None:
-        _load_checkpoint(model, recipe.model.checkpoint, ctx)
+    if recipe.model.checkpoint is not None and not recipe.model.own:
+        load_reference_checkpoint(model, recipe, quiet=quiet)
     _clear_outputs(ctx.out)
     files = {"recipe.yaml": _save_recipe(ctx)}
     rewind = _stages.rewind_keeper(model, recipe)
     files["dense.safetensors"] = _baseline(model, ctx, rewind)
+    ctx.reference = model
     dense = _evaluate(model, ctx, "dense")
     job = Job(ctx, recipe.prune, teacher=model, example=example,
               rewind=rewind.state if rewind else None)
     points = [_point(model, job, prune, i, dense) for i, prune in enumerate(recipe.points())]
     chosen = points[recipe.designated]
     files.update(_save_pruned(chosen, ctx.out, ctx))
-    metrics = {"dense": dense, "pruned": chosen.metrics, "run": chosen.outcome.to_dict()}
+    metrics = {"dense": dense, "pruned": chosen.metrics,
+               "run": {**chosen.outcome.to_dict(), **_what_ran(ctx)}}
     if recipe.sweep is not None:
         metrics["points"] = [_point_entry(p) for p in points]
     files.update(_save_report(metrics, chosen.layers, ctx))
     files["metrics.json"] = _write(ctx.out / "metrics.json", write_json, metrics)
-    seconds = time.perf_counter() - start
-    ctx.say(f"done in {seconds:.1f} s; outputs in {ctx.out}")
-    return RunResult(ctx.out, metrics, chosen.layers, files, seconds, chosen.model.eval())
+    return RunResult(ctx.out, metrics, chosen.layers, files, 0.0, chosen.model.eval())
 
 
 # --- steps --------------------------------------------------------------------------
 
 
 def _context(recipe: Recipe, out: Path, quiet: bool) -> Context:
-    """Load the data (subsets and validation split as the recipe says) into a Context."""
-    d = recipe.data
-    splits = load_dataset(d.name, data_dir=d.data_dir, seed=recipe.seed)
-    train = _subset(splits.train, d.train_samples, recipe.seed, "data.train_samples")
-    test = _subset(splits.test, d.test_samples, recipe.seed + 1, "data.test_samples")
-    val = None
-    if d.val_fraction > 0:
-        x, y = train.tensors
-        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(recipe.seed + 2))
-        held = max(1, round(d.val_fraction * len(y)))
-        val = torch.utils.data.TensorDataset(x[order[:held]], y[order[:held]])
-        train = torch.utils.data.TensorDataset(x[order[held:]], y[order[held:]])
-    splits = dataclasses.replace(splits, train=train, test=test)
-    return Context(recipe, out, splits, quiet, val=val)
-
-
-def _subset(
-    dataset: torch.utils.data.TensorDataset, samples: int | None, seed: int, key: str
-) -> torch.utils.data.TensorDataset:
-    """A seeded random subset of ``samples`` examples (all of them for None)."""
-    if samples is None:
-        return dataset
-    x, y = dataset.tensors
-    if samples > len(y):
-        raise ConfigError(f"{key} is {samples} but the split has {len(y)} examples; lower it")
-    keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:samples]
-    keep = keep.sort().values
-    return torch.utils.data.TensorDataset(x[keep], y[keep])
+    """Prepare the model, the data and the task into a Context."""
+    return Context(recipe, out, prepare(recipe, quiet=quiet), quiet)
 
 
 def _build(ctx: Context) -> nn.Module:
-    return build_model(
-        ctx.recipe.model.name,
-        input_shape=ctx.splits.input_shape,
-        num_classes=ctx.splits.num_classes,
-    )
+    """The prepared dense model."""
+    return ctx.prepared.model
+
+
+def _what_ran(ctx: Context) -> dict[str, str]:
+    """The task, the model and data in words, and what fine-tuning did."""
+    p, f = ctx.prepared, ctx.recipe.finetune
+    if f.epochs == 0:
+        tuned = "none (finetune.epochs is 0)"
+    elif ctx.loader("train", train=True) is None:
+        tuned = "none (the data has no training split)"
+    else:
+        how = " on the dense model's outputs" if p.own and p.objective.from_dense else ""
+        tuned = f"{f.epochs} epochs ({f.optimizer}, lr {f.lr}, {f.schedule}){how}"
+    return {"task": p.task.name, "model": p.label, "data": p.data.kind, "finetune": tuned}
 
 
 def _clear_outputs(out: Path) -> None:
@@ -253,42 +258,20 @@ def _baseline(model: nn.Module, ctx: Context, keeper: Any) -> Path:
     """Train the baseline (unless it came from ``model.checkpoint``), with the sparsity
     penalty when the recipe adds it there; then the extra sparse-training phase if any;
     save ``dense.safetensors``."""
-    r = ctx.recipe
-    if r.model.checkpoint is None:
+    r, p = ctx.recipe, ctx.prepared
+    base = p.objective.loss if p.own else None
+    if r.model.checkpoint is None and r.train.epochs > 0:
         during = r.penalty is not None and r.penalty.epochs == 0
-        loss_fn = _stages.penalty_loss(model, r) if during else None
+        loss_fn = _stages.penalty_loss(model, r, base) if during else None
         _stages.train_phase(model, ctx, r.train, desc="baseline", loss_fn=loss_fn,
                             after_step=keeper)
     if r.penalty is not None and r.penalty.epochs > 0:
         phase = r.train.model_copy(update={"epochs": r.penalty.epochs, "lr": r.penalty.lr})
         _stages.train_phase(model, ctx, phase, desc=f"sparse training ({r.penalty.kind})",
-                            loss_fn=_stages.penalty_loss(model, r))
+                            loss_fn=_stages.penalty_loss(model, r, base))
     path = ctx.out / "dense.safetensors"
     save_safetensors(path, model.state_dict(), metadata=_file_metadata(ctx, "dense"))
     return path
-
-
-def _load_checkpoint(model: nn.Module, checkpoint: str, ctx: Context) -> None:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    ctx.say(f"loading the baseline from {checkpoint}")
-    path = Path(checkpoint).expanduser()
-    if not path.is_file():
-        raise ConfigError(
-            f"model.checkpoint {checkpoint} does not exist; give the dense.safetensors of "
-            "an earlier run, or drop model.checkpoint to train the baseline"
-        )
-    try:
-        state = load_file(path)
-        model.load_state_dict(state, strict=True)
-    except (SafetensorError, RuntimeError, OSError) as err:
-        problem = str(err).strip().splitlines()[0][:300]
-        raise ConfigError(
-            f"model.checkpoint {checkpoint} does not fit model {ctx.recipe.model.name!r} on "
-            f"{ctx.recipe.data.name!r} ({problem}); use a checkpoint saved by a run with the "
-            "same model and data"
-        ) from None
 
 
 def _point(
@@ -319,12 +302,12 @@ def _point(
 
 
 def _evaluate(model: nn.Module, ctx: Context, label: str) -> dict[str, Any]:
-    """Quality on the test split, then cost (params, MACs, latency, bytes) and sparsity."""
-    ctx.say(f"evaluating and measuring the {label} model")
-    y_true, y_pred = predict(model, ctx.loader("test", train=False))
-    quality = classification_metrics(y_true, y_pred, num_classes=ctx.splits.num_classes)
+    """The task's quality on the test split (against the dense reference), then cost
+    (params, MACs, latency, bytes) and sparsity."""
+    ctx.say(f"evaluating ({ctx.prepared.task.name}) and measuring the {label} model")
+    quality = ctx.quality(model)
     measure = ctx.recipe.measure
-    example = ctx.splits.test.tensors[0][:1]  # (1, C, H, W)
+    example = ctx.prepared.cost_example
     cost = measure_cost(
         model,
         example,
@@ -346,7 +329,7 @@ def _latency_side_by_side(dense_model: nn.Module, pruned_model: nn.Module, ctx: 
     after the other, the first network pays the process's warm-up: a masked network once
     showed a "160x" speed-up that way. A speed-up the MACs cannot explain is flagged."""
     measure = ctx.recipe.measure
-    example = ctx.splits.test.tensors[0][:1]
+    example = ctx.prepared.cost_example
     for n in dict.fromkeys((1, *measure.batch_sizes)):
         key = "latency_ms" if n == 1 else f"latency_ms_batch{n}"
         if key not in dense:
@@ -460,8 +443,9 @@ def _save_report(
     if "points" in metrics:
         for x, name in SWEEP_CHARTS.items():
             axis = "MACs" if x == "macs" else "sparsity"
+            headline = ctx.prepared.task.headline
             plot_sweep(metrics["points"], metrics["dense"], ctx.out / name, x=x,
-                       title=f"{ctx.recipe.name}: accuracy vs {axis}")
+                       title=f"{ctx.recipe.name}: {headline} vs {axis}", metric=headline)
             files[name] = ctx.out / name
     text = render_report(
         metrics,
@@ -472,6 +456,7 @@ def _save_report(
         command=f"prunekit run {ctx.out / 'recipe.yaml'} --out {ctx.out}",
         settings=_settings(ctx),
         chart=CHART_NAME,
+        headline=ctx.prepared.task.headline,
     )
     files["report.md"] = _write(ctx.out / "report.md", write_text, text)
     files["report.html"] = render_html(ctx.out, metrics=metrics, markdown=text)
@@ -480,33 +465,39 @@ def _save_report(
 
 def _settings(ctx: Context) -> dict[str, str]:
     """What was run, in words, for the report."""
-    r, splits = ctx.recipe, ctx.splits
-    baseline = (
-        f"loaded from {r.model.checkpoint}"
-        if r.model.checkpoint
-        else f"trained {r.train.epochs} epochs ({r.train.optimizer}, lr {r.train.lr}, "
-        f"{r.train.schedule})"
-    )
-    val = f" / {len(ctx.val):,} validation" if ctx.val is not None else ""
-    out = {
-        "data": f"{r.data.name} ({len(splits.train):,} train{val} / {len(splits.test):,} test, "
-        f"input {'x'.join(map(str, splits.input_shape))}, {splits.num_classes} classes)",
-        "model": r.model.name,
-        "baseline": baseline,
-    }
+    r, p = ctx.recipe, ctx.prepared
+    if r.model.checkpoint:
+        baseline = f"loaded from {r.model.checkpoint}"
+    elif r.train.epochs == 0:
+        baseline = "the model as built (train.epochs is 0)"
+    else:
+        baseline = (f"trained {r.train.epochs} epochs ({r.train.optimizer}, lr {r.train.lr}, "
+                    f"{r.train.schedule})")
+    out = {"data": _data_words(ctx), "model": p.label, "task": p.task.name,
+           "baseline": baseline}
     if r.penalty is not None:
         out["sparse training"] = _penalty_words(r)
     out["pruning"] = _prune_words(r.prune)
     out["schedule"] = _schedule_words(r)
     if any(v is not None for v in r.recovery.model_dump().values()):
         out["recovery"] = _recovery_words(r)
-    out["fine-tuning"] = (f"{r.finetune.epochs} epochs ({r.finetune.optimizer}, "
-                          f"lr {r.finetune.lr}, {r.finetune.schedule})")
+    out["fine-tuning"] = _what_ran(ctx)["finetune"]
     if r.sweep is not None:
         out["sweep"] = f"{r.sweep.key} {', '.join(f'{v:g}' for v in r.sweep.values)}"
     out["measurement"] = (f"latency median of {r.measure.latency_runs} runs on "
                           f"{r.measure.threads} CPU threads")
     return out
+
+
+def _data_words(ctx: Context) -> str:
+    """The data, its split sizes, input shape and classes."""
+    data = ctx.prepared.data
+    sizes = {s: data.size(s) for s in ("train", "val", "test")}
+    names = {"train": "train", "val": "validation", "test": "test"}
+    parts = [f"{n:,} {names[s]}" for s, n in sizes.items() if n is not None]
+    shape = "x".join(map(str, data.input_shape)) if data.input_shape else "varied"
+    classes = f", {data.num_classes} classes" if data.num_classes else ""
+    return f"{data.kind} ({' / '.join(parts)}, input {shape}{classes})"
 
 
 def _prune_words(p: PruneConfig) -> str:
@@ -544,15 +535,8 @@ def _penalty_words(r: Recipe) -> str:
 
 def _file_metadata(ctx: Context, stage: str) -> dict[str, str]:
     """safetensors header metadata: what the weights are."""
-    r = ctx.recipe
-    return {
-        "prunekit.run.recipe": r.name,
-        "prunekit.stage": stage,
-        "prunekit.model": r.model.name,
-        "prunekit.dataset": r.data.name,
-        "prunekit.input_shape": "x".join(map(str, ctx.splits.input_shape)),
-        "prunekit.num_classes": str(ctx.splits.num_classes),
-    }
+    return {"prunekit.run.recipe": ctx.recipe.name, "prunekit.stage": stage,
+            **ctx.prepared.metadata()}
 
 
 def _write(path: Path, writer: Any, content: Any) -> Path:

@@ -54,7 +54,7 @@ from ..data import list_datasets
 from ..data.sources import DATA_KINDS, _check_keys
 from ..errors import ConfigError
 from ..importance import list_criteria
-from ..measure.tasks import list_tasks
+from ..measure.tasks import get_task, list_tasks
 from ..models import list_models
 from ..models.sources import list_model_sources
 from ..recovery import list_bn_modes
@@ -274,9 +274,10 @@ class _OptimConfig(_Section):
 
 
 class TrainConfig(_OptimConfig):
-    """Baseline training; skipped when ``model.checkpoint`` is given."""
+    """Baseline training; skipped when ``model.checkpoint`` is given. ``epochs`` defaults
+    to 30 for a reference network and to 0 for your own model (it comes trained)."""
 
-    epochs: Int = Field(30, ge=0)
+    epochs: Int | None = Field(None, ge=0)
     lr: Float = Field(0.05, gt=0)
     weight_decay: Float = Field(5e-4, ge=0)
 
@@ -744,7 +745,7 @@ class Recipe(_Section):
 
     @property
     def own(self) -> bool:
-        """Whether the run uses the user's own model or data (:mod:`prunekit.run.user`)."""
+        """Whether the run uses the user's own model or data (:mod:`prunekit.run.prepare`)."""
         return self.model.own or self.data.own
 
     @field_validator("name")
@@ -781,6 +782,8 @@ class Recipe(_Section):
 
     @model_validator(mode="after")
     def _combinations(self) -> Recipe:
+        if self.train.epochs is None:
+            self.train.epochs = 0 if self.model.own else 30
         for check in _RECIPE_CHECKS:
             check(self)
         return self
@@ -917,23 +920,33 @@ def _check_penalty(r: Recipe) -> None:
         )
 
 
-def _check_own(r: Recipe) -> None:
-    """Runs on your own model or data: one cut, then fine-tuning; the task chosen."""
+def _check_task(r: Recipe) -> None:
+    """The task against what trains and what judges: reference networks are classifiers;
+    a task without labels trains on the dense model's outputs, so it has no baseline to
+    train and nothing to distil from; a floor or a judged allocation needs a score where
+    higher is better."""
+    task = get_task(r.task)
     if not r.own:
         if r.task != "classification":
             raise KeyProblem("task", f"task {r.task} needs your own model or data (model.source "
                              "or data.kind); the reference networks are classifiers")
         return
-    for key, what in (("sweep", r.sweep), ("penalty", r.penalty)):
-        if what is not None:
-            raise KeyProblem(key, "is not available yet with your own model or data; drop it")
-    if r.schedule.kind != "oneshot":
-        raise KeyProblem("schedule.kind", "your own model or data is cut once (kind oneshot) "
-                         "here; for gradual, iterative or DNS schedules in your own training "
-                         "loop use prunekit.integrations (Trainer / Lightning callbacks)")
-    if any(v is not None for v in r.recovery.model_dump().values()):
-        raise KeyProblem("recovery", "is not available yet with your own model or data; "
-                         "drop it (finetune still runs)")
+    if task.needs_reference and r.train.epochs and r.model.checkpoint is None:
+        raise KeyProblem("train.epochs", f"task {r.task} has no labels: your model is the "
+                         "dense reference and is not trained again; set train.epochs: 0 "
+                         "(fine-tuning after the cut still learns from the dense model)")
+    if r.recovery.distill is not None and r.task != "classification":
+        how = ("fine-tuning already learns the dense model's outputs" if task.needs_reference
+               else "distillation here matches class outputs")
+        raise KeyProblem("recovery.distill", f"task {r.task}: {how}; drop recovery.distill")
+    if not task.higher_is_better:
+        if r.schedule.kind == "iterative" and r.schedule.floor is not None:
+            raise KeyProblem("schedule.floor", f"a floor is the lowest score kept, but task "
+                             f"{r.task} reports {task.headline} (lower is better); drop it")
+        if r.allocate is not None and r.allocate.needs_evaluate:
+            raise KeyProblem("allocate.kind", f"kind {r.allocate.kind} keeps the candidates "
+                             f"that score highest, but task {r.task} reports {task.headline} "
+                             "(lower is better); use kind uniform, global or lamp")
 
 
 def _needs_finetuning(r: Recipe, key: str, why: str) -> None:
@@ -967,7 +980,7 @@ _RECIPE_CHECKS = (
     _check_lottery,
     _check_recovery,
     _check_penalty,
-    _check_own,
+    _check_task,
 )
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "LAYER_KEYS",
     "SCHEDULE_CHART",
     "SWEEP_CHARTS",
+    "metric_rows",
     "plot_layer_sparsity",
     "plot_schedule",
     "plot_sweep",
@@ -75,10 +76,35 @@ def _times(dense: float, pruned: float) -> str:
     return f"{pruned / dense:.2f}x" if dense else "-"
 
 
+def _num(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _diff(dense: float, pruned: float) -> str:
+    return f"{pruned - dense:+.4g}"
+
+
+# metric -> how the summary and the sweep charts name and format it
+_HEADLINES = {"accuracy": ("accuracy", _pct), "agreement": ("agreement", _pct),
+              "cosine_mean": ("cosine to dense", _num), "perplexity": ("perplexity", _num)}
+
+
+def _headline(value: float, dense: float, key: str) -> str:
+    name, fmt = _HEADLINES.get(key, (key, _num))
+    change = _points(dense, value) if fmt is _pct else _diff(dense, value)
+    return f"{name} {fmt(dense)} -> {fmt(value)} ({change})"
+
+
 # (metrics key, row label, value format, change format): the before/after table.
 # Fractions compare in points, costs as a ratio.
 _ROWS: list[tuple[str, str, Fmt, Callable[[float, float], str]]] = [
     ("accuracy", "accuracy", _pct, _points),
+    ("agreement", "agreement with dense top-1", _pct, _points),
+    ("top5_agreement", "dense top-1 in pruned top-5", _pct, _points),
+    ("kl", "KL(dense || pruned)", _num, _diff),
+    ("cosine_mean", "cosine to dense (mean)", _num, _diff),
+    ("cosine_min", "cosine to dense (min)", _num, _diff),
+    ("perplexity", "perplexity", _num, _times),
     ("f1_macro", "F1 (macro)", _pct, _points),
     ("precision_macro", "precision (macro)", _pct, _points),
     ("recall_macro", "recall (macro)", _pct, _points),
@@ -105,6 +131,7 @@ def render_report(
     chart: str | None = CHART_NAME,
     schedule_chart: str | None = SCHEDULE_CHART,
     sweep_charts: Mapping[str, str] | None = None,
+    headline: str = "accuracy",
 ) -> str:
     """The Markdown text of a run's report.
 
@@ -124,6 +151,8 @@ def render_report(
         schedule_chart: file name of the schedule chart, or None.
         sweep_charts: x axis -> file name of the sweep charts (default
             :data:`SWEEP_CHARTS`).
+        headline: the task's headline metric (``accuracy``, ``agreement``,
+            ``cosine_mean``, ``perplexity``), led with in the summary and the sweep.
 
     Returns:
         Markdown: summary, before/after table, schedule, structure, recovery, sweep,
@@ -131,7 +160,7 @@ def render_report(
     """
     dense, pruned = metrics["dense"], metrics["pruned"]
     details = metrics.get("run") or {}
-    parts = [f"# prunekit run: {title}", _summary(dense, pruned)]
+    parts = [f"# prunekit run: {title}", _summary(dense, pruned, headline)]
     if settings:
         parts.append("\n".join(f"- {key}: {value}" for key, value in settings.items()))
     parts += ["## Before and after", _before_after(dense, pruned)]
@@ -151,7 +180,7 @@ def render_report(
         parts += ["## Recovery", _recovery_section(details["recovery"])]
     if metrics.get("points"):
         charts = SWEEP_CHARTS if sweep_charts is None else sweep_charts
-        parts += ["## Sweep", _sweep_section(metrics["points"], dense, charts)]
+        parts += ["## Sweep", _sweep_section(metrics["points"], dense, charts, headline)]
     parts += ["## Per-layer sparsity", _layer_table(layers)]
     if chart:
         parts.append(f"![per-layer sparsity]({chart})")
@@ -159,12 +188,11 @@ def render_report(
     return "\n\n".join(parts) + "\n"
 
 
-def _summary(dense: Mapping[str, Any], pruned: Mapping[str, Any]) -> str:
-    """One sentence: sparsity (or parameters and MACs removed), accuracy, size gain."""
-    accuracy = (
-        f"accuracy {_pct(dense['accuracy'])} -> {_pct(pruned['accuracy'])} "
-        f"({_points(dense['accuracy'], pruned['accuracy'])})"
-    )
+def _summary(dense: Mapping[str, Any], pruned: Mapping[str, Any],
+             headline: str = "accuracy") -> str:
+    """One sentence: sparsity (or parameters and MACs removed), the headline metric
+    (accuracy for classification), size gain."""
+    accuracy = _headline(pruned[headline], dense[headline], headline)
     if _shrunk(dense, pruned):
         text = f"Removed {_pct(_removed(dense, pruned, 'params'))} of the parameters"
         if dense.get("macs"):
@@ -196,6 +224,13 @@ def _before_after(dense: Mapping[str, Any], pruned: Mapping[str, Any]) -> str:
         if key in dense and key in pruned:
             rows.append((label, fmt(dense[key]), fmt(pruned[key]), change(dense[key], pruned[key])))
     return _table(rows)
+
+
+def metric_rows(dense: Mapping[str, Any], pruned: Mapping[str, Any]) -> list[list[str]]:
+    """Rows ``[label, dense, pruned]`` of every metric either side has (for report.html)."""
+    return [[label, fmt(dense[key]) if key in dense else "-",
+             fmt(pruned[key]) if key in pruned else "-"]
+            for key, label, fmt, _ in _rows_for(dense) if key in dense or key in pruned]
 
 
 def _rows_for(
@@ -333,15 +368,18 @@ def _recovery_section(recovery: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _sweep_section(
-    points: Sequence[Mapping[str, Any]], dense: Mapping[str, Any], charts: Mapping[str, str]
+    points: Sequence[Mapping[str, Any]], dense: Mapping[str, Any], charts: Mapping[str, str],
+    headline: str = "accuracy",
 ) -> str:
-    """One row per point, then the accuracy charts."""
+    """One row per point, then the charts of the headline metric."""
     x_label, x_of = _sweep_x(points, dense)
-    rows = [("point", x_label, "accuracy", "F1 (macro)", "parameters", "non-zero", "MACs",
+    name, fmt = _HEADLINES.get(headline, (headline, _num))
+    rows = [("point", x_label, name, "F1 (macro)", "parameters", "non-zero", "MACs",
              "latency, batch 1"), ("---", "---:", "---:", "---:", "---:", "---:", "---:", "---:")]
     for p in [{"label": "dense", "pruned": dense}, *points]:
         m = p["pruned"]
-        rows.append((p["label"], _pct(x_of(m)), _pct(m["accuracy"]), _pct(m["f1_macro"]),
+        f1 = _pct(m["f1_macro"]) if "f1_macro" in m else "-"
+        rows.append((p["label"], _pct(x_of(m)), fmt(m[headline]), f1,
                      _count(m["params"]), _count(m["nonzero_params"]), _count(_macs(m)),
                      _ms(m["latency_ms"])))
     images = [f"![accuracy vs {x}]({name})" for x, name in charts.items()]
@@ -468,6 +506,7 @@ def plot_sweep(
     *,
     x: str = "sparsity",
     title: str = "Accuracy",
+    metric: str = "accuracy",
 ) -> None:
     """Write a chart (PNG) of a sweep's accuracy against sparsity or MACs, atomically.
 
@@ -478,6 +517,7 @@ def plot_sweep(
         x: ``"sparsity"`` (for structured sweeps: the fraction of parameters removed)
             or ``"macs"`` (MACs of the non-zero weights).
         title: the chart's title.
+        metric: the metric on the y axis (the task's headline; a fraction is drawn in %).
     """
     if x == "sparsity":
         label, x_of = _sweep_x(points, dense)
@@ -488,14 +528,16 @@ def plot_sweep(
         dense_x, x_label = _macs(dense), "MACs per example (non-zero weights)"
     else:
         raise ValueError(f"x must be 'sparsity' or 'macs', got {x!r}")
-    ys = [100 * p["pruned"]["accuracy"] for p in points]
+    scale = 100 if _HEADLINES.get(metric, ("", _num))[1] is _pct else 1
+    ys = [scale * p["pruned"][metric] for p in points]
     fig, ax = _figure(5.5, 3.6)
     ax.plot(xs, ys, "o-", color="#4c72b0", label="pruned")
     for xv, yv, p in zip(xs, ys, points, strict=True):
         ax.annotate(p["label"], (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.plot([dense_x], [100 * dense["accuracy"]], "s", color="#c44e52", label="dense")
+    ax.plot([dense_x], [scale * dense[metric]], "s", color="#c44e52", label="dense")
     ax.set_xlabel(x_label)
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel("test accuracy (%)" if metric == "accuracy" else
+                  f"{_HEADLINES.get(metric, (metric,))[0]}{' (%)' if scale == 100 else ''}")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
     _save(fig, path)

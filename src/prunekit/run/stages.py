@@ -15,11 +15,9 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,10 +29,11 @@ from .._utils import versions
 from ..allocation import allocate, apply_allocation
 from ..allocation.allocate import DEFAULT_GRID
 from ..config import Budget, Calibration, PlanConfig, SparsifyConfig, amount_of
-from ..data import Splits, make_loader
+from ..data import Splits
 from ..errors import ConfigError
 from ..mask import bake, remove_mask
 from ..measure import count_macs, count_params
+from ..measure.tasks import evaluate_task
 from ..recovery import Distiller, predict, recalibrate_bn, reconstruct, train
 from ..recovery.penalty import SparsityPenalty
 from ..schedules import (
@@ -52,6 +51,7 @@ from ..sparsify import sparsify, sparsity_of
 from ..structured import prune as prune_model
 from ..verify import verify
 from .plans import classifier_feeders, compose, out_index
+from .prepare import Prepared, head_of
 from .recipe import PruneConfig, Recipe
 
 __all__ = [
@@ -74,35 +74,53 @@ __all__ = [
 
 @dataclass
 class Context:
-    """What the steps of one run share: the recipe, the output folder, the data."""
+    """What the steps of one run share: the recipe, the output folder, the prepared model,
+    data and task (:class:`prunekit.run.prepare.Prepared`), and the dense reference once
+    the baseline is ready."""
 
     recipe: Recipe
     out: Any
-    splits: Splits
+    prepared: Prepared
     quiet: bool
-    val: torch.utils.data.Dataset | None = None
     versions: dict[str, str] = field(default_factory=versions)
+    reference: nn.Module | None = None
+
+    @property
+    def splits(self) -> Splits:
+        """A built-in dataset's tensors (reference runs)."""
+        return self.prepared.data.splits
+
+    @property
+    def val(self) -> Any:
+        return self.prepared.data.val
 
     def say(self, message: str) -> None:
         """A progress line on stderr, unless quiet."""
         if not self.quiet:
             print(f"prunekit: {message}", file=sys.stderr, flush=True)
 
-    def loader(self, split: str, *, train: bool) -> torch.utils.data.DataLoader:
-        """A seeded loader over the ``train``, ``val`` or ``test`` split."""
-        data = self.recipe.data
-        size = data.batch_size if train else data.eval_batch_size
-        dataset = self.val if split == "val" else getattr(self.splits, split)
-        return make_loader(dataset, batch_size=size, shuffle=train, seed=self.recipe.seed)
+    def loader(self, split: str, *, train: bool) -> Any:
+        """A loader over the ``train``, ``val`` or ``test`` split (None when there is none)."""
+        return self.prepared.data.loader(split, train=train)
 
     def steps_per_epoch(self) -> int:
         """Optimizer steps in one epoch over the training split."""
-        return math.ceil(len(self.splits.train) / self.recipe.data.batch_size)
+        return self.prepared.data.steps_per_epoch()
 
     def accuracy(self, model: nn.Module, split: str) -> float:
-        """Top-1 accuracy of ``model`` on a split."""
-        y_true, y_pred = predict(model, self.loader(split, train=False))
-        return float((y_true == y_pred).mean())
+        """The task's headline score of ``model`` on a split (top-1 accuracy for
+        classification; agreement, cosine or perplexity for the other tasks)."""
+        if not self.prepared.own:
+            y_true, y_pred = predict(model, self.loader(split, train=False))
+            return float((y_true == y_pred).mean())
+        return float(self.quality(model, split)[self.prepared.task.headline])
+
+    def quality(self, model: nn.Module, split: str = "test") -> dict[str, Any]:
+        """The task's metrics of ``model`` on a split, against the dense reference."""
+        p = self.prepared
+        return evaluate_task(p.task, model, self.loader(split, train=False),
+                             reference=self.reference if self.reference is not None else model,
+                             num_classes=p.num_classes)
 
 
 def train_phase(
@@ -113,26 +131,31 @@ def train_phase(
     desc: str,
     loss_fn: Callable | None = None,
     after_step: Callable[[], None] | None = None,
+    distill: Any = None,
 ) -> int:
-    """Train with a recipe's ``train`` or ``finetune`` section; returns the steps taken."""
+    """Train with a recipe's ``train`` or ``finetune`` section on the task's objective
+    (distilled from the dense reference when ``distill`` is given); returns the steps."""
+    loader = ctx.loader("train", train=True)
+    if loader is None:
+        if phase.epochs:
+            ctx.say(f"{desc}: skipped, the data has no training split")
+        return 0
     if phase.epochs:
         ctx.say(f"{desc}: {phase.epochs} epochs of {phase.optimizer}, lr {phase.lr}")
-    loader = ctx.loader("train", train=True)
-    train(
-        model,
-        loader,
-        epochs=phase.epochs,
-        lr=phase.lr,
-        optimizer=phase.optimizer,
-        momentum=phase.momentum,
-        weight_decay=phase.weight_decay,
-        schedule=phase.schedule,
-        loss_fn=loss_fn,
-        seed=ctx.recipe.seed,
-        quiet=ctx.quiet,
-        desc=desc,
-        after_step=after_step,
-    )
+    p = ctx.prepared
+    net, batches = p.net(model), p.batches(loader, ctx.reference)
+    options = dict(epochs=phase.epochs, lr=phase.lr, optimizer=phase.optimizer,
+                   momentum=phase.momentum, weight_decay=phase.weight_decay,
+                   schedule=phase.schedule, seed=ctx.recipe.seed, quiet=ctx.quiet, desc=desc,
+                   after_step=after_step)
+    base = loss_fn or (p.objective.loss if p.own else None)
+    if distill is None:
+        train(net, batches, loss_fn=base, **options)
+    else:
+        teacher = p.net(ctx.reference)
+        with Distiller(net, teacher, temperature=distill.temperature,
+                       alpha=distill.alpha) as distilled:
+            train(net, batches, loss_fn=distilled, **options)
     return phase.epochs * len(loader)
 
 
@@ -148,10 +171,10 @@ def mask_config(prune: PruneConfig, *, seed: int, criterion: str | None = None
 
 
 def plan_config(prune: PruneConfig, model: nn.Module, example: Any, *, seed: int,
-                criterion: str | None = None) -> PlanConfig:
-    """The :class:`~prunekit.config.PlanConfig` a channel prune section spells (with the
-    classifier's feeders ignored under ``protect_output``)."""
-    ignore = list(prune.ignore or ())
+                criterion: str | None = None, heads: tuple[str, ...] = ()) -> PlanConfig:
+    """The :class:`~prunekit.config.PlanConfig` a channel prune section spells (with
+    ``heads`` kept whole, and the classifier's feeders ignored under ``protect_output``)."""
+    ignore = [*heads, *(prune.ignore or ())]
     if prune.protect_output:
         ignore += classifier_feeders(model, example)
     key, value = prune.amount
@@ -161,13 +184,16 @@ def plan_config(prune: PruneConfig, model: nn.Module, example: Any, *, seed: int
                       calibration=Calibration(batches=prune.calibration_batches), seed=seed)
 
 
-def penalty_loss(model: nn.Module, recipe: Recipe) -> Callable | None:
-    """The recipe's sparsity penalty as a ``loss_fn`` (cross-entropy plus the penalty)."""
+def penalty_loss(model: nn.Module, recipe: Recipe, base: Callable | None = None
+                 ) -> Callable | None:
+    """The recipe's sparsity penalty as a ``loss_fn``: ``base`` (the task's loss;
+    cross-entropy by default) plus the penalty."""
 
     p = recipe.penalty
     if p is None:
         return None
-    return SparsityPenalty(model, kind=p.kind, strength=p.strength, exclude=p.exclude).loss()
+    return SparsityPenalty(model, kind=p.kind, strength=p.strength,
+                           exclude=p.exclude).loss(base)
 
 
 class RewindKeeper:
@@ -330,7 +356,8 @@ class ChannelCut:
         p, ctx = job.prune, job.ctx
         self.key, self.final = p.amount
         self.example, self.keep_before = job.example, keep_before
-        self.config = plan_config(p, model, job.example, seed=ctx.recipe.seed)
+        self.config = plan_config(p, model, job.example, seed=ctx.recipe.seed,
+                                  heads=_heads(ctx))
         self.data = ctx.loader("train", train=True)
         self.dense = self._cost(model)
         self.done = 0.0
@@ -389,7 +416,8 @@ class ChannelCut:
         return {"budget": Budget(self.key, max(0.0, 1.0 - (1.0 - amount) / left))}
 
     def _cost(self, model: nn.Module) -> dict[str, int]:
-        return {"params": count_params(model), "macs": count_macs(model, self.example[:1]).dense}
+        one = head_of(self.example, 1)
+        return {"params": count_params(model), "macs": count_macs(model, one).dense}
 
     def _summary(self, plan: Any, start: dict, end: dict, result: Any) -> dict[str, Any]:
         cut = [g for g in plan.groups if g.removed]
@@ -405,6 +433,12 @@ class ChannelCut:
             "verify": {"ok": bool(result.ok), "max_abs_diff": float(result.max_abs_diff),
                        "message": result.message},
         }
+
+
+def _heads(ctx: Context) -> tuple[str, ...]:
+    """Output layers a channel cut keeps whole: your own model's heads (a reference
+    network's classifier keeps its outputs anyway)."""
+    return ctx.prepared.heads if ctx.prepared.own else ()
 
 
 CUTS.register("weight")(MaskCut)
@@ -472,26 +506,14 @@ def repair(model: nn.Module, job: Job, cut: Cut) -> dict[str, Any]:
     return done
 
 
-@contextlib.contextmanager
-def _finetune_loss(model: nn.Module, job: Job) -> Iterator[Callable | None]:
-    """Distillation from the dense baseline when the recipe asks for it, else plain CE."""
-
-    d = job.recipe.recovery.distill
-    if d is None:
-        yield None
-        return
-    with Distiller(model, job.teacher, temperature=d.temperature, alpha=d.alpha) as loss_fn:
-        yield loss_fn
-
-
 def finetune(
     model: nn.Module, job: Job, *, after_step: Callable[[], None] | None = None,
     desc: str = "fine-tune",
 ) -> int:
-    """The ``finetune`` section, with the distillation loss if any; returns the steps."""
-    with _finetune_loss(model, job) as loss_fn:
-        return train_phase(model, job.ctx, job.recipe.finetune, desc=desc, loss_fn=loss_fn,
-                           after_step=after_step)
+    """The ``finetune`` section, distilled from the dense baseline when the recipe asks;
+    returns the steps."""
+    return train_phase(model, job.ctx, job.recipe.finetune, desc=desc, after_step=after_step,
+                       distill=job.recipe.recovery.distill)
 
 
 # --- schedules: when the cut happens ----------------------------------------------------------
@@ -550,11 +572,11 @@ def allocate_for(model: nn.Module, job: Job) -> Any:
     a, ctx, p = job.recipe.allocate, job.ctx, job.prune
     if a is None:
         return None
-    ignore = plan_config(p, model, job.example, seed=0).ignore if p.structured \
-        else tuple(p.exclude or ())
+    ignore = plan_config(p, model, job.example, seed=0, heads=_heads(ctx)).ignore \
+        if p.structured else tuple(p.exclude or ())
     ctx.say(f"allocating with {a.kind} under {a.budget}")
     return allocate(
-        model, job.example[:1], kind=a.kind, budget=a.budget,
+        model, head_of(job.example, 1), kind=a.kind, budget=a.budget,
         evaluate=(lambda m: ctx.accuracy(m, "val")) if a.needs_evaluate else None,
         granularity="channel" if p.structured else "mask", criterion=p.criterion,
         ignore=ignore, grid=a.grid or DEFAULT_GRID, round_to=a.round_to,
@@ -736,24 +758,29 @@ def preflight(model: nn.Module, ctx: Context, example: torch.Tensor) -> None:
     recipe = ctx.recipe
     points = recipe.points()
     for prune in points if not points[-1].structured else points[-1:]:
-        _try_cut(model, prune, example)
+        _try_cut(model, prune, example, _heads(ctx))
     if recipe.penalty is not None:
         penalty_loss(copy.deepcopy(model), recipe)
     if recipe.recovery.bn_recalibration is not None and not _has_batch_norm(model):
         raise ConfigError(
-            f"recovery.bn_recalibration: model {recipe.model.name!r} has no batch norm to "
+            f"recovery.bn_recalibration: model {ctx.prepared.label!r} has no batch norm to "
             "recalibrate; drop it"
         )
+    if recipe.recovery.bn_recalibration is not None and ctx.prepared.data.keyword_inputs:
+        raise ConfigError("recovery.bn_recalibration feeds the model tensors, but this data "
+                          "gives keyword inputs (tokenized text); drop it")
     _check_rewind(ctx)
 
 
-def _try_cut(model: nn.Module, prune: PruneConfig, example: torch.Tensor) -> None:
+def _try_cut(model: nn.Module, prune: PruneConfig, example: Any,
+             heads: tuple[str, ...] = ()) -> None:
     """The cut on a copy, with a criterion that needs no data (the name was checked already)."""
 
     trial = copy.deepcopy(model)
     try:
         if prune.structured:
-            prune_model(trial, example, plan_config(prune, trial, example, seed=0, criterion="l2"))
+            prune_model(trial, example, plan_config(prune, trial, example, seed=0, criterion="l2",
+                                                    heads=heads))
         else:
             sparsify(trial, mask_config(prune, seed=0, criterion="magnitude"))
     except ConfigError as err:
