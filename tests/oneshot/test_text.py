@@ -28,6 +28,16 @@ class CharTokenizer:
         return {"input_ids": [1 + ord(c) % 49 for c in text]}
 
 
+class BosCharTokenizer(CharTokenizer):
+    """CharTokenizer that, like Gemma's, starts every encoding with BOS (id 60) by default."""
+
+    bos_token_id = 60
+
+    def __call__(self, text, add_special_tokens=True):
+        ids = super().__call__(text)["input_ids"]
+        return {"input_ids": [self.bos_token_id] * add_special_tokens + ids}
+
+
 def _files(tmp_path, n=10, size=40):
     for i in range(n):
         (tmp_path / "sub").mkdir(exist_ok=True)
@@ -59,6 +69,21 @@ def test_samples_have_the_asked_shape_and_too_little_text_is_refused(tmp_path):
         calibration_ids(CharTokenizer(), ["", "  \n"], samples=1, seq_len=8)
     with pytest.raises(ConfigError, match="samples must be a positive integer"):
         calibration_ids(CharTokenizer(), texts, samples=0, seq_len=8)
+
+
+def test_windows_start_with_bos_when_the_tokenizer_adds_it():
+    texts = ["A" * 30, "B" * 30]
+    plain = evaluation_ids(CharTokenizer(), texts, samples=3, seq_len=10)
+    ev = evaluation_ids(BosCharTokenizer(), texts, samples=3, seq_len=10)
+    assert ev.shape == (3, 10) and ev[:, 0].tolist() == [60, 60, 60]
+    # the text after BOS is the same stream, seq_len - 1 tokens per row, no BOS inside it
+    assert ev[:, 1:].flatten().tolist() == plain.flatten().tolist()[:27]
+    cal = calibration_ids(BosCharTokenizer(), texts, samples=2, seq_len=8, seed=0)
+    assert cal[:, 0].tolist() == [60, 60] and 60 not in cal[:, 1:].flatten().tolist()
+    with pytest.raises(ConfigError, match="need samples x seq_len = 7 x 9 = 63"):
+        evaluation_ids(BosCharTokenizer(), texts, samples=7, seq_len=10)
+    with pytest.raises(ConfigError, match="at least 2 with a BOS"):
+        evaluation_ids(BosCharTokenizer(), texts, samples=1, seq_len=1)
 
 
 def test_missing_text_folder_says_how_to_get_it(tmp_path):
@@ -109,6 +134,19 @@ def test_missing_packages_give_the_fetch_hint(monkeypatch):
         assets.smollm2_gguf()
     with pytest.raises(ConfigError, match="needs the gguf package"):
         assets.require_gguf()
+
+
+def test_gemma3_is_looked_up_in_the_cache_and_missing_says_how_to_get_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "pk"))
+    assert assets.cache_dir() == tmp_path / "pk"
+    with pytest.raises(DataError, match=r"gemma-3-270m.*fetch_assets.sh --gemma3"):
+        assets.gemma3_gguf()
+    (tmp_path / "pk").mkdir()
+    (tmp_path / "pk" / assets.GEMMA3_GGUF).write_bytes(b"GGUF")
+    assert assets.gemma3_gguf() == tmp_path / "pk" / assets.GEMMA3_GGUF
+    monkeypatch.delenv("PRUNEKIT_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert assets.cache_dir() == tmp_path / "xdg" / "prunekit"
 
 
 def test_gguf_without_the_gguf_package_is_a_config_error(monkeypatch, tmp_path):

