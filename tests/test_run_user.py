@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -339,3 +340,117 @@ def test_render_html_of_any_run_folder(tmp_path: Path) -> None:
     assert "&lt;b&gt;not html&lt;/b&gt;" in page  # the Markdown is shown, escaped
     with pytest.raises(ConfigError, match="not a finished prunekit run"):
         render_html(tmp_path / "points")
+
+
+# --- every schedule, sweep and repair through the one pipeline -----------------------------
+
+
+def _masks(workspace: Path, **sections) -> dict:
+    """An own-model recipe that masks 80% of the weights (output layer kept whole)."""
+    return _recipe(workspace, prune={"sparsity": 0.8, "protect_output": True}, **sections)
+
+
+def _prunable_sparsity(result) -> float:
+    """Zeros over the weights of every layer but the output layer (protect_output)."""
+    rows = result.layers[:-1]
+    return sum(r["params"] - r["nonzero_params"] for r in rows) / sum(r["params"] for r in rows)
+
+
+@pytest.mark.parametrize("schedule, sections", [
+    ({"kind": "gradual", "end": 2, "frequency": 1}, {}),
+    ({"kind": "iterative", "rounds": 3}, {"finetune": {"epochs": 1, "lr": 0.05}}),
+    ({"kind": "surgery"}, {}),
+    ({"kind": "lottery", "rate": 0.5, "rewind": 2}, {"train": {"epochs": 2, "lr": 0.05}}),
+])
+def test_own_model_runs_every_schedule(workspace: Path, schedule: dict, sections: dict) -> None:
+    result = run(parse_recipe(_masks(workspace, schedule=schedule, **sections)),
+                 out_dir=workspace / "out", quiet=True)
+    details, pruned = result.metrics["run"], result.metrics["pruned"]
+    assert _prunable_sparsity(result) == pytest.approx(0.8, abs=0.01)
+    assert result.model[-1].weight.count_nonzero() == result.model[-1].weight.numel()
+    assert 0.0 <= pruned["accuracy"] <= 1.0 and 0.0 <= pruned["agreement"] <= 1.0
+    assert details["task"] == "classification" and details["schedule"]["measured"]
+    if schedule["kind"] in ("iterative", "lottery"):
+        rounds = details["rounds"]
+        assert [r["round"] for r in rounds] == list(range(len(rounds))) and len(rounds) >= 3
+        assert rounds[-1]["target"] == pytest.approx(0.8)
+    for name in ("dense.safetensors", "pruned.safetensors", "schedule.png", "report.md",
+                 "metrics.json"):
+        assert (workspace / "out" / name).is_file(), name
+    assert f"schedule: {schedule['kind']}" in (workspace / "out" / "report.md").read_text()
+
+
+def test_own_model_sweep_writes_every_point(workspace: Path) -> None:
+    recipe = parse_recipe(_recipe(workspace, prune={"granularity": "channel"},
+                                  sweep={"ratio": [0.25, 0.5]}))
+    result = run(recipe, out_dir=workspace / "out", quiet=True)
+    points = result.metrics["points"]
+    assert [p["setting"] for p in points] == [{"ratio": 0.25}, {"ratio": 0.5}]
+    params = [p["pruned"]["params"] for p in points]
+    assert params[0] > params[1] == result.metrics["pruned"]["params"]
+    for p in points:
+        assert (workspace / "out" / p["folder"] / "metrics.json").is_file()
+        assert all(c["verify"]["ok"] for c in p["run"]["cuts"])
+    assert (workspace / "out" / "accuracy_vs_sparsity.png").is_file()
+
+
+def test_language_model_prunes_gradually_on_next_token_loss(workspace: Path) -> None:
+    text = str(workspace / "text.txt")
+    recipe = parse_recipe(_recipe(
+        workspace, task="language-modelling", model={"python": "tiny_nets:lm"},
+        data={"kind": "text", "train": text, "test": text, "seq_len": 16,
+              "tokenizer": "bytes", "batch_size": 8},
+        prune={"sparsity": 0.6}, schedule={"kind": "gradual", "end": 2, "frequency": 1},
+        finetune={"epochs": 3, "lr": 0.5}))
+    result = run(recipe, out_dir=workspace / "lm", quiet=True)
+    dense, pruned = result.metrics["dense"], result.metrics["pruned"]
+    assert pruned["sparsity"] == pytest.approx(0.6, abs=0.01)
+    # the repeated sentence is learnt: next-token fine-tuning beats the untrained dense model
+    assert 1.0 < pruned["perplexity"] < dense["perplexity"] < 1000
+    report = (workspace / "lm" / "report.md").read_text()
+    assert "perplexity" in report and "accuracy" not in report.split("## Schedule")[0]
+
+
+def test_agreement_without_labels_iterates_with_bn_recalibration(workspace: Path) -> None:
+    x = np.random.default_rng(1).normal(size=(48, 6)).astype(np.float32)
+    np.save(workspace / "x.npy", x)
+    (workspace / "bn_nets.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+        def mlp():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Linear(6, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                                 nn.Linear(32, 4))
+    """))
+    recipe = parse_recipe(_recipe(
+        workspace, task="agreement", model={"python": "bn_nets:mlp"},
+        data={"kind": "arrays", "train": {"inputs": str(workspace / "x.npy")},
+              "test": {"inputs": str(workspace / "x.npy")}, "batch_size": 16},
+        prune={"sparsity": 0.5}, schedule={"kind": "iterative", "rounds": 2},
+        recovery={"bn_recalibration": {"batches": 2}}, finetune={"epochs": 1, "lr": 0.05}))
+    result = run(recipe, out_dir=workspace / "out", quiet=True)
+    pruned, details = result.metrics["pruned"], result.metrics["run"]
+    assert pruned["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert 0.0 <= pruned["agreement"] <= 1.0 and pruned["kl"] >= 0.0
+    assert [r["bn_recalibration"]["layers"] for r in details["recovery"]] == [1, 1]
+    assert len(details["rounds"]) == 3
+
+
+@pytest.mark.parametrize("sections, key", [
+    ({"task": "agreement", "train": {"epochs": 2}}, "train.epochs"),
+    ({"task": "agreement", "recovery": {"distill": {}}}, "recovery.distill"),
+    ({"task": "language-modelling", "schedule": {"kind": "iterative", "floor": 0.5},
+      "data": {"kind": "text", "test": "t.txt", "val_fraction": 0.1}}, "schedule.floor"),
+    ({"schedule": {"kind": "gradual", "end": 5}}, "schedule.end"),
+])
+def test_own_recipes_refuse_what_cannot_work(workspace: Path, sections: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        parse_recipe(_masks(workspace, **sections))
+
+
+def test_a_schedule_that_trains_needs_a_training_split(workspace: Path) -> None:
+    recipe = parse_recipe(_masks(workspace, data={"kind": "arrays", "test": str(
+        workspace / "test.npz")}, schedule={"kind": "gradual", "end": 1}))
+    with pytest.raises(ConfigError, match="schedule.kind gradual prunes while training"):
+        run(recipe, out_dir=workspace / "x", quiet=True)
+    assert not (workspace / "x").exists()
