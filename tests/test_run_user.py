@@ -454,3 +454,39 @@ def test_a_schedule_that_trains_needs_a_training_split(workspace: Path) -> None:
     with pytest.raises(ConfigError, match="schedule.kind gradual prunes while training"):
         run(recipe, out_dir=workspace / "x", quiet=True)
     assert not (workspace / "x").exists()
+
+
+def _ddp_worker(rank: int, world: int, folder: str, recipe: dict) -> None:
+    import sys
+
+    import torch.distributed as dist
+
+    sys.path.insert(0, folder)  # tiny_nets, as the workspace fixture makes it importable
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank,
+                            world_size=world)
+    try:
+        result = run(parse_recipe(recipe), out_dir=Path(folder) / "out", quiet=True)
+        torch.save({"state": result.model.state_dict(), "out": str(result.out_dir),
+                    "metrics": result.metrics}, f"{folder}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_torchrun_trains_an_own_model_with_ddp_and_rank_zero_writes(workspace: Path) -> None:
+    """Two gloo processes, as torchrun starts them: fine-tuning under a gradual schedule runs
+    as DistributedDataParallel, both ranks end with the same pruned weights, and only rank 0
+    writes the output folder."""
+    import torch.multiprocessing as mp
+
+    recipe = _masks(workspace, schedule={"kind": "gradual", "end": 2, "frequency": 1})
+    mp.spawn(_ddp_worker, args=(2, str(workspace), recipe), nprocs=2, join=True)
+    ranks = [torch.load(workspace / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    for key, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][key]), key
+    assert ranks[0]["out"] == str(workspace / "out") != ranks[1]["out"]
+    assert not Path(ranks[1]["out"]).exists()  # rank 1's scratch folder is gone
+    written = json.loads((workspace / "out" / "metrics.json").read_text())
+    assert written["pruned"]["sparsity"] == ranks[0]["metrics"]["pruned"]["sparsity"]
+    zeros = [1 - float(v.count_nonzero()) / v.numel() for k, v in ranks[0]["state"].items()
+             if k.endswith("weight")][:-1]
+    assert zeros == pytest.approx([0.8, 0.8], abs=0.01)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .._registry import Registry
@@ -104,8 +105,9 @@ class Context:
         return self.prepared.data.loader(split, train=train)
 
     def steps_per_epoch(self) -> int:
-        """Optimizer steps in one epoch over the training split."""
-        return self.prepared.data.steps_per_epoch()
+        """Optimizer steps in one epoch over the training split, on each rank (under
+        torchrun every rank takes every ``world_size``-th batch)."""
+        return _per_rank(self.prepared.data.steps_per_epoch())
 
     def accuracy(self, model: nn.Module, split: str) -> float:
         """The task's headline score of ``model`` on a split (top-1 accuracy for
@@ -156,7 +158,14 @@ def train_phase(
         with Distiller(net, teacher, temperature=distill.temperature,
                        alpha=distill.alpha) as distilled:
             train(net, batches, loss_fn=distilled, **options)
-    return phase.epochs * len(loader)
+    return phase.epochs * _per_rank(len(loader))
+
+
+def _per_rank(batches: int) -> int:
+    """Batches each rank takes of ``batches`` (all of them in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        return max(1, batches // dist.get_world_size())
+    return batches
 
 
 def mask_config(prune: PruneConfig, *, seed: int, criterion: str | None = None
