@@ -106,3 +106,10 @@ def versions() -> dict[str, str]:
             pass
     out["machine"] = f"{platform.machine()} {platform.system()}, {torch.get_num_threads()} threads"
     return out
+
+
+def check_fraction(name: str, value: Any) -> float:
+    """``value`` as a float in [0, 1), else a ConfigError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ConfigError(f"{name} must be a fraction in [0, 1), got {value!r}")
+    return float(value)

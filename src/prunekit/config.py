@@ -37,7 +37,8 @@ from typing import Any
 from torch import nn
 
 from ._defaults import DEFAULT_CALIBRATION_BATCHES, DEFAULT_FISHER_SAMPLES
-from ._utils import name_matches, resolve_ignore
+from ._utils import check_fraction, name_matches, resolve_ignore
+from .allocation.budget import BUDGET_KINDS, BUDGET_LIMITS, Budget
 from .allocation.nm import parse_pattern
 from .allocation.rules import Rule, list_scopes
 from .errors import ConfigError
@@ -45,6 +46,7 @@ from .importance.criteria import list_criteria
 
 __all__ = [
     "BUDGET_KINDS",
+    "BUDGET_LIMITS",
     "CHECKS",
     "Budget",
     "Calibration",
@@ -55,17 +57,8 @@ __all__ = [
     "check_fraction",
 ]
 
-#: The cost a structured budget removes a fraction of.
-BUDGET_KINDS = ("params", "macs")
 #: When ``pk.plan`` dry-runs a plan: always, only when a size is written in the code, never.
 CHECKS = ("always", "auto", "never")
-
-
-def check_fraction(name: str, value: Any) -> float:
-    """``value`` as a float in [0, 1), else a ConfigError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ConfigError(f"{name} must be a fraction in [0, 1), got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -90,28 +83,6 @@ class NM:
 
     def __str__(self) -> str:
         return f"{self.n}:{self.m}"
-
-
-@dataclass(frozen=True)
-class Budget:
-    """A fraction of a cost to remove: ``Budget("macs", 0.5)`` halves the MACs."""
-
-    kind: str
-    fraction: float
-
-    def __post_init__(self) -> None:
-        if self.kind not in BUDGET_KINDS:
-            raise ConfigError(f"unknown target/budget {self.kind!r}; valid budgets: "
-                              f"{', '.join(BUDGET_KINDS)}")
-        check_fraction(f"budget {self.kind}", self.fraction)
-
-    @classmethod
-    def from_mapping(cls, target: Mapping[str, float]) -> Budget:
-        """``{"macs": 0.5}`` -> ``Budget("macs", 0.5)`` (the older ``target=`` spelling)."""
-        if len(target) != 1:
-            raise ConfigError("target takes one entry: {'params': f} or {'macs': f}")
-        ((kind, fraction),) = target.items()
-        return cls(kind, fraction)
 
 
 @dataclass(frozen=True)
@@ -238,7 +209,8 @@ class PlanConfig:
         ratio: fraction of units removed from each group (0.5 when neither ``ratio`` nor
             ``budget`` is given); with a global scope, the fraction of all units.
         ratios: per-group ratio by module name pattern; the first match wins.
-        budget: instead of a ratio, a :class:`Budget` (fraction of params or MACs removed).
+        budget: instead of a ratio, a :class:`Budget` of one fraction of the parameters
+            or MACs to remove (``Budget("macs", 0.5)``, or ``Budget(macs_ratio=0.5)``).
         criterion: a name from :func:`prunekit.list_criteria`.
         scope: ``layer``, ``global`` (ranked across groups, scores divided by their group's
             mean so that layers of different scale compare) or ``lamp`` (ranked across groups
@@ -272,6 +244,10 @@ class PlanConfig:
             raise ConfigError("give either ratio/ratios or a budget (target), not both")
         if self.budget is not None and not isinstance(self.budget, Budget):
             raise ConfigError(f"budget must be a Budget, got {self.budget!r}")
+        if self.budget is not None and self.budget.removal is None:
+            raise ConfigError(f"pk.plan meets one fraction of the parameters or MACs "
+                              f"(Budget('macs', 0.5)); {self.budget!r} needs a search: use "
+                              "pk.allocate(model, inputs, kind='greedy', budget=...)")
         if self.ratio is None and self.budget is None:
             object.__setattr__(self, "ratio", 0.5)
         if self.ratio is not None:

@@ -156,3 +156,23 @@ def test_budget_parse_and_violation():
     assert b.met({"latency_ms": 5.0, "params": 100.0}, dense)
     assert b.violation({"latency_ms": 6.0, "params": 150.0}, dense) == pytest.approx(0.2 + 0.5)
     assert Budget.parse(b) is b and b.metrics == {"latency_ms", "params"}
+
+
+def test_one_budget_type_for_plan_and_allocate():
+    import prunekit as pk
+
+    assert Budget is pk.Budget  # one class, not two with opposite meanings
+    assert pk.Budget("macs", 0.5) == pk.Budget(macs_ratio=0.5) == Budget.parse({"macs_ratio": 0.5})
+    assert pk.Budget("params", 0.3).removal == ("params", 0.3)
+    assert pk.Budget(params_ratio=0.25).kind == "params"
+    assert pk.Budget(latency_ms=2.0).removal is None
+    with pytest.raises(ConfigError, match="pk.allocate"):  # plan cannot meet a latency budget
+        pk.PlanConfig(budget=pk.Budget(latency_ms=2.0))
+    with pytest.raises(ConfigError, match="not both"):
+        pk.Budget("macs", 0.5, latency_ms=2.0)
+    with pytest.raises(ConfigError, match="unknown budget key 'latency'"):
+        pk.Budget(latency=2.0)
+    with pytest.raises(ConfigError, match=r"budget macs must be a fraction in \[0, 1\)"):
+        pk.Budget("macs", 1.5)
+    with pytest.raises(AttributeError, match="frozen"):
+        pk.Budget("macs", 0.5).macs_ratio = 0.1
