@@ -96,7 +96,7 @@ def plan(
             ``ratio`` (fraction of units removed from each group, default 0.5; with
             ``scope="global"`` the fraction of all units), ``ratios`` (per-group ratio by
             module name pattern, ``{"re:layer4\\..*": 0.7}``), ``budget`` (a
-            :class:`~prunekit.config.Budget`; ``target={"macs": f}`` is the older
+            :class:`~prunekit.Budget`; ``target={"macs": f}`` is the older
             spelling), ``criterion`` (any name of :func:`prunekit.list_criteria`),
             ``scope`` (``layer``, ``global``, ``lamp``), ``max_ratio``, ``round_to``,
             ``ignore`` (modules, names or ``re:`` patterns whose own outputs keep their
