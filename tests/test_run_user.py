@@ -490,3 +490,18 @@ def test_torchrun_trains_an_own_model_with_ddp_and_rank_zero_writes(workspace: P
     zeros = [1 - float(v.count_nonzero()) / v.numel() for k, v in ranks[0]["state"].items()
              if k.endswith("weight")][:-1]
     assert zeros == pytest.approx([0.8, 0.8], abs=0.01)
+
+
+def test_the_docs_recipe_with_a_schedule_runs(workspace: Path) -> None:
+    """docs/your-model.md's own-model recipe with a schedule: valid as written, and run
+    with a tiny model and data in place of the ResNet-18 and the image folder."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "your-model.md").read_text()
+    (text,) = re.findall(r"```yml\n(.*?)```", doc, flags=re.S)
+    written = yaml.safe_load(text)
+    assert parse_recipe(written).schedule.kind == "gradual"
+    tiny = {**written, "model": {"python": "tiny_nets:mlp"},
+            "data": {**_recipe(workspace)["data"], "val_fraction": 0.1},
+            "measure": {"latency_runs": 2, "batch_sizes": [1]}}
+    result = run(parse_recipe(tiny), out_dir=workspace / "out", quiet=True)
+    assert _prunable_sparsity(result) == pytest.approx(0.8, abs=0.01)
+    assert "58 train / 6 validation" in (workspace / "out" / "report.md").read_text()
