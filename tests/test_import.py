@@ -59,6 +59,7 @@ EXERCISED = {
     "verify": "test_structured_verbs",
     "VerifyResult": "test_structured_verbs",
     "Plan": "test_structured_verbs",
+    "PlanInfo": "test_structured_verbs",
     "prune": "test_structured_verbs",
     "inspect_model": "test_structured_verbs",
     "save_pruned": "test_structured_verbs",
@@ -145,6 +146,8 @@ def test_structured_verbs(tmp_path):
     graph = pk.trace(model, x)
     plan = pk.plan(graph, ratio=0.5, criterion="l1")
     assert isinstance(plan, pk.Plan)
+    assert isinstance(plan.info, pk.PlanInfo) and (plan.info.criterion, plan.info.ratio) == (
+        "l1", 0.5)
     assert model[0].out_features == 16  # planning changes nothing either
     original = copy.deepcopy(model)
     assert pk.apply(model, plan) is model

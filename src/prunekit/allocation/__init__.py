@@ -1,22 +1,51 @@
 """Allocation: turning importance scores into keep/prune decisions, and choosing how much to
 cut where under a budget (sensitivity scans, greedy / hierarchical / evolutionary search,
-a per-layer latency table)."""
+a per-layer latency table).
 
-from .allocate import Allocation as Allocation
-from .allocate import allocate as allocate
-from .allocate import apply_allocation as apply_allocation
+Two layers live here. The rules (``rules``, ``nm``, ``channels``, ``budget``) sit below the
+verbs: ``pk.sparsify`` and ``pk.plan`` use them to turn scores into kept units. The searches
+(``allocate``, ``search``, ``space``, ``sensitivity``, ``latency``) sit above the verbs: they
+call ``pk.plan`` / ``pk.sparsify`` to try ratios. The searches are imported on first use,
+so the verbs can import the rules without loading what calls them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from .budget import Budget as Budget
-from .latency import LatencyTable as LatencyTable
 from .nm import nm_keep as nm_keep
 from .nm import parse_pattern as parse_pattern
 from .rules import Rule as Rule
 from .rules import lamp_scores as lamp_scores
 from .rules import list_scopes as list_scopes
 from .rules import select as select
-from .search import list_kinds as list_kinds
-from .sensitivity import SensitivityScan as SensitivityScan
-from .sensitivity import scan as scan
+
+# name -> module of the search layer (above the verbs), imported when first asked for
+_SEARCH = {
+    "Allocation": "allocate",
+    "allocate": "allocate",
+    "apply_allocation": "allocate",
+    "LatencyTable": "latency",
+    "list_kinds": "search",
+    "SensitivityScan": "sensitivity",
+    "scan": "sensitivity",
+}
 
 __all__ = ["Allocation", "Budget", "LatencyTable", "Rule", "SensitivityScan", "allocate",
            "apply_allocation", "lamp_scores", "list_kinds", "list_scopes", "nm_keep",
            "parse_pattern", "scan", "select"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _SEARCH.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SEARCH))

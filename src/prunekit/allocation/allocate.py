@@ -18,6 +18,7 @@ from torch import nn
 
 from .._io import write_json
 from ..errors import ConfigError
+from ..structured import apply, plan, trace
 from .budget import Budget
 from .latency import default_cache_dir
 from .search import NEEDS_EVALUATE, STRATEGIES, SearchContext
@@ -186,14 +187,12 @@ def apply_allocation(model: nn.Module, allocation: Allocation, example_inputs: A
     """Prune ``model`` in place as ``allocation`` says: channels through ``pk.plan`` /
     ``pk.apply`` (returns the plan; needs ``example_inputs``), masks through
     ``pk.sparsify`` (returns per-weight sparsities)."""
-    import prunekit as pk
-
     if allocation.granularity == "channel":
         if example_inputs is None:
             raise ConfigError("a channel allocation needs example_inputs to trace the model")
-        plan = pk.plan(pk.trace(model, example_inputs), **allocation.plan_kwargs)
-        pk.apply(model, plan)
-        return plan
+        made = plan(trace(model, example_inputs), **allocation.plan_kwargs)
+        apply(model, made)
+        return made
 
     return mask_layers(model, allocation.ratios, criterion=allocation.criterion,
                        exclude=allocation.ignore)

@@ -23,6 +23,7 @@ the ratios (one per unit of the space), the ``round_to`` it chose and its histor
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from typing import Any
 
 from .._registry import Registry
 from ..errors import ConfigError
+from ..sparsify import sparsify
+from ..structured import plan
 from .budget import Budget
 from .sensitivity import scan
 
@@ -156,28 +159,22 @@ def _ranked(ctx: SearchContext, lamp: bool) -> Result:
 
 def _channel_ranked(space: Any, s: float, round_to: int, lamp: bool, cap: float) -> list[float]:
     """Per-group ratios that ``pk.plan(scope="global")`` picks at global ratio ``s``."""
-    import prunekit as pk
-
     kw = space.plan_kwargs([0.0] * len(space.units), round_to)
     kw.pop("ratios")
     kw.update(ratio=float(s), scope="global", max_ratio=cap, check=False)
     if lamp:
         kw["criterion"] = "lamp"
-    plan = pk.plan(space.graph, **kw)
-    removed = {g.id: g.removed for g in plan.groups}
+    made = plan(space.graph, **kw)
+    removed = {g.id: g.removed for g in made.groups}
     return [removed.get(g.id, 0) / g.size for g in space.groups]
 
 
 def _mask_ranked(space: Any, s: float, lamp: bool) -> list[float]:
     """Per-layer sparsities that ``pk.sparsify(scope="global"|"lamp")`` picks at ``s``."""
-    import copy
-
-    import prunekit as pk
-
     if s <= 0:
         return [0.0] * len(space.units)
     model = copy.deepcopy(space.model)
-    per_weight = pk.sparsify(model, sparsity=float(s), criterion=space.criterion,
+    per_weight = sparsify(model, sparsity=float(s), criterion=space.criterion,
                              scope="lamp" if lamp else "global", ignore=space.exclude)
     out = []
     for unit, size in zip(space.units, space.sizes, strict=True):

@@ -25,9 +25,13 @@ from torch import nn
 
 from .._utils import match_any
 from ..errors import ConfigError
+from ..graph import trace
 from ..importance.group import group_importance
 from ..mask.targets import find_targets
 from ..measure import count_macs, size_bytes
+from ..sparsify import sparsify
+from ..structured import plan
+from ..surgery import apply_plan
 from ..surgery.build import build_plan
 from ..surgery.surgeons import input_dims
 from .channels import keep_count
@@ -95,14 +99,12 @@ class ChannelSpace(_Space):
     def __init__(self, model: nn.Module, example_inputs: Any, *, criterion: str = "l2",
                  ignore: Sequence[str] = (), round_to_choices: Sequence[int] = (1,),
                  plan_options: Mapping[str, Any] | None = None) -> None:
-        import prunekit as pk
-
         self.model, self.example_inputs = model, example_inputs
         self.criterion, self.ignore = criterion, list(ignore)
         self.round_to_choices = _check_round_to(round_to_choices)
         self.plan_options = dict(plan_options or {})
-        self.graph = pk.trace(model, example_inputs)
-        probe = pk.plan(self.graph, ratio=0.5, ignore=self.ignore, criterion="l2")
+        self.graph = trace(model, example_inputs)
+        probe = plan(self.graph, ratio=0.5, ignore=self.ignore, criterion="l2")
         self.groups, self.units = [], []
         for cut in probe.groups:
             group = self.graph.groups[cut.id]
@@ -141,17 +143,15 @@ class ChannelSpace(_Space):
     def build(self, ratios: Sequence[float], round_to: int = 1) -> nn.Module:
         """A pruned copy of the model: the plan ``pk.plan(graph, **plan_kwargs)`` makes,
         with the unit scores computed once."""
-        import prunekit as pk
-
 
         scores = self._scores()
         kept = {gid: torch.sort(torch.topk(scores[gid], k).indices).values
                 for gid, k in self.counts(ratios, round_to).items()
                 if k < self.graph.groups[gid].size}
-        plan = build_plan(self.graph, kept, info={"criterion": self.criterion,
+        made = build_plan(self.graph, kept, info={"criterion": self.criterion,
                                                   "round_to": round_to})
         pruned = copy.deepcopy(self.graph.model)
-        pk.apply(pruned, plan)
+        apply_plan(pruned, made)
         return pruned
 
     def _scores(self) -> dict[int, torch.Tensor]:
@@ -291,13 +291,11 @@ def mask_layers(model: nn.Module, ratios: Mapping[str, float], *, criterion: str
     Returns:
         Qualified weight name -> sparsity after the call.
     """
-    import prunekit as pk
-
     exact = {u: "re:" + re.escape(u) for u in ratios}
     out: dict[str, float] = {}
     for r in sorted({float(r) for r in ratios.values() if r > 0}):
         others = [exact[u] for u, x in ratios.items() if float(x) != r]
-        out.update(pk.sparsify(model, sparsity=r, criterion=criterion, scope="layer",
+        out.update(sparsify(model, sparsity=r, criterion=criterion, scope="layer",
                                ignore=[*exclude, *others]))
     return out
 
