@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .errors import DataError
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
@@ -66,7 +68,6 @@ def save_safetensors(
 def read_decoded(path: str | os.PathLike[str], what: str, decode: Callable[[bytes], Any]) -> Any:
     """``decode`` of the bytes of ``path``; an unreadable file or a ``DataError`` from
     ``decode`` becomes a ``DataError`` that names the file (``what``: the kind of file)."""
-    from .errors import DataError
 
     path = Path(path)
     try:

@@ -47,6 +47,8 @@ from torch import nn
 from .._io import write_bytes
 from .._registry import Registry
 from ..errors import ConfigError, DataError
+from ..mask import bake
+from .sharing import shared_layers
 
 _ENGINES = ("x86", "fbgemm", "qnnpack")
 _DYNAMIC_TYPES = {"linear": nn.Linear, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -199,7 +201,6 @@ def _check_model(model: Any) -> None:
             f"the model is on {sorted(devices)}; int8 kernels here run on the CPU: "
             "call model.cpu() first"
         )
-    from .sharing import shared_layers
 
     if shared_layers(model):
         raise ConfigError(
@@ -209,8 +210,6 @@ def _check_model(model: Any) -> None:
 
 
 def _bake_masks(model: nn.Module) -> None:
-    from ..mask import bake
-
     bake(model)
 
 

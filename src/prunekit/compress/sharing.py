@@ -30,6 +30,7 @@ from torch.nn.utils import parametrize
 
 from .._registry import Registry
 from ..errors import ConfigError
+from ..mask import bake
 
 _KINDS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 Init = Callable[[torch.Tensor, int], torch.Tensor]
@@ -112,7 +113,6 @@ def share_weights(
     """
     config = _config(config, overrides)
     targets = _targets(model, config.ignore)
-    from ..mask import bake
 
     bake(model)
     plans = {

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .._registry import Registry
 from ..errors import ConfigError, DataError
+from ..models.sources import import_target
 
 __all__ = [
     "DATA_KINDS",
@@ -797,7 +798,6 @@ def _python(spec: Mapping[str, Any], *, loaders: _Loaders, tokenizer: Any = None
     """``module:make_loaders(**kwargs)`` returns ``(train, test)`` loaders or a dict with
     ``train``, ``test`` and optionally ``num_classes``; batches are ``(inputs, labels)``
     or ``(inputs,)``."""
-    from ..models.sources import import_target
 
     made = import_target(spec["python"], key="data.python")(**dict(spec.get("kwargs") or {}))
     if isinstance(made, Mapping):

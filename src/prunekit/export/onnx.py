@@ -35,6 +35,8 @@ from torch.utils._pytree import tree_leaves
 
 from .._io import write_bytes
 from ..errors import ConfigError, DataError
+from ..mask import bake, masked_params
+from .pruned import load_pruned
 
 
 @dataclass(frozen=True)
@@ -226,7 +228,6 @@ def export_run(
     Raises:
         ConfigError: The folder has no pruned weights, or they do not fit ``model``.
     """
-    from . import load_pruned
 
     run_dir = Path(run_dir)
     weights = run_dir / "pruned.safetensors"
@@ -273,7 +274,6 @@ def _split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
 
 def _exportable(model: nn.Module) -> nn.Module:
     """The model, or a copy with its masks baked when it carries prunekit masks."""
-    from ..mask import bake, masked_params
 
     if next(masked_params(model), None) is None:
         return model

@@ -26,6 +26,7 @@ from .._registry import Registry
 from . import _axes as ax
 from ._axes import ONE, Axis
 from ._tracer import Call, ModuleCall
+from .graph import Binding
 from .reasons import Reason
 
 OpRule = Callable[[Call], None]
@@ -638,7 +639,6 @@ def convolution(call: Call) -> None:
 
 def _bind_owner(call: Call, t: torch.Tensor, attr: str, axis: Axis) -> None:
     """Bind ``attr`` of the module that owns parameter ``t`` (else the current module)."""
-    from .graph import Binding
 
     owner = call.module
     name = _param_name(call, t)
@@ -724,7 +724,6 @@ def layer_norm(call: Call) -> None:
 
 def _bind(call: Call, attr: str, axes: list[Axis], *, as_tuple: bool = False) -> None:
     """Bind ``attr`` of the current module to the kept size(s) of ``axes``."""
-    from .graph import Binding
 
     call.graph.bindings.append(Binding(call.module, attr, axes, as_tuple))
 

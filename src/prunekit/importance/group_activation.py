@@ -36,6 +36,7 @@ from .._calls import run_model
 from .._registry import Registry
 from ..errors import ConfigError
 from .criteria import register_group_criterion
+from .group import _aggregate, _PerPosition, _require_values, _tensors
 
 if TYPE_CHECKING:
     from ..graph import Graph, Group
@@ -58,7 +59,6 @@ def register_group_activation(name: str) -> Callable[[ColumnScore], ColumnScore]
 
 def _reduction(graph: Graph, groups: list[Group], *, criterion: str, data: Iterable | None,
                batches: int | None = None, **_: object) -> dict[int, torch.Tensor]:
-    from .group import _require_values, _tensors  # group.py imports this module
 
     _require_values(_tensors(graph), groups, criterion)
     return activation_importance(graph, groups, criterion=criterion, data=data, batches=batches)
@@ -228,7 +228,6 @@ def activation_importance(
     Returns:
         group id -> float tensor of unit scores (higher = more important).
     """
-    from .group import _aggregate, _PerPosition, _tensors
 
     column = _COLUMN_SCORES.get(criterion)
     groups = list(groups)

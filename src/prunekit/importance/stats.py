@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .activation import collect_act_norms
 from .criteria import ParamStats
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -63,7 +64,6 @@ def collect_stats(
             for name, f in _fisher_diag(model, params, data, loss_fn, fisher_samples).items():
                 stats[name].fisher = f
     if "act_norm" in needs:
-        from .activation import collect_act_norms
 
         modules = {name: _weight_owner(model, name) for name in params}
         for name, n in collect_act_norms(model, modules, data, batches=batches).items():

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._registry import Registry
+from ..data.sources import split_batch
 from ..errors import ConfigError, DataError
 from .quality import classification_metrics
 
@@ -157,7 +158,6 @@ def _to(value: Any, device: torch.device) -> Any:
 
 def _batches(loader: Iterable, max_batches: int | None, device: torch.device, task: Task
              ) -> list[tuple[Any, Any]]:
-    from ..data.sources import split_batch
 
     out = []
     for number, batch in enumerate(loader):

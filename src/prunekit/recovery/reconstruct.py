@@ -33,6 +33,7 @@ from torch import nn
 
 from .. import mask as _mask
 from ..errors import ConfigError, DataError
+from ..oneshot.sparsegpt import sparsegpt_prune
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
 SOLVERS = ("exact", "obs")
@@ -277,7 +278,6 @@ def _solve_obs(
     """Masked rows without a solve per row: the unmasked ridge solution ``W*``, then the
     OBS update with the mask fixed and Hessian ``G + R`` (the objective is
     ``||X (W - W*)^T||^2`` plus a constant), as SparseGPT updates its kept weights."""
-    from ..oneshot.sparsegpt import sparsegpt_prune
 
     gram = s.gram
     reg = torch.zeros(gram.shape[0], dtype=gram.dtype, device=gram.device)

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from .._utils import seed_everything
 from ..data import Splits, load_dataset, make_loader
-from ..data.sources import UserData, check_num_classes, load_data
+from ..data.sources import UserData, check_num_classes, load_data, split_batch
 from ..errors import ConfigError, DataError
 from ..measure.tasks import Task, embeddings_of, forward, get_task, logits_of
 from ..models import CLASSIFIER, build_model
@@ -277,7 +277,6 @@ class TaskBatches:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[Any, torch.Tensor]]:
-        from ..data.sources import split_batch
 
         for batch in self.loader:
             inputs, labels = split_batch(batch)

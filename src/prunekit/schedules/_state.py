@@ -12,6 +12,7 @@ from torch import nn
 from .. import mask as _mask
 from ..errors import ConfigError
 from ..mask import SUFFIX
+from ..surgery.surgeons import finalize
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -105,7 +106,6 @@ def _restore_shapes(model: nn.Module, snap: Snapshot) -> None:
     Tensors shared by several modules (tied weights) stay shared, and every module whose
     tensors changed gets the surgery's post-cut hook (RNN flat weights), as after a cut.
     """
-    from ..surgery.surgeons import finalize
 
     modules = dict(model.named_modules())
     touched: list[nn.Module] = []
