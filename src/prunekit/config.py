@@ -42,7 +42,7 @@ from .allocation.budget import BUDGET_KINDS, BUDGET_LIMITS, Budget
 from .allocation.nm import parse_pattern
 from .allocation.rules import Rule, list_scopes
 from .errors import ConfigError
-from .importance.criteria import list_criteria
+from .importance.criteria import get_criterion, list_criteria
 
 __all__ = [
     "BUDGET_KINDS",
@@ -148,14 +148,14 @@ class SparsifyConfig:
     skip_indivisible: bool = False
 
     def __post_init__(self) -> None:
-        from .sparsify import list_granularities  # sparsify imports this module
+        # the granularity registry lives with the verb that uses it, and sparsify imports
+        # this module
+        from .sparsify import list_granularities
 
         if not isinstance(self.amount, (Rule, NM)):
             raise ConfigError(f"amount must be a Rule or an NM pattern, got {self.amount!r}")
         _check_registered("criterion", self.criterion, list_criteria())
         if self.scope is None:
-            from .importance import get_criterion
-
             object.__setattr__(self, "scope", get_criterion(self.criterion).scope or "layer")
         _check_registered("scope", self.scope, list_scopes())
         _check_registered("granularity", self.granularity, list_granularities("mask"))

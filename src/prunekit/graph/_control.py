@@ -146,7 +146,7 @@ def check_paths(graph: Any, model: nn.Module, inputs: Any, ops: list[str],
         bools: the ``bool(tensor)`` calls among them (``index`` counts those calls).
         rules: the rules the graph was traced with (to trace the other path).
     """
-    from ._tracer import build_graph, flatten_tensors
+    from ._tracer import build_graph, flatten_tensors  # the tracer imports this module
 
     if any(t.device.type == "meta" for t in flatten_tensors(inputs)):
         return  # values on the meta device were faked; no other path can be run
@@ -204,7 +204,7 @@ def _ops_of(model: nn.Module, inputs: Any, mode: TorchFunctionMode | None = None
             ) -> list[str] | None:
     """Operator names of one forward pass (``None`` if it raises: an error path, such as a
     failed assertion, computes nothing else)."""
-    from ._tracer import _tracing_state, run_model
+    from ._tracer import _tracing_state, run_model  # the tracer imports this module
 
     try:
         with _tracing_state(model), _Ops() as rec, mode or contextlib.nullcontext():
