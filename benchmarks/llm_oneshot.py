@@ -290,9 +290,6 @@ def _version(name: str) -> str:
         return "not installed"
 
 
-if __name__ == "__main__":
-    main()
-
 
 def _report_gemma3(rows: list[dict], args) -> None:
     label, _, _, data, section = MODELS["gemma3"]
@@ -324,3 +321,7 @@ def _report_gemma3(rows: list[dict], args) -> None:
     ] + _lm_table(lm) + _owl_line(lm)
     write_section(DOC, section, "\n".join(body), title="# Pretrained transformers and LLMs\n")
     print(f"wrote {DOC} and {data}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
