@@ -185,3 +185,20 @@ def test_smollm2_loads_and_wanda_keeps_perplexity_finite():
     oneshot(model, ids, method="wanda", sparsity=0.5, quiet=True)
     pruned = perplexity(model, ev)
     assert math.isfinite(pruned) and dense < pruned < 10 * dense
+
+
+@pytest.mark.slow
+def test_gemma3_tokenizer_gets_bos_windows():
+    try:
+        path = assets.gemma3_gguf()
+        assets.require_gguf()
+        docs = assets.python_docs()
+    except (DataError, ConfigError) as e:
+        pytest.skip(str(e))
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    _, held = split_files(text_files(docs), heldout=0.2, seed=0)
+    ev = evaluation_ids(tok, read_texts(held), samples=2, seq_len=64)
+    assert tok.bos_token_id is not None and ev[:, 0].tolist() == [tok.bos_token_id] * 2
+    assert tok.bos_token_id not in ev[:, 1:].flatten().tolist()
