@@ -70,7 +70,7 @@ def test_built_in_recipe_by_name(calls):
     [
         ("prune:\n  sparsty: 0.5\n", "unknown key 'prune.sparsty'; did you mean 'sparsity'?"),
         ("prune:\n  sparsity: 1.5\n", "prune.sparsity is 1.5"),
-        ("prune:\n  scope: everywhere\n", "valid choices: layer, global, lamp"),
+        ("prune:\n  scope: everywhere\n", "valid scopes: global, lamp, layer, row"),
     ],
 )
 def test_bad_recipe_exits_2_with_one_line(calls, tmp_path, capsys, text, expected):

@@ -100,7 +100,8 @@ def test_sparsity_edges_inside_the_range_are_accepted():
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        ({"prune": {"scope": "glob"}}, "did you mean 'global'? valid choices: layer, global, lamp"),
+        ({"prune": {"scope": "glob"}},
+         "did you mean 'global'? valid scopes: global, lamp, layer, row"),
         ({"prune": {"granularity": "filter"}}, "valid choices: weight, neuron"),
         ({"prune": {"criterion": "magnitud"}}, "did you mean 'magnitude'"),
         ({"data": {"name": "fashion"}}, "did you mean 'fashion-mnist'"),
@@ -372,3 +373,19 @@ def test_round_trip_of_a_recipe_using_every_section(tmp_path):
     )
     again = load_recipe(write(tmp_path, dump_recipe(recipe), "everything.yaml"))
     assert again == recipe
+
+
+def test_a_prune_section_is_checked_by_the_verbs_own_config_and_shares_its_defaults():
+    import prunekit as pk
+
+    base = {"model": {"name": "lenet300"}, "data": {"name": "fashion-mnist"}}
+    masks = parse_recipe({**base, "prune": {"criterion": "wanda"}}).prune
+    assert masks.sparsify_config(seed=0) == pk.SparsifyConfig(
+        amount=pk.config.Rule("sparsity", 0.9), criterion="wanda")  # scope 'row', as sparsify
+    assert masks.scope == "row"
+    channels = parse_recipe({**base, "prune": {"granularity": "channel"}}).prune
+    assert channels.plan_config(seed=0) == pk.PlanConfig()  # every default is the library's
+    with pytest.raises(ConfigError, match="N:M pattern works on single weights"):
+        parse_recipe({**base, "prune": {"granularity": "neuron", "pattern": "2:4"}})
+    with pytest.raises(ConfigError, match="scope='row' ranks single weights"):
+        parse_recipe({**base, "prune": {"granularity": "channel", "scope": "row"}})

@@ -255,6 +255,10 @@ class PlanConfig:
         check_fraction("max_ratio", self.max_ratio)
         _check_registered("criterion", self.criterion, list_criteria())
         _check_registered("scope", self.scope, list_scopes())
+        if self.scope == "row":
+            raise ConfigError("scope='row' ranks single weights within a row; channels are "
+                              "ranked per group ('layer'), across groups ('global') or by "
+                              "LAMP ('lamp')")
         if self.check not in CHECKS:
             raise ConfigError(f"check must be one of {', '.join(CHECKS)}, got {self.check!r}")
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) \

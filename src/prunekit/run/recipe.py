@@ -49,7 +49,9 @@ from pydantic import (
     model_validator,
 )
 
+from ..allocation import list_scopes
 from ..allocation.search import NEEDS_EVALUATE, list_kinds
+from ..config import Budget, Calibration, PlanConfig, SparsifyConfig, amount_of
 from ..data import list_datasets
 from ..data.sources import DATA_KINDS, _check_keys
 from ..errors import ConfigError
@@ -71,8 +73,7 @@ __all__ = [
 
 QUICKSTART = "quickstart"
 SELECTORS = ("sparsity", "threshold", "percentile", "std_k")
-DEFAULT_SPARSITY = 0.9
-DEFAULT_RATIO = 0.5
+DEFAULT_SPARSITY = 0.9  # the quick start's; the library has no default sparsity
 STRUCTURED = ("channel",)
 TARGET_KEYS = ("macs", "params")
 SWEEP_KEYS = ("sparsity", "ratio", *TARGET_KEYS)
@@ -313,10 +314,31 @@ class TargetConfig(_Section):
 MASK_ONLY = (*SELECTORS, "pattern", "exclude")
 CHANNEL_ONLY = ("ratio", "target", "ignore", "max_ratio", "round_to")
 # Defaults by family: masks follow pk.sparsify's (SparsifyConfig), channels pk.plan's.
-_FAMILY_DEFAULTS = {
-    "mask": {"criterion": "magnitude", "scope": "layer", "exclude": []},
-    "channel": {"criterion": "l2", "scope": "layer", "ignore": [], "max_ratio": 0.9, "round_to": 1},
-}
+def _family_defaults() -> dict[str, dict[str, Any]]:
+    """A prune section's defaults per family: the verbs' own config defaults, not a copy."""
+    mask = SparsifyConfig(amount=amount_of(sparsity=DEFAULT_SPARSITY))
+    channel = PlanConfig()
+    return {
+        "mask": {"criterion": mask.criterion, "exclude": [],
+                 "calibration_batches": mask.calibration.batches},
+        "channel": {"criterion": channel.criterion, "scope": channel.scope, "ignore": [],
+                    "max_ratio": channel.max_ratio, "round_to": channel.round_to,
+                    "calibration_batches": channel.calibration.batches},
+    }
+
+
+_FAMILY_DEFAULTS = _family_defaults()
+DEFAULT_RATIO = PlanConfig().ratio
+
+
+def _mask_scope(criterion: Any) -> str:
+    """The scope ``sparsify`` uses for ``criterion`` when none is given (``row`` for Wanda,
+    else ``layer``); an unknown criterion is reported by the section's own check."""
+    try:
+        return SparsifyConfig(amount=amount_of(sparsity=DEFAULT_SPARSITY),
+                              criterion=str(criterion)).scope
+    except ConfigError:
+        return "layer"
 
 
 def granularity_family(granularity: str) -> str:
@@ -346,7 +368,7 @@ class PruneConfig(_Section):
     percentile: Float | None = Field(None, ge=0, lt=100)
     std_k: Float | None = None
     criterion: str = "magnitude"
-    scope: Literal["layer", "global", "lamp"] = "global"
+    scope: str = "layer"
     granularity: Literal["weight", "neuron", "channel"] = "weight"
     pattern: str | None = None
     exclude: list[str] | None = None
@@ -356,7 +378,12 @@ class PruneConfig(_Section):
     max_ratio: Float | None = Field(None, gt=0, lt=1)
     round_to: Int | None = Field(None, ge=1)
     protect_output: Bool = False
-    calibration_batches: Int = Field(8, ge=1)
+    calibration_batches: Int | None = Field(None, ge=1)
+
+    @field_validator("scope")
+    @classmethod
+    def _scope(cls, value: str) -> str:
+        return _registry_name("scope", value, list_scopes())
 
     @field_validator("pattern")
     @classmethod
@@ -374,6 +401,8 @@ class PruneConfig(_Section):
             return data
         family = granularity_family(str(data.get("granularity", "weight")))
         data = {**_FAMILY_DEFAULTS[family], **{k: v for k, v in data.items() if v is not None}}
+        if family == "mask" and "scope" not in data:  # the criterion's own, as in sparsify
+            data["scope"] = _mask_scope(data["criterion"])
         if family == "mask" and not any(k in data for k in (*SELECTORS, "pattern")):
             data["sparsity"] = DEFAULT_SPARSITY
         if family == "channel" and "ratio" not in data and "target" not in data:
@@ -410,6 +439,38 @@ class PruneConfig(_Section):
         if self.ratio is not None and self.target is not None:
             raise KeyProblem("target", "give either ratio or target, not both")
         return self
+
+    @model_validator(mode="after")
+    def _the_verbs_accept_it(self) -> PruneConfig:
+        """The section is valid when the verb's own config accepts it: one set of rules."""
+        try:
+            if self.structured:
+                self.plan_config(seed=0)
+            else:
+                self.sparsify_config(seed=0)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+    def sparsify_config(self, *, seed: int, criterion: str | None = None) -> SparsifyConfig:
+        """The :class:`~prunekit.SparsifyConfig` this mask section spells."""
+        key, value = self.amount
+        return SparsifyConfig(
+            amount=amount_of(**{key: value}), criterion=criterion or self.criterion,
+            scope=self.scope, granularity=self.granularity, ignore=tuple(self.exclude or ()),
+            protect_output=self.protect_output,
+            calibration=Calibration(batches=self.calibration_batches), seed=seed)
+
+    def plan_config(self, *, seed: int, criterion: str | None = None,
+                    ignore: tuple[str, ...] = ()) -> PlanConfig:
+        """The :class:`~prunekit.PlanConfig` this channel section spells; ``ignore`` adds
+        names found on the model (heads kept whole, the classifier's feeders)."""
+        key, value = self.amount
+        amount = {"ratio": value} if key == "ratio" else {"budget": Budget(key, value)}
+        return PlanConfig(**amount, criterion=criterion or self.criterion, scope=self.scope,
+                          max_ratio=self.max_ratio, round_to=self.round_to,
+                          ignore=(*ignore, *(self.ignore or ())),
+                          calibration=Calibration(batches=self.calibration_batches), seed=seed)
 
     @property
     def structured(self) -> bool:

@@ -29,7 +29,7 @@ from .._registry import Registry
 from .._utils import versions
 from ..allocation import allocate, apply_allocation
 from ..allocation.allocate import DEFAULT_GRID
-from ..config import Budget, Calibration, PlanConfig, SparsifyConfig, amount_of
+from ..config import Budget, PlanConfig, SparsifyConfig
 from ..data import Splits
 from ..errors import ConfigError
 from ..mask import bake, remove_mask
@@ -171,26 +171,17 @@ def _per_rank(batches: int) -> int:
 def mask_config(prune: PruneConfig, *, seed: int, criterion: str | None = None
                 ) -> SparsifyConfig:
     """The :class:`~prunekit.config.SparsifyConfig` a mask prune section spells."""
-    key, value = prune.amount
-    return SparsifyConfig(
-        amount=amount_of(**{key: value}), criterion=criterion or prune.criterion,
-        scope=prune.scope, granularity=prune.granularity, ignore=tuple(prune.exclude or ()),
-        protect_output=prune.protect_output,
-        calibration=Calibration(batches=prune.calibration_batches), seed=seed)
+    return prune.sparsify_config(seed=seed, criterion=criterion)
 
 
 def plan_config(prune: PruneConfig, model: nn.Module, example: Any, *, seed: int,
                 criterion: str | None = None, heads: tuple[str, ...] = ()) -> PlanConfig:
     """The :class:`~prunekit.config.PlanConfig` a channel prune section spells (with
     ``heads`` kept whole, and the classifier's feeders ignored under ``protect_output``)."""
-    ignore = [*heads, *(prune.ignore or ())]
+    ignore = list(heads)
     if prune.protect_output:
         ignore += classifier_feeders(model, example)
-    key, value = prune.amount
-    amount = {"ratio": value} if key == "ratio" else {"budget": Budget(key, value)}
-    return PlanConfig(**amount, criterion=criterion or prune.criterion, scope=prune.scope,
-                      max_ratio=prune.max_ratio, round_to=prune.round_to, ignore=tuple(ignore),
-                      calibration=Calibration(batches=prune.calibration_batches), seed=seed)
+    return prune.plan_config(seed=seed, criterion=criterion, ignore=tuple(ignore))
 
 
 def penalty_loss(model: nn.Module, recipe: Recipe, base: Callable | None = None
