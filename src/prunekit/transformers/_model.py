@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError
+from ..importance.group_activation import model_inputs
 
 _ATTENTION = ("self_attn", "attention", "attn", "self_attention")
 _MLP = ("mlp", "feed_forward", "ffn", "block_sparse_moe")
@@ -61,8 +62,6 @@ def part_patterns(model: nn.Module) -> dict[str, str]:
 
 def first_batch(batches: list) -> Any:
     """Example inputs from the first calibration batch."""
-    from ..importance.group_activation import model_inputs
-
     if not batches:
         raise ConfigError("calibration data is empty; pass at least one batch of token ids "
                           "(or dicts of model inputs)")

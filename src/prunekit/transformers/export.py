@@ -32,6 +32,7 @@ from torch import nn
 
 from .. import _io
 from ..errors import ConfigError
+from ..export import load_pruned, save_pruned
 from ..surgery import Plan
 from ._model import hf_config
 from .blocks import BlockCut, remove_blocks
@@ -120,15 +121,13 @@ def _dequantized_gguf(model: nn.Module):
 
 
 def _save_with_plan(model: nn.Module, tmp: str, plan: Plan, blocks: BlockCut | None) -> None:
-    import prunekit as pk
-
     base = copy.deepcopy(hf_config(model))
     for field, old in plan.before.get("config:", {}).items():
         setattr(base, field, old)
     for field, old in (blocks.before if blocks else {}).items():
         setattr(base, field, old)
     base.save_pretrained(tmp)
-    pk.save_pruned(model, plan, tmp)
+    save_pruned(model, plan, tmp)
     _io.write_json(Path(tmp) / MANIFEST, {
         "format": FORMAT, "class": type(model).__name__,
         "blocks": blocks.to_dict() if blocks else None,
@@ -180,9 +179,7 @@ def load_pretrained_pruned(directory: str | os.PathLike[str], *,
     model = cls(transformers.AutoConfig.from_pretrained(folder))
     if manifest.get("blocks"):
         remove_blocks(model, manifest["blocks"]["removed"])
-    import prunekit as pk
-
-    pk.load_pruned(model, folder / "plan.json", folder / "weights.safetensors")
+    load_pruned(model, folder / "plan.json", folder / "weights.safetensors")
     return model.eval()
 
 
