@@ -8,6 +8,10 @@
 
 A user mistake (a bad recipe, missing data) prints one sentence to stderr and exits
 with status 2; anything else is a bug and keeps its traceback.
+
+Each subcommand imports what it runs inside its own function (the pipeline, the report
+renderer, ONNX export): ``prunekit --help`` and ``prunekit inspect`` stay quick and do
+not need matplotlib, onnx or the data extras.
 """
 
 from __future__ import annotations
