@@ -536,3 +536,17 @@ def test_global_lamp_ranking_removes_the_total_asked_for(zoo):
     plan = S.plan(graph, ratio=0.5, scope="global", criterion="lamp", max_ratio=0.8)
     assert sum(g.removed for g in plan.groups) == 28
     assert all(g.removed <= 0.8 * g.size for g in plan.groups)
+
+
+def test_prune_reports_its_progress_through_logging(caplog):
+    import logging
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    with caplog.at_level(logging.INFO, logger="prunekit"):
+        S.prune(model, torch.randn(2, 8), ratio=0.5, check="always")
+    lines = [r.getMessage() for r in caplog.records if r.name == "prunekit"]
+    assert lines[0].startswith("tracing Sequential (212 parameters)")
+    assert any(line.startswith("traced in") and "1 prunable" in line for line in lines)
+    assert "scoring 1 candidate groups by l2" in lines
+    assert "dry run of the plan (1 groups cut)" in lines

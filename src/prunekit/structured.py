@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from ._log import log
 from ._utils import resolve_ignore
 from .allocation.channels import (
     _allocate,
@@ -76,7 +77,12 @@ def trace(model: nn.Module, example_inputs: Any) -> Graph:
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"trace needs an nn.Module, got {type(model).__name__}")
-    return _trace(model, example_inputs)
+    log.info("tracing %s (%s parameters)", type(model).__name__,
+             f"{sum(p.numel() for p in model.parameters()):,}")
+    graph = _trace(model, example_inputs)
+    log.info("traced in %.1f s: %d groups, %d prunable", graph.trace_seconds,
+             len(graph.groups), len(graph.prunable_groups))
+    return graph
 
 
 # -- planning ------------------------------------------------------------------------------------
@@ -124,6 +130,7 @@ def plan(
     candidates, skipped = _one_factor_per_dim(graph, _candidates(graph, ignored))
     if not candidates and (config.ratio or config.budget):
         raise ConfigError(_nothing_to_prune(graph, ignored))
+    log.info("scoring %d candidate groups by %s", len(candidates), config.criterion)
     scores = group_importance(graph, candidates, criterion=config.criterion, data=data,
                               loss_fn=loss_fn, batches=config.calibration.batches,
                               seed=config.seed)
@@ -144,9 +151,11 @@ def plan(
         if not (config.check == "always"
                 or config.check == "auto" and any(graph.groups[g].literal for g in kept)):
             break
+        log.info("dry run of the plan (%d groups cut)", len(kept))
         bad, where = _failing_groups(graph, _runner(graph), result, kept)
         if not bad:
             break
+        log.info("dry run: %d groups fail and are left whole", len(bad))
         excluded.update(bad)
         excluded.update(_analogues(graph, groups, bad, excluded, where))
     if excluded:
@@ -198,6 +207,7 @@ def apply(model: nn.Module, plan: Plan) -> nn.Module:
     """
     if not isinstance(plan, Plan):
         raise ConfigError(f"apply needs a Plan, got {type(plan).__name__}")
+    log.debug("slicing %d tensors", len(plan.tensors))
     apply_plan(model, plan)
     return model
 

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from .._io import save_safetensors, write_json, write_text
+from .._log import progress_to_stderr
 from .._utils import seed_everything
 from ..mask.targets import find_targets
 from ..measure import compare_latency, measure_cost, save_sparse
@@ -165,7 +166,8 @@ def run(recipe: Recipe, *, out_dir: str | os.PathLike[str], quiet: bool = False)
     scratch = None if main else tempfile.TemporaryDirectory(prefix="prunekit-rank-")
     out = Path(out_dir) if main else Path(scratch.name)
     try:
-        result = _run(recipe, out, quiet or not main)
+        with progress_to_stderr(not (quiet or not main)):  # the library's own progress lines
+            result = _run(recipe, out, quiet or not main)
     finally:
         if scratch is not None:
             scratch.cleanup()
