@@ -40,7 +40,7 @@ from .importance.group import group_importance
 from .measure import count_macs
 from .surgery import Plan, apply_plan
 from .surgery.build import build_plan
-from .surgery.exclusion import _analogues, _failing_groups, _runner
+from .surgery.exclusion import analogues, failing_groups
 from .verify import VerifyResult, verify
 
 __all__ = [
@@ -152,12 +152,12 @@ def plan(
                 or config.check == "auto" and any(graph.groups[g].literal for g in kept)):
             break
         log.info("dry run of the plan (%d groups cut)", len(kept))
-        bad, where = _failing_groups(graph, _runner(graph), result, kept)
+        bad, where = failing_groups(graph, result, kept)
         if not bad:
             break
         log.info("dry run: %d groups fail and are left whole", len(bad))
         excluded.update(bad)
-        excluded.update(_analogues(graph, groups, bad, excluded, where))
+        excluded.update(analogues(graph, groups, bad, excluded, where))
     if excluded:
         result.info.excluded = {graph.groups[g].name: why for g, why in excluded.items()}
     return result

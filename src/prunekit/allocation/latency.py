@@ -331,8 +331,8 @@ class LatencyTable:
             return self.entries[key]
         ins, outs = self._grids[sig]
         if _diagonal(layer):
-            return _interp(outs, cout, lambda o: self.entries[f"{sig}|{o}|{o}"])
-        return _interp(ins, cin, lambda i: _interp(outs, cout,
+            return interp(outs, cout, lambda o: self.entries[f"{sig}|{o}|{o}"])
+        return interp(ins, cin, lambda i: interp(outs, cout,
                                                    lambda o: self.entries[f"{sig}|{i}|{o}"]))
 
     def _calibrate(self, build: Callable[[Counts], nn.Module] | None) -> tuple[float, float]:
@@ -405,7 +405,7 @@ def _nearest(values: Sequence[int], target: float) -> int:
     return min(values, key=lambda v: (abs(v - target), v))
 
 
-def _interp(xs: Sequence[int], x: float, f: Callable[[int], float]) -> float:
+def interp(xs: Sequence[int], x: float, f: Callable[[int], float]) -> float:
     """Piecewise-linear interpolation of ``f`` over sorted ``xs`` (linear extrapolation)."""
     if len(xs) == 1:
         return f(xs[0])

@@ -31,7 +31,7 @@ from torch import nn
 
 from .._io import atomic_open, write_json
 from ..errors import ConfigError
-from .latency import _interp
+from .latency import interp
 
 Evaluate = Callable[[nn.Module], float]
 
@@ -67,7 +67,7 @@ class SensitivityScan:
 
         xs = [round(r * 1e6) for r in self.ratios]  # integers for the interpolation helper
         values = dict(zip(xs, self.drops(unit), strict=True))
-        return max(0.0, _interp(xs, ratio * 1e6, values.__getitem__))
+        return max(0.0, interp(xs, ratio * 1e6, values.__getitem__))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -141,12 +141,12 @@ def load_data(
         raise ConfigError(f"data: give kind: (one of {', '.join(list_data_kinds())}) or "
                           "python: 'module:make_loaders'")
     builder = DATA_KINDS.get(kind)
-    _check_keys(kind, spec, builder)
+    check_keys(kind, spec, builder)
     loaders = _Loaders(batch_size, eval_batch_size, train_samples, test_samples, seed)
     return builder(spec, loaders=loaders, tokenizer=tokenizer)
 
 
-def _check_keys(kind: str, spec: Mapping[str, Any], builder: DataBuilder) -> None:
+def check_keys(kind: str, spec: Mapping[str, Any], builder: DataBuilder) -> None:
     allowed = getattr(builder, "keys", ())
     for key in spec:
         if key not in allowed:

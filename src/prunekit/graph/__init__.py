@@ -9,6 +9,7 @@ from ._tracer import _tracing_state as tracing_state
 from ._tracer import build_graph
 from ._tracer import flatten_tensors as flatten_tensors
 from ._tracer import run_model as run_model
+from ._tracer import size_calls as size_calls
 from .graph import Graph as Graph
 from .graph import Group as Group
 from .graph import Member as Member
@@ -27,6 +28,7 @@ __all__ = [
     "register_module",
     "register_op",
     "run_model",
+    "size_calls",
     "trace",
     "tracing_state",
 ]

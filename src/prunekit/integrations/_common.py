@@ -12,7 +12,7 @@ from torch import nn
 
 from .._io import write_bytes
 from ..errors import ConfigError
-from ..mask._mask import SUFFIX, attach_mask, get_mask
+from ..mask import SUFFIX, attach_mask, get_mask
 
 STATE_FILE = "prunekit_pruner.pt"
 

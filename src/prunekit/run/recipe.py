@@ -53,7 +53,7 @@ from ..allocation import list_scopes
 from ..allocation.search import NEEDS_EVALUATE, list_kinds
 from ..config import Budget, Calibration, PlanConfig, SparsifyConfig, amount_of
 from ..data import list_datasets
-from ..data.sources import DATA_KINDS, _check_keys
+from ..data.sources import DATA_KINDS, check_keys
 from ..errors import ConfigError
 from ..importance import list_criteria
 from ..measure.tasks import get_task, list_tasks
@@ -176,7 +176,7 @@ class DataConfig(_Section):
         _keyed("kind", "data kind", kind, DATA_KINDS.names())
         spec = {**(self.options or {}), **({"python": self.python} if self.python else {})}
         try:
-            _check_keys(kind, spec, DATA_KINDS.get(kind))
+            check_keys(kind, spec, DATA_KINDS.get(kind))
         except ConfigError as err:
             raise ValueError(str(err).removeprefix("data: ")) from None
         return self

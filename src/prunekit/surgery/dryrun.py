@@ -20,7 +20,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .._calls import flatten_tensors, run_model, to_meta
-from ..graph._tracer import _tracing_state, size_calls
+from ..graph import size_calls, tracing_state
 from .apply import apply_undoable
 from .plan import Plan
 
@@ -87,7 +87,7 @@ def regrouped(expected: list | None, calls: list[tuple[str, list[tuple[int, ...]
 
 def output_shapes(model: nn.Module, inputs: Any) -> list[tuple[int, ...]]:
     """Shapes of the tensors the model returns (eval mode, no gradients, modes restored)."""
-    with _tracing_state(model), _MetaScalars():
+    with tracing_state(model), _MetaScalars():
         out = run_model(model, inputs)
     return [tuple(t.shape) for t in flatten_tensors(out)]
 

@@ -40,7 +40,7 @@ def _signature(graph: Graph, g: Group) -> tuple:
             *sorted(blank.sub(r"\1#", f"{m.name}:{m.dim}") for m in g.members))
 
 
-def _analogues(graph: Graph, groups: list[Group], bad: dict[int, str],
+def analogues(graph: Graph, groups: list[Group], bad: dict[int, str],
                excluded: dict[int, str], where: str | None) -> dict[int, str]:
     """Groups like the failing ones: the same structure in another layer, or a size spelled
     out by the same operator in another module of the same class."""
@@ -81,7 +81,10 @@ def _inside(path: str | None, where: str) -> bool:
     return path is not None and (path == where or path.startswith(where + ".") or not where)
 
 
-def _failing_groups(graph, runner, result: Plan, kept) -> tuple[dict[int, str], str | None]:
+def failing_groups(graph: Graph, result: Plan, kept) -> tuple[dict[int, str], str | None]:
+    """Groups of ``result`` whose cut breaks the dry run of ``graph``'s model (each with the
+    error), found by bisection, and the module where the run failed."""
+    runner = _runner(graph)
     if not kept or runner.error(result) is None:
         return {}, None
     ids = sorted(kept)
