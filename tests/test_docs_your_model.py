@@ -34,7 +34,7 @@ def _benchmark():
 
 def test_recipes_parse_and_are_the_benchmarks() -> None:
     recipes = blocks("yaml")
-    assert len(recipes) == 4
+    assert len(recipes) == 5
     for text in recipes:
         assert parse_recipe(yaml.safe_load(text)).own
     assert recipes == list(_benchmark().RECIPES.values())
