@@ -118,3 +118,52 @@ def test_a_model_loaded_from_gguf_saves_as_floats(tmp_path) -> None:
     assert model.hf_quantizer is marker
     reloaded = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "out")
     assert torch.equal(reloaded.lm_head.weight, model.lm_head.weight)
+
+
+@pytest.mark.parametrize(("pattern", "dtype"), [(None, torch.float32), ("2:4", torch.bfloat16)])
+def test_one_shot_results_save_compactly_and_reload_bit_for_bit(tmp_path, pattern, dtype) -> None:
+    import prunekit as pk
+
+    model = tiny(tie_word_embeddings=True).to(dtype)
+    amount = {"pattern": pattern} if pattern else {"sparsity": 0.5}
+    pk.oneshot(model, torch.cat(batches()), method="wanda", quiet=True, **amount)
+    ids = batches(1, seed=5)[0]
+    masks_before = sum(1 for _ in pk.mask.masked_params(model))
+    assert save_pretrained_pruned(model, tmp_path / "sparse", tokenizer=_tokenizer(),
+                                  sparse=True) == "sparse"
+    save_pretrained_pruned(model, tmp_path / "dense")
+    sparse_bytes = (tmp_path / "sparse" / "model.sparse.safetensors").stat().st_size
+    dense_bytes = (tmp_path / "dense" / "model.safetensors").stat().st_size
+    assert sparse_bytes < 0.75 * dense_bytes  # bitmask + half the values
+    assert sum(1 for _ in pk.mask.masked_params(model)) == masks_before > 0  # kept
+    again = load_pretrained_pruned(tmp_path / "sparse")
+    assert next(again.parameters()).dtype == dtype
+    assert again.lm_head.weight is again.model.embed_tokens.weight  # still tied
+    for name, t in again.state_dict().items():
+        assert torch.equal(model.state_dict()[name], t), name
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, model(ids).logits)
+        assert torch.equal(again.generate(ids, **GEN), model.generate(ids, **GEN))
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "sparse").vocab_size > 0
+
+
+def test_sparse_save_refuses_a_structured_cut(tmp_path) -> None:
+    narrow = tiny(num_hidden_layers=3, intermediate_size=64)
+    prune_width(narrow, batches(), mlp_ratio=0.4, attention_ratio=0.0, scope="global")
+    assert not config_describes(narrow)  # the blocks differ
+    with pytest.raises(ConfigError, match="structured cut"):
+        save_pretrained_pruned(narrow, tmp_path / "b", sparse=True)
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_masked_model_saves_for_from_pretrained_without_its_mask_buffers(tmp_path) -> None:
+    import prunekit as pk
+
+    model = tiny()
+    pk.oneshot(model, torch.cat(batches()), method="magnitude", sparsity=0.5, quiet=True)
+    assert save_pretrained_pruned(model, tmp_path / "out") == "hf"
+    again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert set(again.state_dict()) == {k for k in model.state_dict() if not k.endswith("_mask")}
+    x = batches(1, seed=4)[0]
+    with torch.no_grad():
+        assert torch.equal(again(x).logits, model(x).logits)
