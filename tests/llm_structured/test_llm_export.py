@@ -124,7 +124,9 @@ def test_a_model_loaded_from_gguf_saves_as_floats(tmp_path) -> None:
 def test_one_shot_results_save_compactly_and_reload_bit_for_bit(tmp_path, pattern, dtype) -> None:
     import prunekit as pk
 
-    model = tiny(tie_word_embeddings=True).to(dtype)
+    tiny(tie_word_embeddings=True).save_pretrained(tmp_path / "base")  # loaded as users do:
+    model = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "base", dtype=dtype).eval()
+    assert model.model.rotary_emb.inv_freq.dtype == torch.float32  # even in bfloat16
     amount = {"pattern": pattern} if pattern else {"sparsity": 0.5}
     pk.oneshot(model, torch.cat(batches()), method="wanda", quiet=True, **amount)
     ids = batches(1, seed=5)[0]

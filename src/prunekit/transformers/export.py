@@ -224,18 +224,21 @@ def load_pretrained_pruned(directory: str | os.PathLike[str], *,
     cls = model_class or _class(transformers, folder, manifest)
     if manifest is None:
         return cls.from_pretrained(folder, **kwargs).eval()
-    model = cls(transformers.AutoConfig.from_pretrained(folder))
+    config = transformers.AutoConfig.from_pretrained(folder)
     if manifest.get("weights") == "sparse":
-        return _load_sparse(model, folder, manifest)
+        return _load_sparse(cls, config, folder, manifest)
+    model = cls(config)
     if manifest.get("blocks"):
         remove_blocks(model, manifest["blocks"]["removed"])
     load_pruned(model, folder / "plan.json", folder / "weights.safetensors")
     return model.eval()
 
 
-def _load_sparse(model: nn.Module, folder: Path, manifest: dict) -> nn.Module:
-    if manifest.get("dtype"):
-        model.to(getattr(torch, manifest["dtype"]))
+def _load_sparse(cls: type, config: Any, folder: Path, manifest: dict) -> nn.Module:
+    dtype = manifest.get("dtype")
+    # built as from_pretrained(dtype=...) builds it: buffers such as the rotary inverse
+    # frequencies stay float32 (a .to(dtype) would round them and change the outputs)
+    model = cls._from_config(config, dtype=getattr(torch, dtype)) if dtype else cls(config)
     weights = load_sparse(folder / SPARSE_WEIGHTS)
     expected = model.state_dict()
     wrong = sorted(n for n, t in weights.items()
