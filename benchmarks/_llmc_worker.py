@@ -6,7 +6,7 @@ that environment's python; it imports nothing from prunekit. It reads the token 
 the parent wrote (the same calibration and held-out tensors prunekit's rows use),
 prunes a fresh copy of the dense model per job with ``llmcompressor.oneshot`` and
 prints one ``ROW {json}`` line per job: perplexity (the same formula as
-``prunekit.oneshot.text.perplexity``) and the wall time of the ``oneshot`` call.
+``prunekit.oneshot.text.perplexity``) and the wall and CPU time of the ``oneshot`` call.
 
     python _llmc_worker.py --gguf MODEL.gguf --ids ids.pt --jobs wanda:0,sparsegpt:0
 """
@@ -100,16 +100,17 @@ def _prune(dense, tok, method: str, ids: torch.Tensor, sparsity: float) -> dict:
     ds = Dataset.from_dict({"input_ids": ids.tolist(),
                             "attention_mask": torch.ones_like(ids).tolist()})
     loadavg = round(os.getloadavg()[0], 1)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     model = oneshot(model=model, tokenizer=tok, dataset=ds, recipe=_modifier(method, sparsity),
                     num_calibration_samples=samples, max_seq_length=seq_len,
                     shuffle_calibration_samples=False, batch_size=1)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     linears = [m.weight for n, m in model.named_modules()
                if isinstance(m, torch.nn.Linear) and ".layers." in n]
     zeros = sum(int((w == 0).sum()) for w in linears) / sum(w.numel() for w in linears)
     return dict(tool="llm-compressor", run=f"{method}-{round(sparsity * 100)}", model=model,
-                prune_s=round(seconds, 1), sparsity=round(zeros, 4), loadavg=loadavg)
+                prune_s=round(seconds, 1), cpu_s=round(cpu, 1), sparsity=round(zeros, 4),
+                loadavg=loadavg)
 
 
 def perplexity(model, ids: torch.Tensor, *, batch_size: int = 2) -> float:

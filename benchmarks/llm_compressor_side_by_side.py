@@ -44,7 +44,13 @@ from prunekit.oneshot import assets, text
 HERE = Path(__file__).resolve().parent
 DOC = HERE.parent / "docs" / "llm.md"
 DATA = DOC.parent / "data" / "llm_compressor_side_by_side.json"
-METHODS = ("wanda", "sparsegpt")
+# prunekit's options per method; llm-compressor runs the methods it has (wanda, sparsegpt)
+METHODS = {
+    "wanda": dict(method="wanda"),
+    "sparsegpt": dict(method="sparsegpt"),
+    "wanda-onepass": dict(method="wanda", sequential=False),  # prunekit only
+}
+LLMC_METHODS = ("wanda", "sparsegpt")
 
 
 def main() -> None:
@@ -70,7 +76,8 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--llmc-python", default=os.environ.get("LLMC_PYTHON"),
                    help="python of llm-compressor's virtual environment (or $LLMC_PYTHON)")
     p.add_argument("--seeds", default="0,1", help="calibration seeds, comma list")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", default="wanda,sparsegpt",
+                   help=f"comma list of {', '.join(METHODS)} (wanda-onepass: prunekit only)")
     p.add_argument("--sparsity", type=float, default=0.5)
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=512)
@@ -116,19 +123,24 @@ def _prunekit_rows(model, calib, ev, args) -> list[dict]:
             model.load_state_dict(dense)
             torch.manual_seed(seed)
             loadavg = round(os.getloadavg()[0], 1)
-            result = pk.oneshot(model, calib[seed], method=method, sparsity=args.sparsity,
-                                quiet=True)
+            c0 = time.process_time()
+            result = pk.oneshot(model, calib[seed], sparsity=args.sparsity, quiet=True,
+                                **METHODS[method])
+            cpu = time.process_time() - c0
             pk.bake(model)
             rows.append(_emit(dict(
                 tool="prunekit", run=f"{method}-{round(args.sparsity * 100)}", seed=seed,
-                prune_s=round(result.seconds, 1), sparsity=round(result.sparsity, 4),
+                prune_s=round(result.seconds, 1), cpu_s=round(cpu, 1),
+                sparsity=round(result.sparsity, 4),
                 loadavg=loadavg, ppl=round(text.perplexity(model, ev), 3))))
     model.load_state_dict(dense)
     return rows
 
 
 def _llmc_rows(ids_file: Path, args) -> list[dict]:
-    jobs = ",".join(f"{m}:{s}" for s in args.seeds for m in args.methods)
+    jobs = ",".join(f"{m}:{s}" for s in args.seeds for m in args.methods if m in LLMC_METHODS)
+    if not jobs:
+        return []
     cmd = [args.llmc_python, str(HERE / "_llmc_worker.py"), "--gguf",
            str(assets.smollm2_gguf()), "--ids", str(ids_file), "--jobs", jobs,
            "--sparsity", str(args.sparsity), "--threads", str(args.threads)]
@@ -143,10 +155,13 @@ def _llmc_rows(ids_file: Path, args) -> list[dict]:
     return rows
 
 
-def _spread(values: list[float]) -> str:
+def _spread(values: list[float], digits: int = 2) -> str:
+    if not values:
+        return "-"
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+        return f"{values[0]:.{digits}f}"
+    return (f"{statistics.mean(values):.{digits}f} "
+            f"({min(values):.{digits}f}-{max(values):.{digits}f})")
 
 
 def _report(rows: list[dict], args) -> None:
@@ -154,13 +169,19 @@ def _report(rows: list[dict], args) -> None:
     dense = {r["tool"]: r["ppl"] for r in rows if r["run"] == "dense"}
     llmc_versions = next((r["versions"] for r in rows if r.get("versions")), {})
     seeds = sorted({r["seed"] for r in rows if "seed" in r})
+    only = sorted({r["run"] for r in rows if r["run"].rsplit("-", 1)[0] not in LLMC_METHODS
+                   and r["run"] != "dense"})
     body = [
         "## Measured: prunekit and llm-compressor side by side (SmolLM2-135M)",
         "",
         "Command: `.venv/bin/python benchmarks/llm_compressor_side_by_side.py --llmc-python "
         f"LLMC_VENV/bin/python --seeds {','.join(map(str, seeds))} --threads {args.threads}` "
         "(after `scripts/fetch_assets.sh`, and `python -m venv LLMC_VENV && LLMC_VENV/bin/pip "
-        "install llmcompressor==0.14.0.1 gguf`).  ",
+        "install llmcompressor==0.14.0.1 gguf`)"
+        + (f"; the prunekit-only rows ({', '.join(only)}) from `... --methods "
+           f"{','.join(r.rsplit('-', 1)[0] for r in only)} --seeds "
+           f"{','.join(map(str, seeds))}`, merged with `--report-from`" if only else "")
+        + ".  ",
         f"Machine: {machine()}.  ",
         f"prunekit side: {versions_line()}, transformers {_version('transformers')}.  ",
         "llm-compressor side (its own virtual environment): "
@@ -172,14 +193,19 @@ def _report(rows: list[dict], args) -> None:
         f"{args.samples} x {args.seq_len} tokens drawn with each seed from 80% of the "
         f"python3.11-doc files, perplexity on the same {args.eval_samples} x {args.seq_len} "
         "tokens of the other 20% (split by file, seed 0, in every row). SparseGPT: column "
-        "block 128, dampening 0.01 on both sides. Dense perplexity: prunekit "
+        "block 128, dampening 0.01 on both sides. Both tools prune block after block, each "
+        "block's inputs coming from the already pruned blocks before it; `wanda-onepass` is "
+        "prunekit's `sequential=False`, which takes every block's inputs from the dense "
+        "model in one pass (half the forward work). Dense perplexity: prunekit "
         f"{dense.get('prunekit', '-')}, llm-compressor {dense.get('llm-compressor', '-')}. "
         "Time is the wall time of `pk.oneshot` and of llm-compressor's `oneshot` call (its "
-        "data loader and pipeline set-up included, model loading not).",
+        "data loader and pipeline set-up included, model loading not); CPU time is the "
+        "process's CPU time over the same call, with one torch thread on each side, less "
+        "sensitive than wall time to the other jobs sharing the two cores.",
         "",
         "| method | tool | perplexity, mean (min-max over seeds) | prune time (s), mean "
-        "(min-max) | per seed: perplexity / s | load avg |",
-        "|---|---|---:|---:|---|---:|",
+        "(min-max) | CPU time (s) | per seed: perplexity / s | load avg |",
+        "|---|---|---:|---:|---:|---|---:|",
     ]
     for method in sorted({r["run"] for r in rows if r["run"] != "dense"}):
         for tool in ("prunekit", "llm-compressor"):
@@ -189,8 +215,10 @@ def _report(rows: list[dict], args) -> None:
                 continue
             per = "; ".join(f"seed {r['seed']}: {r['ppl']:.2f} / {r['prune_s']}" for r in rs)
             load = ", ".join(str(r.get("loadavg", "-")) for r in rs)
+            cpu = [r["cpu_s"] for r in rs if "cpu_s" in r]
             body.append(f"| {method} | {tool} | {_spread([r['ppl'] for r in rs])} | "
-                        f"{_spread([r['prune_s'] for r in rs])} | {per} | {load} |")
+                        f"{_spread([r['prune_s'] for r in rs], 1)} | {_spread(cpu, 1)} | "
+                        f"{per} | {load} |")
     write_section(DOC, "llm-compressor", "\n".join(body),
                   title="# Pretrained transformers and LLMs\n")
     print(f"wrote {DOC} and {DATA}", file=sys.stderr)
