@@ -505,3 +505,66 @@ def test_the_docs_recipe_with_a_schedule_runs(workspace: Path) -> None:
     result = run(parse_recipe(tiny), out_dir=workspace / "out", quiet=True)
     assert _prunable_sparsity(result) == pytest.approx(0.8, abs=0.01)
     assert "58 train / 6 validation" in (workspace / "out" / "report.md").read_text()
+
+
+HF_NETS = textwrap.dedent("""
+    import torch
+    import transformers
+
+    def llama():
+        torch.manual_seed(0)
+        cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64,
+                                       num_hidden_layers=2, num_attention_heads=4,
+                                       num_key_value_heads=2, max_position_embeddings=64)
+        return transformers.LlamaForCausalLM(cfg).eval()
+""")
+
+
+def test_a_language_model_is_pruned_by_sparsegpt_block_by_block(workspace: Path) -> None:
+    pytest.importorskip("transformers", reason="pip install transformers")
+    (workspace / "hf_nets.py").write_text(HF_NETS)
+    text = str(workspace / "text.txt")
+    recipe = parse_recipe(_recipe(
+        workspace, task="language-modelling", model={"python": "hf_nets:llama"},
+        data={"kind": "text", "train": text, "test": text, "seq_len": 16,
+              "tokenizer": "bytes", "batch_size": 4},
+        prune={"method": "sparsegpt", "sparsity": 0.5, "calibration_batches": 2},
+        finetune={"epochs": 0}))
+    result = run(recipe, out_dir=workspace / "llm", quiet=True)
+    cut = result.metrics["run"]["oneshot"]
+    assert cut["method"] == "sparsegpt" and cut["calibration_batches"] == 2
+    assert cut["sparsity"] == pytest.approx(0.5, abs=0.01) and cut["peak_rss_bytes"] > 0
+    assert len(cut["layers"]) == 2 * 7  # q, k, v, o, gate, up, down in each block
+    assert all(v == pytest.approx(0.5, abs=0.02) for v in cut["layers"].values())
+    dense, pruned = result.metrics["dense"], result.metrics["pruned"]
+    assert 1.0 < dense["perplexity"] and 1.0 < pruned["perplexity"] < 1e4
+    assert (workspace / "llm" / "pruned.sparse.safetensors").exists()
+    report = (workspace / "llm" / "report.md").read_text()
+    assert "## One shot" in report and "`sparsegpt` pruned the blocks of `model.layers`" in report
+
+
+@pytest.mark.parametrize(("prune", "schedule", "match"), [
+    ({"method": "sparsegpt", "sparsity": 0.5}, {"kind": "gradual", "end": 2},
+     "use schedule.kind: oneshot"),
+    ({"method": "sparsegpt", "threshold": 0.1}, {"kind": "oneshot"}, "takes sparsity or pattern"),
+    ({"method": "sparsgpt", "sparsity": 0.5}, {"kind": "oneshot"}, "did you mean 'sparsegpt'"),
+    ({"method": "wanda", "granularity": "channel", "ratio": 0.5}, {"kind": "oneshot"},
+     "method"),
+])
+def test_a_oneshot_method_is_refused_where_it_cannot_run(workspace, prune, schedule,
+                                                         match) -> None:
+    with pytest.raises(ConfigError, match=match):
+        parse_recipe(_recipe(workspace, prune=prune, schedule=schedule,
+                             finetune={"epochs": 2}))
+
+
+def test_a_oneshot_method_on_a_model_without_repeated_blocks_fails_before_anything_runs(
+        workspace: Path) -> None:
+    text = str(workspace / "text.txt")
+    recipe = parse_recipe(_recipe(
+        workspace, task="language-modelling", model={"python": "tiny_nets:lm"},
+        data={"kind": "text", "train": text, "test": text, "seq_len": 16, "tokenizer": "bytes"},
+        prune={"method": "wanda", "sparsity": 0.5}, finetune={"epochs": 0}))
+    with pytest.raises(ConfigError, match="prune.method 'wanda' does not fit the model"):
+        run(recipe, out_dir=workspace / "lm", quiet=True)
+    assert not (workspace / "lm" / "metrics.json").exists()

@@ -59,6 +59,7 @@ from ..importance import list_criteria
 from ..measure.tasks import get_task, list_tasks
 from ..models import list_models
 from ..models.sources import list_model_sources
+from ..oneshot import OneShotConfig, list_methods
 from ..recovery import list_bn_modes
 from ..recovery.penalty import list_penalties
 from ..recovery.train import list_lr_schedules, list_optimizers
@@ -311,7 +312,7 @@ class TargetConfig(_Section):
 
 
 # Keys of the prune section that belong to one family of granularities only.
-MASK_ONLY = (*SELECTORS, "pattern", "exclude")
+MASK_ONLY = (*SELECTORS, "pattern", "exclude", "method")
 CHANNEL_ONLY = ("ratio", "target", "ignore", "max_ratio", "round_to")
 # Defaults by family: masks follow pk.sparsify's (SparsifyConfig), channels pk.plan's.
 def _family_defaults() -> dict[str, dict[str, Any]]:
@@ -379,11 +380,17 @@ class PruneConfig(_Section):
     round_to: Int | None = Field(None, ge=1)
     protect_output: Bool = False
     calibration_batches: Int | None = Field(None, ge=1)
+    method: str | None = None
 
     @field_validator("scope")
     @classmethod
     def _scope(cls, value: str) -> str:
         return _registry_name("scope", value, list_scopes())
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, value: str | None) -> str | None:
+        return None if value is None else _registry_name("method", value, list_methods())
 
     @field_validator("pattern")
     @classmethod
@@ -444,13 +451,24 @@ class PruneConfig(_Section):
     def _the_verbs_accept_it(self) -> PruneConfig:
         """The section is valid when the verb's own config accepts it: one set of rules."""
         try:
-            if self.structured:
+            if self.method is not None:
+                self.oneshot_config(quiet=True)
+            elif self.structured:
                 self.plan_config(seed=0)
             else:
                 self.sparsify_config(seed=0)
         except ConfigError as err:
             raise ValueError(str(err)) from None
         return self
+
+    def oneshot_config(self, *, quiet: bool) -> OneShotConfig:
+        """The :class:`~prunekit.OneShotConfig` of a ``method`` section (``pk.oneshot``:
+        block by block, from calibration batches)."""
+        key, value = self.amount
+        if key not in ("sparsity", "pattern"):
+            raise ConfigError(f"prune.method {self.method!r} takes sparsity or pattern, not {key}")
+        return OneShotConfig(method=self.method, **{key: value},
+                             exclude=tuple(self.exclude or ()), quiet=quiet)
 
     def sparsify_config(self, *, seed: int, criterion: str | None = None) -> SparsifyConfig:
         """The :class:`~prunekit.SparsifyConfig` this mask section spells."""
@@ -1031,7 +1049,21 @@ def _check_allocate(r: Recipe) -> None:
                          "masks keep every shape, so they do not change latency")
 
 
+def _check_method(r: Recipe) -> None:
+    """``prune.method`` (pk.oneshot) cuts once, block by block, from calibration batches."""
+    if r.prune.method is None:
+        return
+    if r.schedule.kind != "oneshot":
+        raise KeyProblem("prune.method", f"prune.method {r.prune.method!r} cuts once, block by "
+                         f"block (pk.oneshot); use schedule.kind: oneshot, not "
+                         f"{r.schedule.kind!r}")
+    if r.allocate is not None:
+        raise KeyProblem("allocate", "prune.method sets each layer's sparsity itself; remove "
+                         "the allocate section")
+
+
 _RECIPE_CHECKS = (
+    _check_method,
     _check_sweep,
     _check_allocate,
     _check_schedule_fits_prune,

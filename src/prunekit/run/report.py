@@ -176,6 +176,8 @@ def render_report(
         parts += ["## Allocation", _allocation_section(details["allocation"])]
     if details.get("cuts"):
         parts += ["## Structure", _structure_section(details["cuts"])]
+    if details.get("oneshot"):
+        parts += ["## One shot", _oneshot_section(details["oneshot"])]
     if any(details.get("recovery") or []):
         parts += ["## Recovery", _recovery_section(details["recovery"])]
     if metrics.get("points"):
@@ -326,6 +328,14 @@ def _allocation_section(a: Mapping[str, Any]) -> str:
     return "\n\n".join([head,
                          _table([["cost", "dense", "predicted"], ["---", "---:", "---:"], *costs]),
                          _table([["unit", "ratio"], ["---", "---:"], *rows])])
+
+
+def _oneshot_section(o: Mapping[str, Any]) -> str:
+    """A ``prune.method`` cut: what ran, on how much data, in what time and memory."""
+    return (f"`{o['method']}` pruned the blocks of `{o['blocks']}` one at a time from "
+            f"{o['calibration_batches']} calibration batches: {o['sparsity']:.1%} of their "
+            f"weights zeroed in {o['seconds']:.1f} s, peak memory "
+            f"{o['peak_rss_bytes'] / 2**30:.2f} GiB (the whole process).")
 
 
 def _structure_section(cuts: Sequence[Mapping[str, Any]]) -> str:

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import itertools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,10 +32,13 @@ from ..allocation import allocate, apply_allocation
 from ..allocation.allocate import DEFAULT_GRID
 from ..config import Budget, PlanConfig, SparsifyConfig
 from ..data import Splits
+from ..data.sources import split_batch
 from ..errors import ConfigError
 from ..mask import bake, remove_mask
 from ..measure import count_macs, count_params
 from ..measure.tasks import evaluate_task
+from ..oneshot import oneshot
+from ..oneshot.blocks import find_blocks
 from ..recovery import Distiller, predict, recalibrate_bn, reconstruct, train
 from ..recovery.penalty import SparsityPenalty
 from ..schedules import (
@@ -250,6 +254,8 @@ class Outcome:
         rounds: per round (iterative, lottery): target, measured, accuracy, kept.
         cuts: structured cuts: groups cut, params and MACs before and after, verify.
         recovery: what each repair did, one entry per cut.
+        oneshot: a ``prune.method`` cut (pk.oneshot): method, sparsity, time, peak memory,
+            calibration batches, per-layer sparsity.
         plan: the structured plan from the dense network to the pruned one.
     """
 
@@ -258,12 +264,13 @@ class Outcome:
     cuts: list[dict[str, Any]] = field(default_factory=list)
     recovery: list[dict[str, Any]] = field(default_factory=list)
     allocation: dict[str, Any] = field(default_factory=dict)
+    oneshot: dict[str, Any] = field(default_factory=dict)
     plan: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able part (the plan is saved on its own as ``plan.json``)."""
         out: dict[str, Any] = {"schedule": self.schedule}
-        for key in ("rounds", "cuts", "recovery", "allocation"):
+        for key in ("rounds", "cuts", "recovery", "allocation", "oneshot"):
             if any(getattr(self, key)):  # recovery holds one (maybe empty) entry per cut
                 out[key] = getattr(self, key)
         return out
@@ -308,8 +315,10 @@ class MaskCut:
         self.prune, self.keep_before = p, keep_before
         self.final = p.sparsity
         self.config = mask_config(p, seed=ctx.recipe.seed)
+        self.oneshot = p.oneshot_config(quiet=ctx.quiet) if p.method else None
         self.data = ctx.loader("train", train=True)
         self.log: list[float] = []
+        self.oneshot_result: dict[str, Any] = {}
         self.before: nn.Module | None = None
 
     def __call__(self, model: nn.Module, amount: float) -> None:
@@ -319,8 +328,25 @@ class MaskCut:
 
     def once(self, model: nn.Module) -> None:
         self._keep(model)
-        sparsify(model, self.config, data=self.data)
+        if self.oneshot is not None:
+            self._oneshot(model)
+        else:
+            sparsify(model, self.config, data=self.data)
         self.log.append(self.measure(model))
+
+    def _oneshot(self, model: nn.Module) -> None:
+        """``prune.method``: pk.oneshot, block by block, on batches of the training split."""
+        if self.data is None:
+            raise ConfigError(f"prune.method {self.prune.method!r} calibrates on the training "
+                              "split, and the data has none; give the data a train split")
+        batches = [split_batch(b)[0] for b in
+                   itertools.islice(self.data, self.prune.calibration_batches)]
+        result = oneshot(model, batches, self.oneshot)
+        self.oneshot_result = {"method": self.oneshot.method, "sparsity": result.sparsity,
+                               "seconds": round(result.seconds, 2),
+                               "peak_rss_bytes": result.peak_rss_bytes,
+                               "calibration_batches": len(batches), "blocks": result.blocks,
+                               "layers": result.layer_sparsity}
 
     def allocated(self, model: nn.Module, allocation: Any) -> None:
         """Masks with the per-layer sparsities an allocation chose."""
@@ -530,12 +556,15 @@ def prune_and_recover(model: nn.Module, job: Job) -> Outcome:
     outcome, cut = RUNNERS.get(kind)(model, job)
     cut.finish(model)
     outcome.cuts = getattr(cut, "cuts", [])
+    outcome.oneshot = getattr(cut, "oneshot_result", {})
     outcome.plan = getattr(cut, "plan", None)
     return outcome
 
 
 def _describe_amount(prune: PruneConfig) -> str:
     key, value = prune.amount
+    if prune.method is not None:
+        return f"{key} {value}, {prune.method} block by block (pk.oneshot)"
     return f"{key} {value}, {prune.criterion}, {prune.scope}, {prune.granularity}"
 
 
@@ -776,6 +805,13 @@ def _try_cut(model: nn.Module, prune: PruneConfig, example: Any,
              heads: tuple[str, ...] = ()) -> None:
     """The cut on a copy, with a criterion that needs no data (the name was checked already)."""
 
+    if prune.method is not None:  # pk.oneshot needs repeated blocks; nothing to try on a copy
+        try:
+            find_blocks(model, prune.oneshot_config(quiet=True).blocks)
+        except ConfigError as err:
+            raise ConfigError(f"prune.method {prune.method!r} does not fit the model: {err}") \
+                from None
+        return
     trial = copy.deepcopy(model)
     try:
         if prune.structured:
