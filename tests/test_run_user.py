@@ -515,7 +515,8 @@ HF_NETS = textwrap.dedent("""
         torch.manual_seed(0)
         cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64,
                                        num_hidden_layers=2, num_attention_heads=4,
-                                       num_key_value_heads=2, max_position_embeddings=64)
+                                       num_key_value_heads=2, max_position_embeddings=64,
+                                       tie_word_embeddings=True)
         return transformers.LlamaForCausalLM(cfg).eval()
 """)
 
@@ -539,6 +540,10 @@ def test_a_language_model_is_pruned_by_sparsegpt_block_by_block(workspace: Path)
     dense, pruned = result.metrics["dense"], result.metrics["pruned"]
     assert 1.0 < dense["perplexity"] and 1.0 < pruned["perplexity"] < 1e4
     assert (workspace / "llm" / "pruned.sparse.safetensors").exists()
+    from prunekit._io import load_safetensors  # the tied embedding is stored once, given back
+
+    dense_file = load_safetensors(workspace / "llm" / "dense.safetensors")
+    assert dense_file["lm_head.weight"] is dense_file["model.embed_tokens.weight"]
     report = (workspace / "llm" / "report.md").read_text()
     assert "## One shot" in report and "`sparsegpt` pruned the blocks of `model.layers`" in report
 
@@ -568,3 +573,13 @@ def test_a_oneshot_method_on_a_model_without_repeated_blocks_fails_before_anythi
     with pytest.raises(ConfigError, match="prune.method 'wanda' does not fit the model"):
         run(recipe, out_dir=workspace / "lm", quiet=True)
     assert not (workspace / "lm" / "metrics.json").exists()
+
+
+def test_a_gguf_file_is_checked_before_transformers_reads_it(workspace: Path) -> None:
+    from prunekit.models.sources import load_model
+
+    with pytest.raises(ConfigError, match="is not a file in"):
+        load_model({"source": "transformers", "path": str(workspace), "auto": "causal-lm",
+                    "gguf_file": "missing.gguf"})
+    with pytest.raises(ConfigError, match="gguf_file goes with source transformers"):
+        load_model({"source": "torchvision", "name": "resnet18", "gguf_file": "x.gguf"})

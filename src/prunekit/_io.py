@@ -55,14 +55,47 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+TIED_KEY = "prunekit.tied"
+
+
 def save_safetensors(
     path: str | os.PathLike[str], tensors: dict, metadata: dict | None = None
 ) -> None:
-    """Save a dict of tensors as safetensors, atomically (contiguous CPU copies are made)."""
+    """Save a dict of tensors as safetensors, atomically (contiguous CPU copies are made).
+
+    Tied tensors (two names for the same memory, as a language model's embedding and
+    output layer) are stored once; the other names are listed in the metadata under
+    ``prunekit.tied`` and :func:`load_safetensors` gives them back.
+    """
     from safetensors.torch import save
 
-    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    write_bytes(path, save(flat, metadata=metadata))
+    flat, tied, seen = {}, {}, {}
+    for name, t in tensors.items():
+        key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype) if t.numel() else None
+        if key is not None and key in seen:
+            tied[name] = seen[key]
+            continue
+        if key is not None:
+            seen[key] = name
+        flat[name] = t.detach().to("cpu").contiguous()
+    meta = dict(metadata or {})
+    if tied:
+        meta[TIED_KEY] = json.dumps(tied)
+    write_bytes(path, save(flat, metadata=meta or None))
+
+
+def load_safetensors(path: str | os.PathLike[str]) -> dict:
+    """Read a safetensors file as a dict of CPU tensors, tied names restored (see
+    :func:`save_safetensors`)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    out = load_file(os.fspath(path), device="cpu")
+    with safe_open(os.fspath(path), framework="pt") as f:
+        tied = json.loads((f.metadata() or {}).get(TIED_KEY, "{}"))
+    for alias, name in tied.items():
+        out[alias] = out[name]
+    return out
 
 
 def read_decoded(path: str | os.PathLike[str], what: str, decode: Callable[[bytes], Any]) -> Any:

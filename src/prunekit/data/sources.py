@@ -607,11 +607,16 @@ def _load_tokenizer(tokenizer: Any, key: str) -> Any:
     if tokenizer is None:
         raise ConfigError(f"data.{key}: text needs a tokenizer; give data.tokenizer: FOLDER "
                           "(a Hugging Face folder), or load the model from a folder")
+    gguf = None
+    if isinstance(tokenizer, tuple):  # (folder, GGUF file): the model's, read from the file
+        tokenizer, gguf = tokenizer
     folder = Path(tokenizer).expanduser()
     if not folder.is_dir():
         raise DataError(f"data.tokenizer: {folder} is not a folder holding a tokenizer")
     from transformers import AutoTokenizer
 
+    if gguf is not None:
+        return AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf)
     return AutoTokenizer.from_pretrained(str(folder))
 
 

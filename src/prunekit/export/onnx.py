@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from .._io import write_bytes
+from .._io import load_safetensors, write_bytes
 from ..errors import ConfigError, DataError
 from ..mask import bake, masked_params
 from .pruned import load_pruned
@@ -391,9 +391,7 @@ def _compare(
 
 
 def _load_plain(model: nn.Module, weights: Path) -> None:
-    from safetensors.torch import load_file
-
-    state = load_file(os.fspath(weights))
+    state = load_safetensors(weights)
     own = model.state_dict()
     # An unbaked masked checkpoint carries <param>_mask buffers: its weights are already zero there.
     state = {k: v for k, v in state.items() if k in own or not k.endswith("_mask")}

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._io import load_safetensors
 from .._registry import Registry
 from ..errors import ConfigError
 
@@ -51,7 +52,7 @@ __all__ = [
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 # Keys a model spec may hold; anything else is a typo and an error.
 SPEC_KEYS = ("source", "name", "path", "python", "kwargs", "config", "num_classes",
-             "checkpoint", "new_head", "auto", "input_shape")
+             "checkpoint", "new_head", "auto", "input_shape", "gguf_file")
 _SHOWN = 5  # how many key names an error quotes
 
 
@@ -67,6 +68,7 @@ class UserModel:
         input_shape: shape of one input without the batch dimension, when known
             (``(3, 224, 224)``); data loaders give it otherwise.
         folder: the Hugging Face folder the model came from (its tokenizer lives there).
+        gguf_file: the GGUF file in ``folder`` the model (and its tokenizer) came from.
     """
 
     model: nn.Module
@@ -75,6 +77,7 @@ class UserModel:
     num_classes: int | None = None
     input_shape: tuple[int, ...] | None = None
     folder: Path | None = None
+    gguf_file: str | None = None
 
 
 ModelBuilder = Callable[..., nn.Module]
@@ -136,10 +139,16 @@ def load_model(spec: Mapping[str, Any]) -> UserModel:
         return _finish(model, "python", options)
     source = spec["source"]
     builder = MODEL_SOURCES.get(source)
+    extra = {}
+    if spec.get("gguf_file") is not None:
+        if source != "transformers":
+            raise ConfigError(f"model.gguf_file goes with source transformers, not {source}")
+        extra["gguf_file"] = spec["gguf_file"]
     model, folder = builder(**{k: spec.get(k) for k in ("name", "path", "kwargs", "config",
-                                                        "auto", "num_classes", "new_head")})
+                                                        "auto", "num_classes", "new_head")},
+                            **extra)
     user = _finish(model, source, options)
-    user.folder = folder
+    user.folder, user.gguf_file = folder, extra.get("gguf_file")
     return user
 
 
@@ -252,8 +261,11 @@ def _timm(*, name: str | None, path: Any = None, kwargs: Mapping | None = None,
 def _transformers(*, name: str | None = None, path: str | None = None,
                   kwargs: Mapping | None = None, config: Mapping | None = None,
                   auto: str | None = None, num_classes: int | None = None,
-                  new_head: bool = False) -> tuple[nn.Module, Path | None]:
-    """A local ``from_pretrained`` folder (``path``) or a model type built from ``config``."""
+                  new_head: bool = False, gguf_file: str | None = None
+                  ) -> tuple[nn.Module, Path | None]:
+    """A local ``from_pretrained`` folder (``path``; with ``gguf_file``, a GGUF file in it,
+    dequantized to float32 unless ``kwargs`` give a ``dtype``) or a model type built from
+    ``config``."""
     if (name is None) == (path is None):
         raise ConfigError(
             "model: source transformers needs exactly one of path: (a local folder saved with "
@@ -263,6 +275,8 @@ def _transformers(*, name: str | None = None, path: str | None = None,
     if path is not None:
         if config:
             raise ConfigError("model: config: goes with name:, not with path: (the folder has one)")
+        if gguf_file is not None:
+            return _hf_gguf(Path(path), gguf_file, auto_cls, kwargs), Path(path)
         return _hf_folder(Path(path), auto_cls, num_classes, new_head, kwargs), Path(path)
     return _hf_config(name, auto_cls, num_classes, config, kwargs), None
 
@@ -306,6 +320,20 @@ def _hf_folder(folder: Path, auto_cls: Any, num_classes: int | None, new_head: b
         extra.update(num_labels=num_classes, ignore_mismatched_sizes=new_head)
     with _wrong_kwargs("transformers", str(folder)):
         return auto_cls.from_pretrained(str(folder), **extra)
+
+
+def _hf_gguf(folder: Path, gguf_file: str, auto_cls: Any, kwargs: Mapping | None) -> nn.Module:
+    if not (folder / gguf_file).is_file():
+        raise ConfigError(f"model.gguf_file {gguf_file!r} is not a file in {folder}; give the "
+                          "folder in path: and the file's name in gguf_file:")
+    try:
+        import gguf  # noqa: F401  (transformers reads GGUF with it)
+    except ImportError:
+        raise ConfigError("model.gguf_file needs the gguf package: pip install gguf "
+                          "accelerate") from None
+    extra = {"dtype": torch.float32, **dict(kwargs or {})}
+    with _wrong_kwargs("transformers", str(folder / gguf_file)):
+        return auto_cls.from_pretrained(str(folder), gguf_file=gguf_file, **extra)
 
 
 def _hf_label_count(config_file: Path) -> int | None:
@@ -393,9 +421,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         raise ConfigError(f"checkpoint {path}: unknown file type {path.suffix!r}; "
                           f"prunekit reads {', '.join(CHECKPOINT_SUFFIXES)}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
+        return load_safetensors(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

@@ -29,10 +29,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
+from .._io import load_safetensors
 from .._utils import seed_everything
 from ..data import Splits, load_dataset, make_loader
 from ..data.sources import UserData, check_num_classes, load_data, split_batch
@@ -165,7 +165,7 @@ def _subset(dataset: TensorDataset, samples: int | None, seed: int, key: str) ->
     return TensorDataset(x[keep], y[keep])
 
 
-def _own(recipe: Recipe, folder: Path | None) -> LoaderSplits:
+def _own(recipe: Recipe, folder: Path | tuple[Path, str] | None) -> LoaderSplits:
     d = recipe.data
     user = load_data(d.spec(), batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
                      train_samples=d.train_samples, test_samples=d.test_samples,
@@ -385,7 +385,8 @@ def _own_model(recipe: Recipe, task: Task, quiet: bool) -> Prepared:
     where = m.path or m.name or m.python
     say(quiet, f"building {m.source or 'python'} model {where}")
     user = load_model(m.spec())
-    data = _own(recipe, user.folder) if recipe.data.own else _as_loaders(_builtin(recipe))
+    tokenizer = (user.folder, user.gguf_file) if user.gguf_file else user.folder
+    data = _own(recipe, tokenizer) if recipe.data.own else _as_loaders(_builtin(recipe))
     example = _example(recipe, data)
     return Prepared(user.model.eval(), data, task, tuple(user.heads), example,
                     head_of(example, 1), user.num_classes, f"{m.source or 'python'}:{where}",
@@ -457,7 +458,7 @@ def load_reference_checkpoint(model: nn.Module, recipe: Recipe, *, quiet: bool) 
             "an earlier run, or drop model.checkpoint to train the baseline"
         )
     try:
-        model.load_state_dict(load_file(path), strict=True)
+        model.load_state_dict(load_safetensors(path), strict=True)
     except (SafetensorError, RuntimeError, OSError) as err:
         problem = str(err).strip().splitlines()[0][:300]
         raise ConfigError(

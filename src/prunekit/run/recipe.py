@@ -194,7 +194,8 @@ class DataConfig(_Section):
         return {"kind": self.kind, **(self.options or {})}
 
 
-_OWN_MODEL_KEYS = ("path", "kwargs", "config", "num_classes", "auto", "input_shape")
+_OWN_MODEL_KEYS = ("path", "gguf_file", "kwargs", "config", "num_classes", "auto",
+                   "input_shape")
 
 
 class ModelConfig(_Section):
@@ -202,7 +203,8 @@ class ModelConfig(_Section):
 
     A reference network by ``name`` (``lenet300``...), or your own: ``source``
     (``torchvision``, ``timm``, ``transformers``) with ``name`` (or ``path``, a local
-    Hugging Face folder), or ``python: "package.module:factory"``; ``checkpoint`` (a
+    Hugging Face folder, with ``gguf_file`` for a GGUF file in it), or
+    ``python: "package.module:factory"``; ``checkpoint`` (a
     safetensors or weights-only ``.pt`` state dict), ``num_classes``, ``new_head``,
     ``kwargs``, ``config``, ``auto``, ``input_shape``; see
     :func:`prunekit.models.sources.load_model`.
@@ -213,6 +215,7 @@ class ModelConfig(_Section):
     source: str | None = None
     python: str | None = None
     path: str | None = None
+    gguf_file: str | None = None
     kwargs: dict[str, Any] | None = None
     config: dict[str, Any] | None = None
     num_classes: Int | None = Field(None, ge=1)
