@@ -389,3 +389,16 @@ def test_a_prune_section_is_checked_by_the_verbs_own_config_and_shares_its_defau
         parse_recipe({**base, "prune": {"granularity": "neuron", "pattern": "2:4"}})
     with pytest.raises(ConfigError, match="scope='row' ranks single weights"):
         parse_recipe({**base, "prune": {"granularity": "channel", "scope": "row"}})
+
+
+def test_the_llm_recipe_in_docs_parses_as_written():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "llm.md").read_text()
+    (block,) = re.findall(r"```yaml\n(.*?)```", doc, flags=re.S)
+    recipe = parse_recipe(yaml.safe_load(block))
+    assert recipe.prune.method == "sparsegpt" and recipe.model.gguf_file
+    assert recipe.prune.oneshot_config(quiet=True).sparsity == 0.5
