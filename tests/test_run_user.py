@@ -583,3 +583,20 @@ def test_a_gguf_file_is_checked_before_transformers_reads_it(workspace: Path) ->
                     "gguf_file": "missing.gguf"})
     with pytest.raises(ConfigError, match="gguf_file goes with source transformers"):
         load_model({"source": "torchvision", "name": "resnet18", "gguf_file": "x.gguf"})
+
+
+def test_a_data_driven_criterion_without_the_data_it_needs_fails_before_anything_runs(
+        workspace: Path) -> None:
+    text = str(workspace / "text.txt")
+    lm = dict(task="language-modelling", model={"python": "tiny_nets:lm"},
+              data={"kind": "text", "train": text, "test": text, "seq_len": 16,
+                    "tokenizer": "bytes"}, finetune={"epochs": 0})
+    with pytest.raises(ConfigError, match="prune.criterion 'taylor' takes gradients of a "
+                                          "cross-entropy on labelled"):
+        run(parse_recipe(_recipe(workspace, prune={"sparsity": 0.5, "criterion": "taylor"},
+                                 **lm)), out_dir=workspace / "t", quiet=True)
+    assert not (workspace / "t" / "metrics.json").exists()
+    # activation norms need no labels: Wanda's per-weight scores run on the token ids
+    result = run(parse_recipe(_recipe(workspace, prune={"sparsity": 0.5, "criterion": "wanda"},
+                                      **lm)), out_dir=workspace / "w", quiet=True)
+    assert result.metrics["pruned"]["sparsity"] == pytest.approx(0.5, abs=0.01)

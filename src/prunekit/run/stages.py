@@ -34,6 +34,7 @@ from ..config import Budget, PlanConfig, SparsifyConfig
 from ..data import Splits
 from ..data.sources import split_batch
 from ..errors import ConfigError
+from ..importance import get_criterion
 from ..mask import bake, remove_mask
 from ..measure import count_macs, count_params
 from ..measure.tasks import evaluate_task
@@ -786,6 +787,7 @@ def preflight(model: nn.Module, ctx: Context, example: torch.Tensor) -> None:
     """
     recipe = ctx.recipe
     points = recipe.points()
+    _check_criterion_data(ctx)
     for prune in points if not points[-1].structured else points[-1:]:
         _try_cut(model, prune, example, _heads(ctx))
     if recipe.penalty is not None:
@@ -799,6 +801,29 @@ def preflight(model: nn.Module, ctx: Context, example: torch.Tensor) -> None:
         raise ConfigError("recovery.bn_recalibration feeds the model tensors, but this data "
                           "gives keyword inputs (tokenized text); drop it")
     _check_rewind(ctx)
+
+
+def _check_criterion_data(ctx: Context) -> None:
+    """A data-driven criterion reads (inputs, labels) batches and calls ``model(inputs)``:
+    gradients and Fisher need labels for a cross-entropy, activation norms need tensor
+    inputs. Say so before anything runs, rather than fail in the middle of the cut."""
+    p, prepared = ctx.recipe.prune, ctx.prepared
+    if p.method is not None or not prepared.own:
+        return
+    needs = set(get_criterion(p.criterion).needs)
+    keyword = prepared.data.keyword_inputs
+    task = prepared.task.name
+    way_out = ("use a criterion that needs no data (magnitude, l1, l2, random, lamp, "
+               "bn_scale)")
+    if needs & {"grad", "fisher"} and (task != "classification" or keyword):
+        why = "keyword inputs (tokenized text)" if keyword else f"task {task!r}, no labels"
+        raise ConfigError(f"prune.criterion {p.criterion!r} takes gradients of a "
+                          f"cross-entropy on labelled (inputs, labels) batches; this data gives "
+                          f"{why}: {way_out}")
+    if "act_norm" in needs and keyword:
+        raise ConfigError(f"prune.criterion {p.criterion!r} reads each layer's input on "
+                          f"tensor batches; this data gives keyword inputs (tokenized text): "
+                          f"{way_out}, or prune.method: wanda for a language model")
 
 
 def _try_cut(model: nn.Module, prune: PruneConfig, example: Any,
