@@ -600,3 +600,17 @@ def test_a_data_driven_criterion_without_the_data_it_needs_fails_before_anything
     result = run(parse_recipe(_recipe(workspace, prune={"sparsity": 0.5, "criterion": "wanda"},
                                       **lm)), out_dir=workspace / "w", quiet=True)
     assert result.metrics["pruned"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_dry_run_of_a_oneshot_method_says_which_blocks_and_reads_no_data(workspace: Path) -> None:
+    pytest.importorskip("transformers", reason="pip install transformers")
+    (workspace / "hf_nets.py").write_text(HF_NETS)
+    text = str(workspace / "text.txt")
+    recipe = parse_recipe(_recipe(
+        workspace, task="language-modelling", model={"python": "hf_nets:llama"},
+        data={"kind": "text", "train": text, "test": text, "seq_len": 16, "tokenizer": "bytes"},
+        prune={"method": "sparsegpt", "pattern": "2:4", "calibration_batches": 3},
+        finetune={"epochs": 0}))
+    out = dry_run(recipe, quiet=True)
+    assert "cut: sparsegpt block by block over model.layers (2 blocks; 3 calibration" in out
+    assert "pattern 2:4" in out and "layers masked: 14; sparsity after:" in out

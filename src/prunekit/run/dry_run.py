@@ -11,11 +11,13 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 
 from torch import nn
 
 from ..measure import count_macs, count_params
+from ..oneshot import oneshot
 from ..sparsify import sparsify, sparsity_of
 from ..structured import prune as prune_model
 from ..verify import verify
@@ -32,7 +34,9 @@ def cut(model: nn.Module, prepared: Prepared, prune: PruneConfig, *, seed: int) 
     """Cut ``model`` once as ``prune`` says; returns what was cut (and the plan for channels)."""
     before = {"params": count_params(model), "macs": count_macs(model, head_of(prepared.example,
                                                                             1)).dense}
-    if prune.structured:
+    if prune.method is not None:
+        summary = _oneshot_cut(model, prune)
+    elif prune.structured:
         summary = _channel_cut(model, prepared, prune, seed=seed)
     else:
         summary = _mask_cut(model, prune, seed=seed)
@@ -50,6 +54,17 @@ def _mask_cut(model: nn.Module, prune: PruneConfig, *, seed: int) -> dict:
                       granularity=prune.granularity, ignore=tuple(prune.exclude or ()),
                       protect_output=prune.protect_output, seed=seed)
     return {"kind": "masks", "amount": {key: value}, "layers": len(layers), "plan": None}
+
+
+def _oneshot_cut(model: nn.Module, prune: PruneConfig) -> dict:
+    """``prune.method`` cuts the same layers by magnitude: no calibration data is read."""
+    key, value = prune.amount
+    config = dataclasses.replace(prune.oneshot_config(quiet=True), method="magnitude")
+    result = oneshot(model, None, config)
+    return {"kind": f"{prune.method} block by block over {result.blocks} "
+                    f"({len(result.block_sparsity)} blocks; {prune.calibration_batches} "
+                    "calibration batches of the training split; the dry run cuts by magnitude)",
+            "amount": {key: value}, "layers": len(result.layer_sparsity), "plan": None}
 
 
 def _channel_cut(model: nn.Module, prepared: Prepared, prune: PruneConfig, *, seed: int) -> dict:
@@ -93,7 +108,7 @@ def _dry_text(recipe: Recipe, prepared: Prepared, s: dict, seconds: float) -> st
         f"{', '.join(prepared.heads) or 'none'}",
         f"data: {prepared.data.kind}, input {shape}, "
         f"{prepared.data.num_classes or 'no'} classes, task {prepared.task.name}",
-        f"cut: {s['kind']}, {key} {value:g}",
+        f"cut: {s['kind']}, {key} {value if isinstance(value, str) else f'{value:g}'}",
     ]
     if s["kind"] == "channels":
         lines.append(f"groups cut: {s['groups_cut']} ({s['units_removed']} units removed); "
@@ -110,7 +125,7 @@ def _dry_text(recipe: Recipe, prepared: Prepared, s: dict, seconds: float) -> st
         f"({_change(s['macs_before'], s['macs_after'])})",
         f"dry run in {seconds:.1f} s; nothing trained or written",
     ]
-    if s["kind"] == "masks":
+    if s["kind"] != "channels":
         lines.insert(-1, "(masks keep shapes: params and MACs count dense; non-zeros fall)")
     return "\n".join(lines)
 
