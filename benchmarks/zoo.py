@@ -221,7 +221,9 @@ def render(results: list[ZooResult], meta: dict) -> str:
         f"fails with `ZooTimeout`); address space capped at {_each(meta, 'memory_limit_gb')} "
         "GiB (a model that needs more fails with a memory error).",
         "- In prunekit's column, *unchecked*: cut groups that `pk.verify` cannot check by "
-        "zero-out (a normalization over the cut dimension), cut in the reference too; *left "
+        "zero-out, cut in the reference too: a softmax or mean over the cut dimension, or a "
+        "norm whose formula verify does not know (layer, group and RMS norm modules are "
+        "checked, computed over the kept units); *left "
         "whole*: groups the plan did not cut because the forward pass fails when they are cut "
         "(sizes baked into the model's code).",
         "- *prune s*: the pruning calls that returned (trace, choose, cut), summed; *total s*: "
