@@ -175,3 +175,22 @@ def test_a_norm_whose_formula_differs_falls_back_to_unchecked():
     pruned, plan = _pruned(model, x)
     result = pk.verify(model, pruned, plan, x)
     assert result.ok and result.unchecked and not result.emulated
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """A layer norm over the channels of (N, C, H, W), as timm and torchvision write it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def test_a_channels_first_layer_norm_is_checked_too():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), LayerNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 4, 1)).eval()
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 8, 8)
+    pruned, plan = _pruned(model, x)
+    result = pk.verify(model, pruned, plan, x)
+    assert result.ok and not result.unchecked and result.emulated == {"1": "LayerNorm2d"}

@@ -334,6 +334,13 @@ def _layer_norm(m: nn.Module, x: torch.Tensor, keep: torch.Tensor) -> torch.Tens
     return y * k
 
 
+def _layer_norm_2d(m: nn.Module, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """A layer norm over the channels of an (N, C, ...) tensor (timm's and torchvision's
+    ``LayerNorm2d``): the channels-last formula on a permuted view."""
+    last = x.movedim(1, -1)
+    return _layer_norm(m, last, keep).movedim(-1, 1)
+
+
 def _rms_norm(m: nn.Module, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     dims = tuple(range(-keep.dim(), 0))
     eps = getattr(m, "eps", None)
@@ -371,8 +378,8 @@ def _group_norm(m: nn.Module, x: torch.Tensor, keep: torch.Tensor) -> torch.Tens
 
 def _formula(module: nn.Module) -> Callable[..., torch.Tensor] | None:
     """The kept-units formula for a norm module, or None for one not known here."""
-    if isinstance(module, nn.LayerNorm):
-        return _layer_norm
+    if isinstance(module, nn.LayerNorm):  # checked on the module's input before use
+        return _layer_norm_2d if type(module).__name__.endswith("2d") else _layer_norm
     if isinstance(module, nn.GroupNorm):
         return _group_norm
     if (isinstance(getattr(module, "weight", None), torch.Tensor)
