@@ -521,6 +521,12 @@ HF_NETS = textwrap.dedent("""
 """)
 
 
+def test_owl_in_a_recipe_sets_the_one_shot_allocation(workspace: Path) -> None:
+    prune = parse_recipe(_recipe(workspace, prune={"method": "wanda", "sparsity": 0.5,
+                                                   "owl": True})).prune
+    assert prune.oneshot_config(quiet=True).allocation == "owl"
+
+
 def test_a_language_model_is_pruned_by_sparsegpt_block_by_block(workspace: Path) -> None:
     pytest.importorskip("transformers", reason="pip install transformers")
     (workspace / "hf_nets.py").write_text(HF_NETS)
@@ -555,6 +561,7 @@ def test_a_language_model_is_pruned_by_sparsegpt_block_by_block(workspace: Path)
     ({"method": "sparsgpt", "sparsity": 0.5}, {"kind": "oneshot"}, "did you mean 'sparsegpt'"),
     ({"method": "wanda", "granularity": "channel", "ratio": 0.5}, {"kind": "oneshot"},
      "method"),
+    ({"sparsity": 0.5, "owl": True}, {"kind": "oneshot"}, "give prune.method"),
 ])
 def test_a_oneshot_method_is_refused_where_it_cannot_run(workspace, prune, schedule,
                                                          match) -> None:

@@ -384,6 +384,7 @@ class PruneConfig(_Section):
     protect_output: Bool = False
     calibration_batches: Int | None = Field(None, ge=1)
     method: str | None = None
+    owl: Bool = False
 
     @field_validator("scope")
     @classmethod
@@ -453,6 +454,9 @@ class PruneConfig(_Section):
     @model_validator(mode="after")
     def _the_verbs_accept_it(self) -> PruneConfig:
         """The section is valid when the verb's own config accepts it: one set of rules."""
+        if self.owl and self.method is None:
+            raise KeyProblem("owl", "owl sets per-block sparsities of a one-shot cut; give "
+                             "prune.method (wanda, sparsegpt or magnitude) too")
         try:
             if self.method is not None:
                 self.oneshot_config(quiet=True)
@@ -471,6 +475,7 @@ class PruneConfig(_Section):
         if key not in ("sparsity", "pattern"):
             raise ConfigError(f"prune.method {self.method!r} takes sparsity or pattern, not {key}")
         return OneShotConfig(method=self.method, **{key: value},
+                             allocation="owl" if self.owl else "uniform",
                              exclude=tuple(self.exclude or ()), quiet=quiet)
 
     def sparsify_config(self, *, seed: int, criterion: str | None = None) -> SparsifyConfig:
