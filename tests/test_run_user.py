@@ -19,6 +19,7 @@ from prunekit.run import load_recipe, parse_recipe, run
 from prunekit.run.cli import main
 from prunekit.run.dry_run import dry_run
 from prunekit.run.init import INIT_SOURCES, INIT_TASKS, init_recipe
+from prunekit.run.recipe import Recipe
 
 NETS = textwrap.dedent("""
     import torch
@@ -527,16 +528,20 @@ def test_owl_in_a_recipe_sets_the_one_shot_allocation(workspace: Path) -> None:
     assert prune.oneshot_config(quiet=True).allocation == "owl"
 
 
-def test_a_language_model_is_pruned_by_sparsegpt_block_by_block(workspace: Path) -> None:
+def _llama_recipe(workspace: Path, **prune) -> Recipe:
+    """A tiny Hugging Face Llama (tied embedding) on byte-tokenized text, pruned one shot."""
     pytest.importorskip("transformers", reason="pip install transformers")
     (workspace / "hf_nets.py").write_text(HF_NETS)
     text = str(workspace / "text.txt")
-    recipe = parse_recipe(_recipe(
+    return parse_recipe(_recipe(
         workspace, task="language-modelling", model={"python": "hf_nets:llama"},
         data={"kind": "text", "train": text, "test": text, "seq_len": 16,
               "tokenizer": "bytes", "batch_size": 4},
-        prune={"method": "sparsegpt", "sparsity": 0.5, "calibration_batches": 2},
-        finetune={"epochs": 0}))
+        prune=prune, finetune={"epochs": 0}))
+
+
+def test_a_language_model_is_pruned_by_sparsegpt_block_by_block(workspace: Path) -> None:
+    recipe = _llama_recipe(workspace, method="sparsegpt", sparsity=0.5, calibration_batches=2)
     result = run(recipe, out_dir=workspace / "llm", quiet=True)
     cut = result.metrics["run"]["oneshot"]
     assert cut["method"] == "sparsegpt" and cut["calibration_batches"] == 2
@@ -610,14 +615,7 @@ def test_a_data_driven_criterion_without_the_data_it_needs_fails_before_anything
 
 
 def test_dry_run_of_a_oneshot_method_says_which_blocks_and_reads_no_data(workspace: Path) -> None:
-    pytest.importorskip("transformers", reason="pip install transformers")
-    (workspace / "hf_nets.py").write_text(HF_NETS)
-    text = str(workspace / "text.txt")
-    recipe = parse_recipe(_recipe(
-        workspace, task="language-modelling", model={"python": "hf_nets:llama"},
-        data={"kind": "text", "train": text, "test": text, "seq_len": 16, "tokenizer": "bytes"},
-        prune={"method": "sparsegpt", "pattern": "2:4", "calibration_batches": 3},
-        finetune={"epochs": 0}))
+    recipe = _llama_recipe(workspace, method="sparsegpt", pattern="2:4", calibration_batches=3)
     out = dry_run(recipe, quiet=True)
     assert "cut: sparsegpt block by block over model.layers (2 blocks; 3 calibration" in out
     assert "pattern 2:4" in out and "layers masked: 14; sparsity after:" in out
