@@ -108,3 +108,23 @@ def interleaved_medians(nets: dict, x, *, threads: int, warmup: int, runs: int,
             stats = measure_latency(net, x, threads=threads, warmup=warmup, runs=runs)
             medians[key].append(stats.median_ms)
     return medians
+
+
+def python_docs_ids(tok, *, calib_samples: int, eval_samples: int, seq_len: int,
+                    seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Calibration and held-out token ids from the Python docs, split by file (80 / 20,
+    seeded) so that no held-out text is seen in calibration."""
+    from prunekit.oneshot.assets import python_docs
+    from prunekit.oneshot.text import (
+        calibration_ids,
+        evaluation_ids,
+        read_texts,
+        split_files,
+        text_files,
+    )
+
+    cal_files, held_files = split_files(text_files(python_docs()), heldout=0.2, seed=seed)
+    calib = calibration_ids(tok, read_texts(cal_files), samples=calib_samples,
+                            seq_len=seq_len, seed=seed)
+    held = evaluation_ids(tok, read_texts(held_files), samples=eval_samples, seq_len=seq_len)
+    return calib, held

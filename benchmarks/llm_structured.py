@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, versions_line, write_section  # noqa: E402
+from _common import machine, python_docs_ids, versions_line, write_section  # noqa: E402
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "llm_structured.md"
 
@@ -85,24 +85,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _texts(tok, args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from prunekit.oneshot.assets import python_docs
-    from prunekit.oneshot.text import (
-        calibration_ids,
-        evaluation_ids,
-        read_texts,
-        split_files,
-        text_files,
-    )
-
     if args.quick:
         args.seq_len, args.calib_samples, args.eval_samples = 64, 4, 4
         args.recovery_samples, args.recovery_steps = 4, 2
-    cal_files, held_files = split_files(text_files(python_docs()), heldout=0.2, seed=args.seed)
-    texts = read_texts(cal_files)
-    both = calibration_ids(tok, texts, samples=args.calib_samples + args.recovery_samples,
-                           seq_len=args.seq_len, seed=args.seed)
-    held = evaluation_ids(tok, read_texts(held_files), samples=args.eval_samples,
-                          seq_len=args.seq_len)
+    both, held = python_docs_ids(tok, calib_samples=args.calib_samples + args.recovery_samples,
+                                 eval_samples=args.eval_samples, seq_len=args.seq_len,
+                                 seed=args.seed)
     return both[: args.calib_samples], both[args.calib_samples:], held
 
 

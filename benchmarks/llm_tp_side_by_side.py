@@ -35,24 +35,17 @@ def main() -> None:
     torch.manual_seed(args.seed)
 
     import torch_pruning as tp
+    from _common import python_docs_ids
 
-    from prunekit.oneshot.assets import load_smollm2, python_docs
-    from prunekit.oneshot.text import (
-        calibration_ids,
-        evaluation_ids,
-        perplexity,
-        read_texts,
-        split_files,
-        text_files,
-    )
+    import prunekit as pk
+    from prunekit.oneshot.assets import load_smollm2
+    from prunekit.oneshot.text import perplexity
     from prunekit.transformers import config_describes, prune_width
 
     dense, tok = load_smollm2()
-    cal_files, held_files = split_files(text_files(python_docs()), heldout=0.2, seed=args.seed)
-    calib = calibration_ids(tok, read_texts(cal_files), samples=args.calib_samples,
-                            seq_len=args.seq_len, seed=args.seed)
-    held = evaluation_ids(tok, read_texts(held_files), samples=args.eval_samples,
-                          seq_len=args.seq_len)
+    calib, held = python_docs_ids(tok, calib_samples=args.calib_samples,
+                                  eval_samples=args.eval_samples, seq_len=args.seq_len,
+                                  seed=args.seed)
 
     def params(m):
         return sum(q.numel() for q in m.parameters())
@@ -67,6 +60,16 @@ def main() -> None:
         rows.append((f"prunekit {criterion}", compensate, params(model),
                      perplexity(model, held, batch_size=4), seconds,
                      "yes" if config_describes(model) else "no"))
+
+    # the same channels ranked by group L2 magnitude in prunekit: Torch-Pruning's criterion,
+    # so a gap between the two tools' magnitude rows would be a slicing difference
+    model = copy.deepcopy(dense)
+    t = time.perf_counter()
+    pk.prune(model, calib[:1, :64], ratio=args.ratio, criterion="l2",
+             ignore=["re:.*self_attn.*", "re:.*down_proj", "model.embed_tokens", "lm_head"])
+    rows.append(("prunekit l2 (magnitude)", "none", params(model),
+                 perplexity(model, held, batch_size=4), time.perf_counter() - t,
+                 "yes" if config_describes(model) else "no"))
 
     model = copy.deepcopy(dense)
     layers = model.model.layers

@@ -565,7 +565,7 @@ def test_a_language_model_is_pruned_by_sparsegpt_block_by_block(workspace: Path)
     ({"method": "sparsegpt", "threshold": 0.1}, {"kind": "oneshot"}, "takes sparsity or pattern"),
     ({"method": "sparsgpt", "sparsity": 0.5}, {"kind": "oneshot"}, "did you mean 'sparsegpt'"),
     ({"method": "wanda", "granularity": "channel", "ratio": 0.5}, {"kind": "oneshot"},
-     "method"),
+     "prune.method: method is an option of masks"),
     ({"sparsity": 0.5, "owl": True}, {"kind": "oneshot"}, "give prune.method"),
 ])
 def test_a_oneshot_method_is_refused_where_it_cannot_run(workspace, prune, schedule,

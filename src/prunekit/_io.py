@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import torch
+
 from .errors import DataError
 
 
@@ -69,19 +71,43 @@ def save_safetensors(
     """
     from safetensors.torch import save
 
-    flat, tied, seen = {}, {}, {}
-    for name, t in tensors.items():
-        key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype) if t.numel() else None
-        if key is not None and key in seen:
-            tied[name] = seen[key]
-            continue
-        if key is not None:
-            seen[key] = name
-        flat[name] = t.detach().to("cpu").contiguous()
+    kept, tied = dedupe_tied(tensors)
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in kept.items()}
     meta = dict(metadata or {})
     if tied:
         meta[TIED_KEY] = json.dumps(tied)
     write_bytes(path, save(flat, metadata=meta or None))
+
+
+def _storage_key(t: torch.Tensor) -> tuple:
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+
+
+def dedupe_tied(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Drop names that alias an earlier tensor exactly; return (kept, alias -> kept name)."""
+    kept: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    first: dict[tuple, str] = {}
+    for name, t in tensors.items():
+        key = _storage_key(t)
+        if t.numel() and key in first:
+            aliases[name] = first[key]
+        else:
+            first.setdefault(key, name)
+            kept[name] = t
+    return kept, aliases
+
+
+def unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous tensors, with a private copy of any that shares memory with another."""
+    seen: set[int] = set()
+    out = {}
+    for name, t in tensors.items():
+        ptr = t.untyped_storage().data_ptr()
+        shared = t.numel() > 0 and ptr in seen
+        seen.add(ptr)
+        out[name] = t.clone() if shared else t.contiguous()
+    return out
 
 
 def load_safetensors(path: str | os.PathLike[str]) -> dict:

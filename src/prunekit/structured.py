@@ -13,6 +13,7 @@ A plan is plain data: ``plan.save("plan.json")`` and later
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -77,8 +78,9 @@ def trace(model: nn.Module, example_inputs: Any) -> Graph:
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"trace needs an nn.Module, got {type(model).__name__}")
-    log.info("tracing %s (%s parameters)", type(model).__name__,
-             f"{sum(p.numel() for p in model.parameters()):,}")
+    if log.isEnabledFor(logging.INFO):  # counting is skipped when nobody listens
+        log.info("tracing %s (%s parameters)", type(model).__name__,
+                 f"{sum(p.numel() for p in model.parameters()):,}")
     graph = _trace(model, example_inputs)
     log.info("traced in %.1f s: %d groups, %d prunable", graph.trace_seconds,
              len(graph.groups), len(graph.prunable_groups))

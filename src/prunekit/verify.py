@@ -102,8 +102,12 @@ def verify(
     cut = [g for g in plan.groups if g.removed]
     structural = {g.id for g in cut if g.unchecked}
     norms: dict[str, torch.Tensor] = {}
-    if structural:
-        structural, norms = _emulated_norms(original, cut, example_inputs)
+    if structural:  # which norm formulas hold is measured once, on the original
+        modules = dict(original.named_modules())
+        candidates = {g.id: _norm_paths(g, modules) for g in cut if g.unchecked}
+        agree = _formulas_agree(original, set().union(*filter(None, candidates.values())),
+                                example_inputs)
+        structural, norms = _emulated_norms(modules, cut, candidates, agree, set())
     unchecked = {g.name: list(g.unchecked) for g in cut if g.id in structural}
     expected = _outputs(pruned, example_inputs, "the pruned model")
     while True:
@@ -122,7 +126,7 @@ def verify(
                 structural.add(g.id)
                 unchecked[g.name] = [f"cut together with groups normalized over their cut "
                                      f"({type(e).__name__} without it)"]
-            structural, norms = _emulated_norms(original, cut, example_inputs, structural)
+            structural, norms = _emulated_norms(modules, cut, candidates, agree, structural)
     diff, rel, ok = _judge(got, expected, atol, rtol)
     failed: list[str] = []
     if not ok and locate:
@@ -303,8 +307,8 @@ def _only(norms: dict[str, torch.Tensor], group) -> dict[str, torch.Tensor]:
     """The norm emulations ``group`` alone needs: its kept units (others stay)."""
     out = {}
     for path, keep in norms.items():
-        mask = _kept_mask(keep.shape, path, [group])
-        if mask is not None and not bool(mask.all()):
+        mask = _kept_mask(tuple(keep.shape), path, [group])
+        if not bool(mask.all()):
             out[path] = mask
     return out
 
@@ -410,7 +414,7 @@ def _weight_shape(module: nn.Module) -> tuple[int, ...] | None:
     return tuple(w.shape) if isinstance(w, torch.Tensor) else None
 
 
-def _kept_mask(shape: tuple[int, ...], path: str, groups: list) -> torch.Tensor | None:
+def _kept_mask(shape: tuple[int, ...], path: str, groups: list) -> torch.Tensor:
     """Kept units of the norm at ``path`` (weight of ``shape``) under ``groups``."""
     name = _weight_of(path)
     mask = torch.ones(shape, dtype=torch.bool)
@@ -422,43 +426,41 @@ def _kept_mask(shape: tuple[int, ...], path: str, groups: list) -> torch.Tensor 
     return mask
 
 
-def _emulated_norms(original: nn.Module, cut: list, inputs: Any,
-                    structural: set[int] | None = None
-                    ) -> tuple[set[int], dict[str, torch.Tensor]]:
+def _norm_paths(group, modules: dict[str, nn.Module]) -> set[str] | None:
+    """The norm modules behind every statistic over ``group``'s cut, or None when one of
+    them is not a norm module whose formula is known here (or a plan read from JSON, whose
+    reasons are plain text)."""
+    paths = {getattr(r, "module", None) for r in group.unchecked}
+    known = all(getattr(r, "kind", "") == "unchecked" for r in group.unchecked) and all(
+        p in modules and _formula(modules[p]) is not None and _weight_of(p) in group.members
+        for p in paths)
+    return paths if known else None
+
+
+def _emulated_norms(modules: dict[str, nn.Module], cut: list,
+                    candidates: dict[int, set[str] | None], agree: set[str],
+                    structural: set[int]) -> tuple[set[int], dict[str, torch.Tensor]]:
     """Which unchecked groups the reference can check with norms over the kept units.
 
-    A group qualifies when every statistic over its cut comes from a norm module whose
-    formula is known here and agrees with the module, and no group cut structurally in the
-    reference touches those modules. Returns the groups still cut structurally and, per
-    emulated norm module, its kept-unit mask.
+    A group qualifies when its norm modules (``candidates``) have formulas that agree with
+    them (``agree``) and no group cut structurally in the reference touches those modules.
+    Returns the groups still cut structurally and, per emulated norm module, its mask of
+    kept units.
     """
-    structural = set(structural or ())
-    modules = dict(original.named_modules())
-    needs: dict[int, set[str]] = {}
-    for g in cut:
-        if not g.unchecked or g.id in structural:
-            continue
-        paths = {getattr(r, "module", None) for r in g.unchecked}
-        if all(getattr(r, "kind", "") == "unchecked" for r in g.unchecked) and all(
-                p is not None and p in modules and _formula(modules[p]) is not None
-                and _weight_of(p) in g.members for p in paths):
-            needs[g.id] = paths
-        else:
-            structural.add(g.id)
-    agree = _formulas_agree(original, {p for ps in needs.values() for p in ps}, inputs)
+    structural = set(structural)
+    needs = {i: ps for i, ps in candidates.items() if i not in structural}
+    structural.update(i for i, ps in needs.items() if ps is None or not ps <= agree)
     while True:
-        touched = {p for g in cut if g.id in structural for p in modules
-                   if _weight_of(p) in g.members}
-        bad = [i for i, ps in needs.items()
-               if i not in structural and (ps & touched or not ps <= agree)]
+        live_norms = {p for i, ps in needs.items() if i not in structural for p in ps}
+        touched = {p for p in live_norms
+                   if any(_weight_of(p) in g.members for g in cut if g.id in structural)}
+        bad = [i for i, ps in needs.items() if i not in structural and ps & touched]
         if not bad:
             break
         structural.update(bad)
     live = [g for g in cut if g.id not in structural]
-    norms = {}
-    for p in sorted({p for i, ps in needs.items() if i not in structural for p in ps}):
-        norms[p] = _kept_mask(_weight_shape(modules[p]), p, live)
-    return structural, norms
+    return structural, {p: _kept_mask(_weight_shape(modules[p]), p, live)
+                        for p in sorted(live_norms)}
 
 
 def _formulas_agree(original: nn.Module, paths: set[str], inputs: Any) -> set[str]:
@@ -470,18 +472,12 @@ def _formulas_agree(original: nn.Module, paths: set[str], inputs: Any) -> set[st
 
     def hook(path):
         def check(module, args, out):
-            if path in seen or not args or not isinstance(args[0], torch.Tensor):
-                seen.setdefault(path, False)
+            if path in seen:  # the first call decides
                 return
-            keep = torch.ones(_weight_shape(module), dtype=torch.bool, device=args[0].device)
-            want = out if isinstance(out, torch.Tensor) else None
-            if want is None:
-                seen[path] = False
-                return
-            mine = _formula(module)(module, args[0], keep)
-            scale = float(want.detach().abs().max()) if want.numel() else 0.0
-            seen[path] = bool(mine.shape == want.shape and float(
-                (mine - want).detach().abs().max()) <= 1e-6 + 1e-5 * scale)
+            x = args[0] if args else None
+            seen[path] = isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor) and \
+                _agrees(_formula(module)(module, x, torch.ones(
+                    _weight_shape(module), dtype=torch.bool, device=x.device)), out)
         return check
 
     handles = [original.get_submodule(p).register_forward_hook(hook(p)) for p in paths]
@@ -494,3 +490,9 @@ def _formulas_agree(original: nn.Module, paths: set[str], inputs: Any) -> set[st
         for h in handles:
             h.remove()
     return {p for p, ok in seen.items() if ok}
+
+
+def _agrees(mine: torch.Tensor, want: torch.Tensor) -> bool:
+    scale = float(want.detach().abs().max()) if want.numel() else 0.0
+    return mine.shape == want.shape and float((mine - want).detach().abs().max()) \
+        <= 1e-6 + 1e-5 * scale

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._io import read_decoded, write_bytes
+from .._io import dedupe_tied, read_decoded, unshare, write_bytes
 from .._registry import Registry
 from ..errors import ConfigError, DataError
 
@@ -86,8 +86,8 @@ def encode_dense(state_dict: Mapping[str, torch.Tensor]) -> bytes:
     """Plain safetensors bytes of a state dict (tied tensors stored once)."""
     from safetensors.torch import save
 
-    tensors, _ = _dedupe(_check_tensors(state_dict))
-    return save(_unshare(tensors))
+    tensors, _ = dedupe_tied(_check_tensors(state_dict))
+    return save(unshare(tensors))
 
 
 @encodings.register("sparse")
@@ -97,7 +97,7 @@ def encode_sparse(
     """Safetensors bytes in the sparse encoding (see the module docstring)."""
     from safetensors.torch import save
 
-    tensors, aliases = _dedupe(_check_tensors(state_dict))
+    tensors, aliases = dedupe_tied(_check_tensors(state_dict))
     index: dict[str, dict[str, Any]] = {}
     stored: dict[str, torch.Tensor] = {}
     for name in state_dict:
@@ -108,7 +108,7 @@ def encode_sparse(
         index[name] = entry
         stored.update(parts)
     header = _header(index, metadata)
-    return save(_unshare(stored), metadata=header)
+    return save(unshare(stored), metadata=header)
 
 
 def decode_sparse(raw: bytes) -> dict[str, torch.Tensor]:
@@ -151,37 +151,6 @@ def _check_tensors(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         if _SEP in name:
             raise ConfigError(f"tensor name {name!r} contains {_SEP!r}; rename it")
         out[name] = value.detach().cpu()
-    return out
-
-
-def _storage_key(t: torch.Tensor) -> tuple:
-    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
-
-
-def _dedupe(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Drop names that alias an earlier tensor exactly; return (kept, alias -> kept name)."""
-    kept: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    first: dict[tuple, str] = {}
-    for name, t in tensors.items():
-        key = _storage_key(t)
-        if t.numel() and key in first:
-            aliases[name] = first[key]
-        else:
-            first.setdefault(key, name)
-            kept[name] = t
-    return kept, aliases
-
-
-def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Contiguous tensors, with a private copy of any that shares memory with another."""
-    seen: set[int] = set()
-    out = {}
-    for name, t in tensors.items():
-        ptr = t.untyped_storage().data_ptr()
-        shared = t.numel() > 0 and ptr in seen
-        seen.add(ptr)
-        out[name] = t.clone() if shared else t.contiguous()
     return out
 
 

@@ -109,7 +109,9 @@ class GroupCut:
         return self.size - len(self.kept)
 
 
-_UNSET: tuple = (None, {}, [])
+def _is_set(value: Any) -> bool:
+    """A PlanInfo field counts as set unless it is None or an empty list or dict."""
+    return value is not None and not (isinstance(value, dict | list) and not value)
 
 
 @dataclass
@@ -165,13 +167,10 @@ class PlanInfo(MutableMapping):
         """The fields that are set, as plain data."""
         return dict(self.items())
 
-    def _names(self) -> list[str]:
-        return [f.name for f in fields(self) if f.name != "extra"]
-
     def __getitem__(self, key: str) -> Any:
-        if key in self._names():
+        if key in _INFO_FIELDS:
             value = getattr(self, key)
-            if value is None or (isinstance(value, dict | list) and not value):
+            if not _is_set(value):
                 raise KeyError(key)
             return value
         return self.extra[key]
@@ -179,28 +178,28 @@ class PlanInfo(MutableMapping):
     def __setitem__(self, key: str, value: Any) -> None:
         if key == "cuts":  # plain data, so the plan saves as JSON
             value = [dict(c) for c in value]
-        if key in self._names():
+        if key in _INFO_FIELDS:
             setattr(self, key, value)
         else:
             self.extra[key] = value
 
     def __delitem__(self, key: str) -> None:
-        if key in self._names():
-            self[key]  # KeyError when unset, as a dict
-            setattr(self, key, type(getattr(self, key))() if isinstance(
-                getattr(self, key), dict | list) else None)
-        else:
+        if key not in _INFO_FIELDS:
             del self.extra[key]
+            return
+        value = self[key]  # KeyError when unset, as a dict
+        setattr(self, key, type(value)() if isinstance(value, dict | list) else None)
 
     def __iter__(self) -> Iterator[str]:
-        for name in self._names():
-            value = getattr(self, name)
-            if not (value is None or (isinstance(value, dict | list) and not value)):
-                yield name
+        yield from (name for name in _INFO_FIELDS if _is_set(getattr(self, name)))
         yield from self.extra
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
+
+
+#: The typed fields of PlanInfo, in order (``extra`` holds the rest).
+_INFO_FIELDS = tuple(f.name for f in fields(PlanInfo) if f.name != "extra")
 
 
 @dataclass

@@ -57,8 +57,7 @@ def config_describes(model: nn.Module) -> bool:
     except Exception:  # a config that does not build: it cannot describe the model
         return False
     shapes = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
-    masks = {f"{path}.{name}{SUFFIX}" if path else f"{name}{SUFFIX}"
-             for path, _, name in masked_params(model)}
+    masks = {f"{key}{SUFFIX}" for key, _, _ in _masked(model)}
     return shapes == {k: tuple(v.shape) for k, v in model.state_dict().items()
                       if k not in masks}
 
@@ -157,12 +156,17 @@ def _save_sparse(model: nn.Module, directory: str | os.PathLike[str], tokenizer:
     return "sparse"
 
 
+def _masked(model: nn.Module):
+    """``(qualified parameter name, module, parameter name)`` of every masked parameter."""
+    for path, module, name in masked_params(model):
+        yield (f"{path}.{name}" if path else name), module, name
+
+
 def _baked_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict as :func:`prunekit.bake` would leave it (masked entries zero, no mask
     buffers), without changing the model."""
     state = model.state_dict()
-    for path, module, name in masked_params(model):
-        key = f"{path}.{name}" if path else name
+    for key, module, name in _masked(model):
         state[key] = state[key] * get_mask(module, name)
         state.pop(key + SUFFIX, None)
     return state
