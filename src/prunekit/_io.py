@@ -1,11 +1,12 @@
-"""Atomic file output (a file either appears complete or not at all), and reading an
-encoded file back with errors that name it."""
+"""Atomic file output (a file or folder either appears complete or not at all), and
+reading an encoded file back with errors that name it."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,6 +39,27 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def staging(directory: str | os.PathLike[str]) -> Iterator[str]:
+    """A temporary folder beside ``directory`` that replaces it when the block succeeds
+    (and is deleted when it fails): a folder written in it appears whole or not at all."""
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        yield tmp
+        old = None
+        if target.exists():
+            old = tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent)
+            os.replace(target, Path(old) / "x")
+        os.replace(tmp, target)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

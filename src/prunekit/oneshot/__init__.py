@@ -14,6 +14,7 @@ from .methods import list_methods as list_methods
 from .methods import register_method as register_method
 from .owl import owl_sparsities as owl_sparsities
 from .sparsegpt import sparsegpt_prune as sparsegpt_prune
+from .stream import oneshot_streamed as oneshot_streamed
 from .text import calibration_ids as calibration_ids
 from .text import evaluation_ids as evaluation_ids
 from .text import perplexity as perplexity
@@ -29,6 +30,7 @@ __all__ = [
     "find_blocks",
     "list_methods",
     "oneshot",
+    "oneshot_streamed",
     "owl_sparsities",
     "perplexity",
     "read_texts",

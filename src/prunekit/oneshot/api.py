@@ -98,6 +98,7 @@ def oneshot(
     method = get_method(cfg.method)
     path, blocks = find_blocks(model, cfg.blocks)
     layers = _block_layers(model, path, blocks, cfg)
+    _check_loaded(layers)
     needs_data = method.needs is not None or cfg.allocation == "owl"
     batches = _batches(calibration, cfg.batch_size, _device(model)) if needs_data else []
     start = time.perf_counter()
@@ -106,18 +107,48 @@ def oneshot(
     model.eval()
     try:
         with PeakMemory() as mem, torch.no_grad():
-            targets = _run(model, blocks, layers, batches, method, cfg, undo, needs_data)
+            run = _run(model, blocks, layers, batches, method, cfg, undo, needs_data, Resident())
     except BaseException:
         undo.restore()
         raise
     finally:
         model.train(training)
-    weights = {name: m.weight for block in layers for name, m in block}
-    per_layer = {f"{n}.weight": float((w == 0).float().mean()) for n, w in weights.items()}
-    zeros = sum(int((w == 0).sum()) for w in weights.values())
-    total = sum(w.numel() for w in weights.values())
-    return OneShotResult(cfg, path, tuple(targets), per_layer, zeros / max(total, 1),
-                         time.perf_counter() - start, mem.peak_rss, mem.peak_cuda)
+    return _result(cfg, path, run, time.perf_counter() - start, mem)
+
+
+@dataclass
+class _Run:
+    """What :func:`_run` measured: block targets and each pruned weight's (zeros, size)."""
+
+    targets: list[float | None]
+    counts: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def _result(cfg: OneShotConfig, path: str, run: _Run, seconds: float,
+            mem: PeakMemory) -> OneShotResult:
+    per_layer = {name: zeros / max(size, 1) for name, (zeros, size) in run.counts.items()}
+    zeros = sum(z for z, _ in run.counts.values())
+    total = sum(n for _, n in run.counts.values())
+    return OneShotResult(cfg, path, tuple(run.targets), per_layer, zeros / max(total, 1),
+                         seconds, mem.peak_rss, mem.peak_cuda)
+
+
+class Resident:
+    """Where the blocks' weights live during a run: here, in memory all along.
+
+    :func:`prunekit.oneshot.stream.oneshot_streamed` overrides the three steps to read a
+    block's weights from safetensors shards before it is used, to write it out once it
+    is pruned and to drop it from memory afterwards.
+    """
+
+    def load(self, index: int) -> None:
+        """Make block ``index``'s weights real (before it runs)."""
+
+    def pruned(self, index: int) -> None:
+        """Block ``index`` is pruned for good (its masks are attached)."""
+
+    def release(self, index: int) -> None:
+        """Block ``index`` was only read (a dense pass); its memory may go."""
 
 
 def _resolve(config: OneShotConfig | None, options: dict) -> OneShotConfig:
@@ -128,17 +159,21 @@ def _resolve(config: OneShotConfig | None, options: dict) -> OneShotConfig:
     return config or OneShotConfig.from_kwargs(**options)
 
 
-def _run(model, blocks, layers, batches, method, cfg, undo, needs_data) -> list:
+def _run(model, blocks, layers, batches, method, cfg, undo, needs_data, where: Resident) -> _Run:
+    if needs_data:
+        where.load(0)  # capture runs block 0 once to learn what blocks return
     captured = capture(model, blocks, batches) if needs_data else None
     sparsities: list[float | None]
     if cfg.nm is not None:
         sparsities = [None] * len(blocks)
     elif cfg.allocation == "owl":
-        sparsities = _owl(blocks, layers, captured, cfg)
+        sparsities = _owl(blocks, layers, captured, cfg, where)
     else:
         sparsities = [cfg.target_sparsity] * len(blocks)
+    run = _Run(sparsities)
     hidden = list(captured.hidden) if captured else []
     for i in _progress(range(len(blocks)), cfg, f"oneshot {cfg.method}"):
+        where.load(i)
         target = LayerTarget(sparsities[i] or 0.0, cfg.nm, cfg.blocksize, cfg.dampening)
         dense_out: list[torch.Tensor] = []
         keep_out = not cfg.sequential and i + 1 < len(blocks)
@@ -146,11 +181,14 @@ def _run(model, blocks, layers, batches, method, cfg, undo, needs_data) -> list:
                         outputs=dense_out if keep_out else None)
         for name, module in layers[i]:
             _prune_layer(name, module, stats.get(name), method, target, undo)
+            w = module.weight
+            run.counts[f"{name}.weight"] = (int((w == 0).sum()), w.numel())
         if dense_out:
             hidden = dense_out
         elif captured is not None and i + 1 < len(blocks):
             hidden = _advance(blocks[i], hidden, captured.calls[i])
-    return sparsities
+        where.pruned(i)
+    return run
 
 
 def _gather(block, layers, hidden, captured, index, needs, *,
@@ -185,16 +223,19 @@ def _prune_layer(name: str, module: nn.Module, stats, method: Method, target, un
     _mask.attach_mask(module, "weight", keep)
 
 
-def _owl(blocks, layers, captured: Captured, cfg: OneShotConfig) -> list[float]:
+def _owl(blocks, layers, captured: Captured, cfg: OneShotConfig,
+         where: Resident) -> list[float]:
     """A dense pass that measures every block's outlier ratio (OWL), then the sparsities."""
     hidden, ratios = list(captured.hidden), []
     for i in _progress(range(len(blocks)), cfg, "owl ratios"):
+        where.load(i)
         stats = _gather(blocks[i], layers[i], hidden, captured, i, "norm")
         weights = [m.weight for _, m in layers[i]]
         ratios.append(outlier_ratio(weights, [stats[n] for n, _ in layers[i]],
                                     threshold=cfg.owl_threshold))
         if i + 1 < len(blocks):
             hidden = _advance(blocks[i], hidden, captured.calls[i])
+        where.release(i)
     return owl_sparsities(ratios, sparsity=cfg.target_sparsity, lam=cfg.owl_lambda)
 
 
@@ -228,11 +269,17 @@ def _block_layers(model, path, blocks, cfg) -> list[list[tuple[str, nn.Linear]]]
     return out
 
 
+def _check_loaded(layers: list) -> None:
+    for name, module in (x for block in layers for x in block):
+        if module.weight.device.type == "meta":
+            raise ConfigError(f"{name} is on the meta device; load real weights first, or "
+                              "prune the checkpoint from its files with "
+                              "prunekit.oneshot.oneshot_streamed")
+
+
 def _check_widths(layers: list, cfg: OneShotConfig) -> None:
     nm = cfg.nm
     for name, module in (x for block in layers for x in block):
-        if module.weight.device.type == "meta":
-            raise ConfigError(f"{name} is on the meta device; load real weights first")
         if nm is not None and module.in_features % nm[1]:
             raise ConfigError(f"pattern {cfg.pattern} needs input widths that are multiples of "
                               f"{nm[1]}; {name} has {module.in_features}: exclude it")

@@ -165,9 +165,37 @@ def _no_cache_kwargs(model: nn.Module) -> dict[str, Any]:
 
 
 def run_block(block: nn.Module, hidden: torch.Tensor, call: BlockCall) -> torch.Tensor:
-    """Run one block on ``hidden`` with its recorded arguments; returns its hidden output."""
+    """Run one block on ``hidden`` with its recorded arguments; returns its hidden output.
+
+    The inputs go to the device of the block's weights first, so a model spread over
+    several GPUs (accelerate's ``device_map``) is calibrated where each block lives.
+    """
+    device = block_device(block)
+    if device is not None and hidden.device != device:
+        hidden = hidden.to(device)
+        call = BlockCall(to_device(call.args, device), to_device(call.kwargs, device),
+                         call.hidden_in_kwargs)
     if call.hidden_in_kwargs:
         out = block(*call.args, hidden_states=hidden, **call.kwargs)
     else:
         out = block(hidden, *call.args, **call.kwargs)
     return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def block_device(block: nn.Module) -> torch.device | None:
+    """The device of ``block``'s first parameter (None for a block without any)."""
+    p = next(block.parameters(), None)
+    return None if p is None else p.device
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor inside tuples, lists and dicts moved to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
+        return type(value)(*(to_device(v, device) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value

@@ -26,8 +26,6 @@ import contextlib
 import copy
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +47,11 @@ SPARSE_WEIGHTS = "model.sparse.safetensors"
 
 
 def config_describes(model: nn.Module) -> bool:
-    """Whether a model of the same class built from ``model.config`` has the same tensors."""
+    """Whether a model of the same class built from ``model.config`` has the same tensors
+    (and the config passes its own validation, which ``save_pretrained`` runs)."""
     cfg = copy.deepcopy(hf_config(model))
+    if _config_invalid(cfg):
+        return False
     try:
         with torch.device("meta"):
             fresh = type(model)(cfg)
@@ -60,6 +61,20 @@ def config_describes(model: nn.Module) -> bool:
     masks = {f"{key}{SUFFIX}" for key, _, _ in _masked(model)}
     return shapes == {k: tuple(v.shape) for k, v in model.state_dict().items()
                       if k not in masks}
+
+
+def _config_invalid(cfg: Any) -> str | None:
+    """Why the config fails its own validation (transformers' strict configs refuse, e.g.,
+    a Llama ``hidden_size`` that is not a multiple of ``num_attention_heads`` even when
+    ``head_dim`` is given), or None."""
+    validate = getattr(cfg, "validate", None)
+    if not callable(validate):
+        return None
+    try:
+        validate()
+    except Exception as e:  # any validator's refusal: the config cannot be saved as is
+        return str(getattr(e, "__cause__", None) or e).strip().splitlines()[-1]
+    return None
 
 
 def save_pretrained_pruned(
@@ -91,10 +106,12 @@ def save_pretrained_pruned(
         return _save_sparse(model, directory, tokenizer)
     uniform = config_describes(model)
     if not uniform and plan is None:
-        raise ConfigError("the cut differs between blocks, so from_pretrained cannot rebuild "
-                          "this model from its config; pass plan= (and blocks=) to save it "
-                          "through a prunekit plan")
-    with _staging(directory) as tmp, _dequantized_gguf(model):
+        invalid = _config_invalid(hf_config(model))
+        why = (f"transformers refuses the rewritten config ({invalid})" if invalid else
+               "the cut differs between blocks")
+        raise ConfigError(f"{why}, so from_pretrained cannot rebuild this model from its "
+                          "config; pass plan= (and blocks=) to save it through a prunekit plan")
+    with _io.staging(directory) as tmp, _dequantized_gguf(model):
         if uniform and next(masked_params(model), None) is not None:
             model.save_pretrained(tmp, state_dict=_baked_state(model))  # zeros, no masks
         elif uniform:
@@ -143,7 +160,7 @@ def _save_sparse(model: nn.Module, directory: str | os.PathLike[str], tokenizer:
                           "model's shapes differ from its config (a structured cut): save it "
                           "with plan= instead")
     dtypes = {str(p.dtype).removeprefix("torch.") for p in model.parameters()}
-    with _staging(directory) as tmp, _dequantized_gguf(model):
+    with _io.staging(directory) as tmp, _dequantized_gguf(model):
         hf_config(model).save_pretrained(tmp)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
@@ -184,26 +201,6 @@ def _save_with_plan(model: nn.Module, tmp: str, plan: Plan, blocks: BlockCut | N
         "format": FORMAT, "class": type(model).__name__,
         "blocks": blocks.to_dict() if blocks else None,
     })
-
-
-@contextlib.contextmanager
-def _staging(directory: str | os.PathLike[str]):
-    """A temporary folder beside ``directory`` that replaces it on success."""
-    target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        yield tmp
-        old = None
-        if target.exists():
-            old = tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent)
-            os.replace(target, Path(old) / "x")
-        os.replace(tmp, target)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_pretrained_pruned(directory: str | os.PathLike[str], *,

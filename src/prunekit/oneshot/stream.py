@@ -1,0 +1,291 @@
+"""One-shot pruning of a checkpoint that need not fit in memory, shard by shard.
+
+:func:`oneshot_streamed` reads a Hugging Face folder (``config.json`` and
+``model.safetensors`` or sharded ``model-*.safetensors`` with their index), builds the
+model with every parameter on the meta device, and then holds real weights for one
+decoder block at a time: block ``i``'s tensors are read from the shards, the block is
+calibrated and pruned exactly as :func:`prunekit.oneshot.oneshot` does it, its pruned
+tensors are written to a new shard, and its memory is given back before block ``i + 1``
+is read. The layers outside the blocks (embeddings, final norm) are loaded once; the
+output embedding of an untied model is never loaded, only copied.
+
+Peak memory is therefore about: the embedding, one block's weights and statistics
+(SparseGPT: an ``in x in`` matrix per Linear), and the calibration hidden states
+(``samples x seq_len x hidden`` floats), not the model. The destination folder is
+written under a temporary name and renamed into place when every shard is written, so
+a failure leaves neither a half-written folder nor a changed source; it loads with
+``from_pretrained`` of the same class.
+
+Example:
+    >>> tok = AutoTokenizer.from_pretrained("big-model")
+    >>> ids = calibration_ids(tok, texts, samples=128, seq_len=512)
+    >>> result = oneshot_streamed("big-model", "big-model-2of4", ids, method="sparsegpt",
+    ...                           pattern="2:4")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import _io
+from .. import mask as _mask
+from ..errors import ConfigError, DataError
+from ._memory import PeakMemory
+from .api import OneShotResult, Resident, _batches, _block_layers, _resolve, _result, _run, _Undo
+from .blocks import find_blocks
+from .methods import get_method
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+
+
+def oneshot_streamed(
+    source: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
+    calibration: Any,
+    config: Any = None,
+    *,
+    model_class: Any = None,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    **options: Any,
+) -> OneShotResult:
+    """Prune the checkpoint in ``source`` block by block and write it to ``destination``.
+
+    Args:
+        source: a Hugging Face model folder with safetensors weights (one file or shards
+            with ``model.safetensors.index.json``), as ``save_pretrained`` writes it.
+        destination: the output folder (replaced if it exists, only once everything is
+            written); one shard per block plus one for the rest, an index, the config and
+            every other file of ``source`` (tokenizer, generation config) copied.
+        calibration: token ids ``(samples, seq_len)``, a dict of such tensors or a list of
+            batches, as for :func:`prunekit.oneshot.oneshot`.
+        config: a :class:`~prunekit.oneshot.OneShotConfig`, or its fields as keywords.
+        model_class: the transformers class to build (default ``AutoModelForCausalLM``;
+            ``AutoModel`` for an encoder).
+        dtype: the dtype the weights are computed and written in (default: as stored).
+        device: where each block is calibrated and pruned (``"cuda"`` on a GPU).
+
+    Returns:
+        The :class:`~prunekit.oneshot.OneShotResult`; ``peak_rss_bytes`` is the whole
+        call's peak, reading and writing included.
+
+    Raises:
+        ConfigError: bad options, a folder without config or safetensors weights, tensor
+            names that do not match the model the config builds, ``destination`` equal to
+            ``source``. Nothing is written then.
+    """
+    cfg = _resolve(config, options)
+    cfg = dataclasses.replace(cfg, rollback=False)  # the source is never changed
+    source, destination = Path(source), Path(destination)
+    if source.resolve() == destination.resolve():
+        raise ConfigError("destination must differ from source: the source shards are read "
+                          "while the pruned ones are written")
+    shards = Checkpoint(source)
+    method = get_method(cfg.method)
+    start = time.perf_counter()
+    with PeakMemory() as mem, torch.no_grad():
+        model = _skeleton(source, model_class)
+        path, blocks = find_blocks(model, cfg.blocks)
+        layers = _block_layers(model, path, blocks, cfg)
+        device = torch.device(device)
+        _load_outside(model, path, shards, dtype, device)
+        needs_data = method.needs is not None or cfg.allocation == "owl"
+        batches = _batches(calibration, cfg.batch_size, device) if needs_data else []
+        with _io.staging(destination) as tmp:
+            store = _Streamer(model, path, blocks, shards, Path(tmp), dtype, device)
+            run = _run(model, blocks, layers, batches, method, cfg, _Undo(enabled=False),
+                       needs_data, store)
+            store.finish(source)
+    return _result(cfg, path, run, time.perf_counter() - start, mem)
+
+
+class Checkpoint:
+    """The tensors of a safetensors checkpoint folder, read one at a time."""
+
+    def __init__(self, folder: Path) -> None:
+        if not (folder / "config.json").is_file():
+            raise ConfigError(f"{folder} has no config.json; pass a folder written by "
+                              "save_pretrained")
+        if (folder / INDEX).is_file():
+            weight_map = json.loads((folder / INDEX).read_text())["weight_map"]
+        elif (folder / SINGLE).is_file():
+            weight_map = dict.fromkeys(_keys(folder / SINGLE), SINGLE)
+        else:
+            raise ConfigError(f"{folder} has no {SINGLE} or {INDEX}; save the model with "
+                              "save_pretrained(safe_serialization=True) first (GGUF and .bin "
+                              "checkpoints load whole: use prunekit.oneshot.oneshot)")
+        self.folder, self.files = folder, weight_map
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.files
+
+    def read(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        path = self.folder / self.files[name]
+        try:
+            with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
+                return f.get_tensor(name)
+        except (OSError, KeyError, RuntimeError) as exc:  # SafetensorError is a RuntimeError
+            raise DataError(f"cannot read tensor {name!r} from {path}: {exc}") from None
+
+    def shard_files(self) -> set[str]:
+        return set(self.files.values())
+
+
+def _keys(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(os.fspath(path), framework="pt") as f:
+        return list(f.keys())
+
+
+def _skeleton(folder: Path, model_class: Any) -> nn.Module:
+    """The model of ``folder``'s config with its parameters on the meta device (its
+    buffers, such as rotary frequencies, computed for real)."""
+    try:
+        import transformers
+        from accelerate import init_empty_weights
+    except ImportError:
+        raise ConfigError("oneshot_streamed needs transformers and accelerate: "
+                          "pip install 'prunekit[llm]'") from None
+    config = transformers.AutoConfig.from_pretrained(folder)
+    cls = model_class or transformers.AutoModelForCausalLM
+    with init_empty_weights(include_buffers=False):
+        model = cls.from_config(config)
+    return model.eval()
+
+
+def _load_outside(model: nn.Module, path: str, shards: Checkpoint,
+                  dtype: torch.dtype | None, device: torch.device) -> None:
+    """Read every tensor outside the blocks, except an untied output embedding (the
+    forward passes stop at the last block)."""
+    prefix = f"{path}."
+    head = _untied_head(model)
+    for name, _ in _tensors(model):
+        if name.startswith(prefix) or name == head:
+            continue
+        if name in shards:
+            _set(model, name, _cast(shards.read(name), dtype).to(device))
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    missing = [n for n, t in _tensors(model)
+               if not n.startswith(prefix) and n != head and t.device.type == "meta"]
+    if missing:
+        raise ConfigError(f"the checkpoint lacks {', '.join(missing[:5])} of the model its "
+                          "config builds; save it with save_pretrained of this transformers "
+                          "version")
+
+
+def _untied_head(model: nn.Module) -> str | None:
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if get else None
+    if head is None or head.weight is model.get_input_embeddings().weight:
+        return None
+    return next(f"{n}.weight" for n, m in model.named_modules() if m is head)
+
+
+def _tensors(module: nn.Module):
+    """Parameters and persistent buffers, by qualified name (tied ones once)."""
+    yield from module.named_parameters()
+    keys = set(module.state_dict(keep_vars=True))
+    yield from ((n, b) for n, b in module.named_buffers() if n in keys)
+
+
+def _set(root: nn.Module, name: str, value: torch.Tensor) -> None:
+    owner, _, attr = name.rpartition(".")
+    module = root.get_submodule(owner) if owner else root
+    if attr in module._parameters:
+        module._parameters[attr] = nn.Parameter(value, requires_grad=False)
+    else:
+        module._buffers[attr] = value
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+
+
+class _Streamer(Resident):
+    """Blocks read from the source shards on use, written to the destination when pruned."""
+
+    def __init__(self, model, path, blocks, shards, out: Path, dtype, device) -> None:
+        self.model, self.path, self.blocks, self.shards = model, path, blocks, shards
+        self.out, self.dtype, self.device = out, dtype, device
+        self.files = len(blocks) + 1
+        self.weight_map: dict[str, str] = {}
+        self.total = 0
+        self.loaded: set[int] = set()
+
+    def _names(self, index: int) -> list[str]:
+        return [n for n, _ in _tensors(self.blocks[index])]
+
+    def load(self, index: int) -> None:
+        if index in self.loaded:
+            return
+        prefix = f"{self.path}.{index}."
+        for name in self._names(index):
+            if prefix + name not in self.shards:
+                raise ConfigError(f"the checkpoint has no tensor {prefix + name}; its names "
+                                  "do not match the model its config builds")
+            _set(self.blocks[index], name,
+                 _cast(self.shards.read(prefix + name), self.dtype).to(self.device))
+        self.loaded.add(index)
+
+    def release(self, index: int) -> None:
+        block = self.blocks[index]
+        for name, t in list(_tensors(block)):
+            _set(block, name, torch.empty_like(t, device="meta"))
+        self.loaded.discard(index)
+
+    def pruned(self, index: int) -> None:
+        block = self.blocks[index]
+        for _, module, name in list(_mask.masked_params(block)):
+            _mask.remove_mask(module, name)  # the weights already hold the zeros
+        prefix = f"{self.path}.{index}."
+        self._write({prefix + n: t for n, t in _tensors(block)}, index + 1)
+        self.release(index)
+
+    def _write(self, tensors: dict[str, torch.Tensor], number: int) -> None:
+        file = f"model-{number:05d}-of-{self.files:05d}.safetensors"
+        kept, _ = _io.dedupe_tied(tensors)
+        _io.save_safetensors(self.out / file, kept, metadata={"format": "pt"})
+        for name, t in kept.items():
+            self.weight_map[name] = file
+            self.total += t.numel() * t.element_size()
+
+    def finish(self, source: Path) -> None:
+        """Write the tensors outside the blocks (as stored), the index and the other files."""
+        prefix = f"{self.path}."
+        rest = {n: _cast(self.shards.read(n), self.dtype)
+                for n in sorted(self.shards.files) if not n.startswith(prefix)}
+        if rest:
+            self._write(rest, self.files)
+        skip = self.shards.shard_files() | {INDEX}
+        for item in source.iterdir():
+            if item.is_file() and item.name not in skip:
+                shutil.copy2(item, self.out / item.name)
+        if self.dtype is not None:
+            _set_config_dtype(self.out, self.dtype)
+        _io.write_json(self.out / INDEX, {"metadata": {"total_size": self.total},
+                                          "weight_map": dict(sorted(self.weight_map.items()))})
+
+
+def _set_config_dtype(folder: Path, dtype: torch.dtype) -> None:
+    path = folder / "config.json"
+    cfg = json.loads(path.read_text())
+    name = str(dtype).removeprefix("torch.")
+    for key in ("dtype", "torch_dtype"):
+        if key in cfg:
+            cfg[key] = name
+    cfg.setdefault("dtype", name)
+    _io.write_json(path, cfg)

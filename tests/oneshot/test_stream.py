@@ -1,0 +1,153 @@
+"""oneshot_streamed: a checkpoint pruned from its shards equals pk.oneshot in memory."""
+
+import json
+import os
+
+import pytest
+import torch
+
+import prunekit as pk
+from prunekit.errors import ConfigError
+from prunekit.oneshot import oneshot_streamed
+from prunekit.oneshot.blocks import BlockCall, run_block
+
+from .conftest import calibration, tiny_llama, transformers
+
+
+def _save(model, folder, shard="20KB"):
+    model.save_pretrained(folder, max_shard_size=shard)
+    return folder
+
+
+def _files(folder):
+    return {p: (folder / p).read_bytes() for p in sorted(os.listdir(folder))}
+
+
+@pytest.mark.parametrize("options", [
+    {"method": "sparsegpt", "sparsity": 0.5},
+    {"method": "wanda", "sparsity": 0.6, "allocation": "owl"},
+    {"method": "sparsegpt", "pattern": "2:4", "sequential": False},
+    {"method": "magnitude", "sparsity": 0.3},
+], ids=["sparsegpt", "owl-wanda", "2:4-one-pass", "magnitude"])
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_streamed_equals_in_memory(tmp_path, options, tied):
+    model = tiny_llama(layers=3)
+    if tied:
+        model.config.tie_word_embeddings = True
+        model.lm_head.weight = model.model.embed_tokens.weight
+    source = _save(model, tmp_path / "src")
+    before = _files(source)
+    ids = calibration()
+
+    reference = tiny_llama(layers=3)
+    reference.load_state_dict(model.state_dict())
+    if tied:
+        reference.config.tie_word_embeddings = True
+        reference.lm_head.weight = reference.model.embed_tokens.weight
+    expected = pk.oneshot(reference, ids, quiet=True, **options)
+    pk.bake(reference)
+
+    result = oneshot_streamed(source, tmp_path / "out", ids, quiet=True, **options)
+    assert _files(source) == before, "the source checkpoint changed"
+    assert result.layer_sparsity == expected.layer_sparsity
+    assert result.sparsity == expected.sparsity > 0
+
+    pruned = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    want, got = reference.state_dict(), pruned.state_dict()
+    assert set(want) == set(got)
+    for name in want:
+        assert torch.equal(want[name], got[name]), name
+    assert torch.equal(reference(ids).logits, pruned(ids).logits)
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    shards = set(index["weight_map"].values())
+    assert len(shards) == 4  # one per block and one for the rest
+    assert (tmp_path / "out" / "generation_config.json").is_file()
+    assert ("lm_head.weight" in index["weight_map"]) is not tied
+
+
+def test_bfloat16_output(tmp_path):
+    source = _save(tiny_llama(layers=2), tmp_path / "src")
+    oneshot_streamed(source, tmp_path / "out", calibration(), method="wanda", quiet=True,
+                     dtype=torch.bfloat16)
+    pruned = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert pruned.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    w = pruned.model.layers[1].self_attn.q_proj.weight
+    assert float((w == 0).float().mean()) == pytest.approx(0.5, abs=0.02)
+
+
+def test_failure_leaves_no_destination_and_keeps_old_one(tmp_path, monkeypatch):
+    source = _save(tiny_llama(layers=3), tmp_path / "src")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    from prunekit.oneshot import stream
+
+    calls = []
+
+    def failing(self, index):
+        calls.append(index)
+        if index == 1:
+            raise RuntimeError("disk full")
+        return original(self, index)
+
+    original = stream._Streamer.pruned
+    monkeypatch.setattr(stream._Streamer, "pruned", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        oneshot_streamed(source, out, calibration(), method="wanda", quiet=True)
+    assert calls == [0, 1]
+    assert sorted(os.listdir(out)) == ["keep.txt"]
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".out")] == []
+
+
+def test_bad_inputs(tmp_path):
+    source = _save(tiny_llama(layers=2), tmp_path / "src")
+    with pytest.raises(ConfigError, match="destination must differ"):
+        oneshot_streamed(source, source, calibration(), quiet=True)
+    with pytest.raises(ConfigError, match="no config.json"):
+        oneshot_streamed(tmp_path / "nothing", tmp_path / "out", calibration())
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "config.json").write_text((source / "config.json").read_text())
+    with pytest.raises(ConfigError, match="no model.safetensors"):
+        oneshot_streamed(tmp_path / "bin", tmp_path / "out", calibration())
+    with pytest.raises(ConfigError, match="sparsity must be in"):
+        oneshot_streamed(source, tmp_path / "out", calibration(), sparsity=1.5)
+    assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_with_other_names_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    source = _save(tiny_llama(layers=2), tmp_path / "src", shard="10GB")
+    tensors = load_file(source / "model.safetensors")
+    renamed = {k.replace("model.layers.1.", "model.layer.1."): v for k, v in tensors.items()}
+    save_file(renamed, source / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ConfigError, match="no tensor model.layers.1"):
+        oneshot_streamed(source, tmp_path / "out", calibration(), quiet=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_meta_model_is_refused_with_the_way_out():
+    with torch.device("meta"):
+        model = tiny_llama(layers=2)
+    with pytest.raises(ConfigError, match="oneshot_streamed"):
+        pk.oneshot(model, calibration(), quiet=True)
+
+
+def test_run_block_moves_inputs_to_the_blocks_device():
+    """A block on another device (here: meta) gets its inputs there, as under device_map."""
+    block = torch.nn.Linear(4, 4)
+    hidden = torch.randn(2, 4)
+    out = run_block(block.to("meta"), hidden, BlockCall((), {}))
+    assert out.device.type == "meta" and out.shape == (2, 4)
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+        def forward(self, x, scale=None, pair=None):
+            return (self.lin(x) * scale + pair[0],)
+
+    scaled = Scaled().to("meta")
+    call = BlockCall((), {"scale": torch.ones(1), "pair": (torch.zeros(4), None)})
+    assert run_block(scaled, hidden, call).device.type == "meta"
