@@ -69,6 +69,15 @@ def list_group_activation() -> list[str]:
     return _COLUMN_SCORES.names()
 
 
+def column_scores(criterion: str, weight: torch.Tensor, stats: InputStats) -> torch.Tensor:
+    """Scores ``(in,)`` of a consumer's input columns by ``criterion`` (float64, CPU).
+
+    Example:
+        >>> column_scores("flap", o_proj.weight, stats["model.layers.0.self_attn.o_proj"])
+    """
+    return _COLUMN_SCORES.get(criterion)(weight, stats).to("cpu", torch.float64)
+
+
 @dataclass
 class InputStats:
     """Sums over calibration tokens of one Linear layer's inputs (float64, on the CPU).

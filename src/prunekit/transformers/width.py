@@ -17,10 +17,15 @@ it (``mlp_bias``, ``attention_bias``): the switch is turned on, so that
 ``save_pretrained`` / ``from_pretrained`` round-trips, and the other layers it adds a bias
 to get zeros. Otherwise the bias part is skipped and ``plan.info["compensation"]`` says so.
 
+Query heads inside key/value groups (``query_ratio``) are cut by
+:mod:`prunekit.transformers.query_heads` before the engine's cut of whole groups and MLP
+channels; the two plans are composed into one.
+
 Example:
     >>> from prunekit.transformers import prune_width
     >>> plan = prune_width(model, batches, attention_ratio=1/3, mlp_ratio=0.3,
     ...                    criterion="flap", compensate="bias")
+    >>> plan = prune_width(model, batches, query_ratio=1/3)  # 9/3 heads -> 6/3
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from .._registry import Registry
 from ..errors import ConfigError
 from ..importance.group_activation import InputStats, collect_input_stats, list_group_activation
 from ..surgery import Plan
+from ..surgery.apply import apply_undoable
+from . import query_heads as _qh
 from ._model import first_batch, hf_config, part_patterns, small_example, take
 
 _COMPENSATIONS: Registry[Callable] = Registry("compensation")
@@ -50,8 +57,11 @@ class _Undo:
     biases: list[nn.Linear] = field(default_factory=list)
     flags: dict[str, Any] = field(default_factory=dict)
     tensors: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    applied: list[Callable[[], None]] = field(default_factory=list)
 
     def __call__(self, cfg: Any) -> None:
+        for restore in reversed(self.applied):  # the old tensors first, then their values
+            restore()
         with torch.no_grad():
             for t, old in self.tensors:
                 t.copy_(old)
@@ -68,6 +78,7 @@ def prune_width(
     ratio: float | None = None,
     attention_ratio: float | None = None,
     mlp_ratio: float | None = None,
+    query_ratio: float | None = None,
     target_params: float | None = None,
     criterion: str = "flap",
     scope: str = "layer",
@@ -78,7 +89,8 @@ def prune_width(
     batches: int | None = None,
     check: bool | str = True,
 ) -> Plan:
-    """Remove attention heads (whole key/value groups under GQA) and MLP channels, in place.
+    """Remove attention heads (key/value groups, or query heads inside them) and MLP
+    channels, in place.
 
     The residual width (``hidden_size``) is kept. Scores come from calibration activations
     (``criterion``: ``flap`` or ``wanda``, see :mod:`prunekit.importance.group_activation`).
@@ -89,6 +101,12 @@ def prune_width(
         ratio: fraction of heads and of MLP channels removed in each block (0.2 default).
         attention_ratio: fraction of heads (key/value groups) removed; overrides ``ratio``.
         mlp_ratio: fraction of MLP channels removed; overrides ``ratio``.
+        query_ratio: under grouped-query attention, the fraction of query heads removed
+            inside every key/value group (the same count in every group and block; the
+            key/value heads stay): ``1/3`` takes SmolLM2 from 9/3 to 6/3 heads. Cut first,
+            then ``attention_ratio`` / ``mlp_ratio`` on what is left; given alone (no
+            ``ratio``), nothing else is cut. Refused for models without GQA (use
+            ``attention_ratio``) and with ``target_params``.
         target_params: instead of ratios, the fraction of the model's parameters to remove
             (one ratio for heads and channels, searched).
         criterion: ``flap`` (default) or ``wanda``.
@@ -105,49 +123,114 @@ def prune_width(
         The applied :class:`~prunekit.Plan`; ``plan.info["compensation"]`` says what was
         compensated and where a bias could not be added.
     """
-    ratios = _ratios(ratio, attention_ratio, mlp_ratio, target_params)
+    ratios = _ratios(ratio, attention_ratio, mlp_ratio, target_params, query_ratio)
     _check(criterion, scope, compensate, damp)
     cfg = hf_config(model)
     batch_list = take(data, batches)
-    parts = part_patterns(model)
-    ignore = _ignored(model, parts, ratios)
     undo = _Undo()
-    example = small_example(first_batch(batch_list))
+    cuts: list[tuple[Plan, dict[str, Any]]] = []
     try:
-        graph = _st.trace(model, example)
-        consumers = _consumers(model, _probe(graph, ratios, parts, ignore))
-        stats = collect_input_stats(model, consumers, batch_list, gram=compensate == "lstsq")
-        if compensate != "none":
-            _add_biases(model, consumers, undo)
-        if undo.biases:  # the new biases are cut with their heads: trace them too
-            graph = _st.trace(model, example)
-        plan = _plan(graph, ratios, parts, ignore, criterion, scope, max_ratio, batch_list,
-                     check, round_to)
-        cut = _consumers(model, plan)
-        notes = _COMPENSATIONS.get(compensate)(model, plan, stats, cut, undo=undo, damp=damp)
-        _st.apply(model, plan)
+        if ratios.get("query"):
+            cuts.append(_cut_query_heads(model, batch_list, ratios["query"], criterion,
+                                         compensate, damp, undo))
+        if not cuts or any(ratios.get(k) for k in ("attention", "mlp", "target")):
+            cuts.append(_cut_groups(model, batch_list, ratios, criterion, scope, max_ratio,
+                                    compensate, damp, round_to, check, undo))
     except BaseException:
         undo(cfg)
         raise
-    plan.info["compensation"] = {"method": compensate, **notes,
+    plan = cuts[0][0]
+    if len(cuts) == 2:  # query heads, then groups and channels: one plan from the original
+        from ..run.plans import compose
+
+        plan = compose(cuts[0][0], cuts[1][0])
+    notes = [n for _, n in cuts]
+    plan.info["compensation"] = {"method": compensate, **_merged_notes(notes),
                                  **({"bias_switched_on": sorted(undo.flags)} if undo.flags else {})}
     return plan
 
 
-def _ratios(ratio, attention_ratio, mlp_ratio, target_params) -> dict[str, float]:
+def _cut_query_heads(model: nn.Module, batches: list, ratio: float, criterion: str,
+                     compensate: str, damp: float, undo: _Undo) -> tuple[Plan, dict[str, Any]]:
+    """Remove the same number of query heads from every key/value group; applied."""
+    heads = _qh.heads_of(model)
+    keep = _qh.keep_per_group(heads, ratio)
+    paths = _qh.check_modules(model, heads)
+    consumers = [f"{p}.o_proj" for p in paths]
+    stats = collect_input_stats(model, consumers, batches, gram=compensate == "lstsq")
+    _reached(stats, consumers)
+    kept = {p: _qh.kept_heads(model.get_submodule(c), stats[c], heads, keep, criterion)
+            for p, c in zip(paths, consumers, strict=True)}
+    if compensate != "none":
+        _add_biases(model, consumers, undo)
+    plan = _qh.query_plan(model, kept, heads, keep, {
+        "criterion": criterion, "ratio": ratio, "scope": "layer",
+        "model": type(model).__name__, "unit": _qh.UNIT})
+    notes = _COMPENSATIONS.get(compensate)(model, plan, stats, consumers, undo=undo, damp=damp)
+    undo.applied.append(apply_undoable(model, plan))
+    return plan, notes
+
+
+def _cut_groups(model, batch_list, ratios, criterion, scope, max_ratio, compensate, damp,
+                round_to, check, undo) -> tuple[Plan, dict[str, Any]]:
+    """Whole key/value groups and MLP channels through the plan / apply engine; applied."""
+    parts = part_patterns(model)
+    ignore = _ignored(model, parts, ratios)
+    example = small_example(first_batch(batch_list))
+    graph = _st.trace(model, example)
+    consumers = _consumers(model, _probe(graph, ratios, parts, ignore))
+    stats = collect_input_stats(model, consumers, batch_list, gram=compensate == "lstsq")
+    if compensate != "none":
+        _add_biases(model, consumers, undo)
+    if undo.biases:  # the new biases are cut with their heads: trace them too
+        graph = _st.trace(model, example)
+    plan = _plan(graph, ratios, parts, ignore, criterion, scope, max_ratio, batch_list,
+                 check, round_to)
+    cut = _consumers(model, plan)
+    notes = _COMPENSATIONS.get(compensate)(model, plan, stats, cut, undo=undo, damp=damp)
+    _st.apply(model, plan)
+    return plan, notes
+
+
+def _reached(stats: dict[str, InputStats], paths: list[str]) -> None:
+    missing = [p for p in paths if p not in stats]
+    if missing:
+        raise ConfigError(f"calibration data never reached {', '.join(missing[:3])}; pass "
+                          "batches that run through the whole model")
+
+
+def _merged_notes(notes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Compensation notes of several cuts as one."""
+    out: dict[str, Any] = {"biased_layers": sum(n.get("biased_layers", 0) for n in notes)}
+    skipped = [p for n in notes for p in n.get("bias_not_possible", [])]
+    if skipped:
+        out["bias_not_possible"] = list(dict.fromkeys(skipped))
+        out["note"] = next(n["note"] for n in notes if "note" in n)
+    return out
+
+
+def _ratios(ratio, attention_ratio, mlp_ratio, target_params, query_ratio) -> dict[str, float]:
+    query = {} if query_ratio is None else {"query": _fraction("query", query_ratio)}
+    if query and target_params is not None:
+        raise ConfigError("query_ratio cannot be combined with target_params (a searched "
+                          "ratio); cut the query heads first with prune_width(query_ratio=...), "
+                          "then call prune_width(target_params=...) on the result")
     if target_params is not None:
         if any(r is not None for r in (ratio, attention_ratio, mlp_ratio)):
             raise ConfigError("give either target_params or ratios, not both")
         if not isinstance(target_params, (int, float)) or not 0 < target_params < 1:
             raise ConfigError(f"target_params must be a fraction in (0, 1), got {target_params!r}")
         return {"target": float(target_params)}
-    base = 0.2 if ratio is None else ratio
+    base = ratio if ratio is not None else 0.0 if query else 0.2
     out = {"attention": base if attention_ratio is None else attention_ratio,
            "mlp": base if mlp_ratio is None else mlp_ratio}
-    for k, r in out.items():
-        if not isinstance(r, (int, float)) or not 0 <= r < 1:
-            raise ConfigError(f"{k} ratio must be a fraction in [0, 1), got {r!r}")
-    return out
+    return {k: _fraction(k, r) for k, r in out.items()} | query
+
+
+def _fraction(kind: str, r: Any) -> float:
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 1:
+        raise ConfigError(f"{kind} ratio must be a fraction in [0, 1), got {r!r}")
+    return float(r)
 
 
 def _check(criterion: str, scope: str, compensate: str, damp: float) -> None:
