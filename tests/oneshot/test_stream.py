@@ -151,3 +151,20 @@ def test_run_block_moves_inputs_to_the_blocks_device():
     scaled = Scaled().to("meta")
     call = BlockCall((), {"scale": torch.ones(1), "pair": (torch.zeros(4), None)})
     assert run_block(scaled, hidden, call).device.type == "meta"
+
+
+def test_sharded_save_of_a_pruned_model_streams_again(tmp_path):
+    """save_pretrained_pruned(max_shard_size=) writes shards oneshot_streamed reads."""
+    from prunekit.transformers import save_pretrained_pruned
+
+    model = tiny_llama(layers=2)
+    pk.oneshot(model, calibration(), method="magnitude", sparsity=0.25, quiet=True)
+    assert save_pretrained_pruned(model, tmp_path / "a", max_shard_size="20KB") == "hf"
+    index = json.loads((tmp_path / "a" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 2
+    assert not any(k.endswith("_mask") for k in index["weight_map"])
+    result = oneshot_streamed(tmp_path / "a", tmp_path / "b", calibration(), method="magnitude",
+                              sparsity=0.5, quiet=True)
+    assert result.sparsity == pytest.approx(0.5, abs=0.01)
+    with pytest.raises(ConfigError, match="max_shard_size"):
+        save_pretrained_pruned(model, tmp_path / "c", sparse=True, max_shard_size="1MB")

@@ -85,6 +85,7 @@ def save_pretrained_pruned(
     plan: Plan | None = None,
     blocks: BlockCut | None = None,
     sparse: bool = False,
+    max_shard_size: int | str | None = None,
 ) -> str:
     """Save a pruned model (and its tokenizer) so that it reloads.
 
@@ -97,12 +98,17 @@ def save_pretrained_pruned(
         sparse: store the weights in prunekit's sparse encoding (for unstructured and
             N:M results: about half the bytes at 50% sparsity in float32); masks are
             baked into what is written, the model keeps them.
+        max_shard_size: split the weights into safetensors shards of at most this size
+            (``"500MB"``), as ``save_pretrained`` does (not with ``sparse``).
 
     Returns:
         ``"hf"`` (reloads with ``from_pretrained``), ``"plan"`` or ``"sparse"`` (reload
         with :func:`load_pretrained_pruned`).
     """
     if sparse:
+        if max_shard_size is not None:
+            raise ConfigError("max_shard_size applies to save_pretrained's files; the sparse "
+                              "encoding is one file: drop one of them")
         return _save_sparse(model, directory, tokenizer)
     uniform = config_describes(model)
     if not uniform and plan is None:
@@ -111,11 +117,12 @@ def save_pretrained_pruned(
                "the cut differs between blocks")
         raise ConfigError(f"{why}, so from_pretrained cannot rebuild this model from its "
                           "config; pass plan= (and blocks=) to save it through a prunekit plan")
+    shards = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
     with _io.staging(directory) as tmp, _dequantized_gguf(model):
         if uniform and next(masked_params(model), None) is not None:
-            model.save_pretrained(tmp, state_dict=_baked_state(model))  # zeros, no masks
+            model.save_pretrained(tmp, state_dict=_baked_state(model), **shards)  # no masks
         elif uniform:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, **shards)
         else:
             _save_with_plan(model, tmp, plan, blocks)
         if tokenizer is not None:
