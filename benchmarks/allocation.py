@@ -7,12 +7,15 @@ this machine, then for the dense network, a uniform 50% cut and random per-group
 (some off the table's grid, so interpolated) the table's prediction is compared with the
 measured median latency of the built network (interleaved with the dense one).
 
-Part ``accuracy``: a ResNet-20 trained briefly on a Fashion-MNIST subset is cut by each
-kind (uniform, global, greedy, evolutionary) to a latency budget of a fraction of the dense
-latency (as the table predicts it, at the given batch size); quality during the search is
-accuracy on training images held out of training (never the test set) after batch-norm
-recalibration on training images (EagleEye's adaptive BN); then every cut gets the same
-recalibration and fine-tuning budget and is scored on the test set; its latency is measured.
+Part ``accuracy``: ResNet-20 or the small VGG (``--model``) trained briefly on a Fashion-MNIST
+subset is cut by each kind (uniform, global, greedy, evolutionary) and by Torch-Pruning (kind
+``tp``: its uniform ratio bisected against the same table) to a latency budget of a fraction
+of the dense latency (as the table predicts it, at the given batch size); quality during the
+search is accuracy on training images held out of training (never the test set) after
+batch-norm recalibration on training images (EagleEye's adaptive BN); then every cut gets
+the same recalibration and fine-tuning budget and is scored on the test set; its latency is
+measured. ``--seeds`` repeat the fine-tuning (and the evolutionary search) per seed; the
+report gives mean, standard deviation and range over seeds.
 
 Writes docs/allocation.md (section "allocation-bench") and docs/data/allocation.json; rows
 are appended to --rows as they finish (JSON lines), so a killed run keeps what it did.
@@ -50,6 +53,7 @@ TABLE_NETS = {  # name -> (builder, input shape, table grid)
 }
 RANDOM_CHOICES = [0.0, 0.25, 0.5, 0.75]
 SEARCH_GRID = [0.2, 0.35, 0.5, 0.65, 0.8]
+SEEDED_KINDS = ("evolutionary",)
 
 
 def build(name: str) -> tuple[nn.Module, torch.Tensor]:
@@ -158,6 +162,55 @@ def baseline(args, splits) -> nn.Module:
     return model.eval()
 
 
+def tp_cut(base: nn.Module, x: torch.Tensor, space: ChannelSpace, fraction: float,
+           max_ratio: float, *, steps: int = 12) -> tuple[nn.Module, float, dict[str, float]]:
+    """Torch-Pruning (DepGraph's ``MetaPruner``, group L2 magnitude, one uniform ratio, the
+    classifier's outputs kept) at the smallest ratio whose pruned widths the benchmark's own
+    latency table predicts within ``fraction`` of the dense latency (bisection, ``steps``
+    halvings of ``[0, max_ratio]``).
+
+    Returns the pruned copy, its ratio and its predicted costs."""
+
+    def cut(ratio: float) -> tuple[nn.Module, dict[str, float]]:
+        import torch_pruning as tp
+
+        model = copy.deepcopy(base)
+        classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+        tp.pruner.MetaPruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                             pruning_ratio=ratio, ignored_layers=[classifier]).step()
+        return model, space.cost(tp_ratios(model, space))
+
+    limit = fraction * space.dense_cost()["latency_ms"]
+    lo, hi = 0.0, max_ratio
+    if cut(hi)[1]["latency_ms"] > limit:
+        raise SystemExit(f"Torch-Pruning cannot meet {fraction:.3g} x dense latency with ratios "
+                         f"up to {max_ratio}; pass a larger --grid")
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if cut(mid)[1]["latency_ms"] <= limit else (mid, hi)
+    model, predicted = cut(hi)
+    return model, hi, predicted
+
+
+def tp_ratios(model: nn.Module, space: ChannelSpace) -> list[float]:
+    """The per-unit ratios a Torch-Pruning cut left, read from the pruned modules' widths (so
+    the latency table predicts it exactly as it predicts prunekit's cuts)."""
+    out = []
+    for unit, size in zip(space.units, space.sizes, strict=True):
+        module = model.get_submodule(unit)
+        kept = getattr(module, "out_channels", None) or module.out_features
+        out.append(1.0 - kept / size)
+    return out
+
+
+def latency_space(base: nn.Module, x: torch.Tensor, batch: int, args) -> ChannelSpace:
+    """The channel space ``allocate`` builds for a latency budget, with its cached table."""
+    space = ChannelSpace(base, x, criterion="l2", round_to_choices=(1, 8))
+    space.use_latency(batch_size=batch, threads=args.threads, clock=args.clock,
+                      cache_dir=args.cache, grid=sorted({0.0, *args.grid}))
+    return space
+
+
 def accuracy_rows(args) -> None:
     from prunekit.recovery import recalibrate_bn, train
 
@@ -177,22 +230,40 @@ def accuracy_rows(args) -> None:
     def evaluate(model: nn.Module) -> float:
         return accuracy(recalibrated(model), holdout)
 
+    def search(kind: str, fraction: float, batch: int, seed: int) -> dict:
+        """The pruned copy (before fine-tuning) and what its search reports."""
+        start = time.perf_counter()
+        if kind == "tp":
+            space = latency_space(base, x, batch, args)
+            model, ratio, predicted = tp_cut(base, x, space, fraction, max(args.grid))
+            return {"model": model, "quality": evaluate(copy.deepcopy(model)),
+                    "predicted": predicted, "dense": space.dense_cost(), "round_to": 1,
+                    "ratios": {"torch-pruning uniform": ratio},
+                    "search_s": time.perf_counter() - start}
+        alloc = allocate(base, x, kind=kind, budget={"latency_ratio": fraction},
+                         evaluate=evaluate, grid=args.grid, round_to=(1, 8),
+                         batch_size=batch, threads=args.threads, clock=args.clock,
+                         cache_dir=args.cache,
+                         cache_key=f"fmnist-holdout-{args.train}-{args.holdout}",
+                         population=args.population, generations=args.generations, seed=seed)
+        model = copy.deepcopy(base)
+        apply_allocation(model, alloc, x)
+        return {"model": model, "quality": alloc.quality, "predicted": alloc.predicted,
+                "dense": alloc.dense, "round_to": alloc.round_to, "ratios": alloc.ratios,
+                "search_s": time.perf_counter() - start}
+
     for batch in args.batches:
         xb = x.repeat(batch, 1, 1, 1)
         for fraction in args.fractions:
             for kind in args.kinds:
-                start = time.perf_counter()
-                alloc = allocate(base, x, kind=kind, budget={"latency_ratio": fraction},
-                                 evaluate=evaluate, grid=args.grid, round_to=(1, 8),
-                                 batch_size=batch, threads=args.threads, clock=args.clock,
-                                 cache_dir=args.cache,
-                                 cache_key=f"fmnist-holdout-{args.train}-{args.holdout}",
-                                 population=args.population, generations=args.generations,
-                                 seed=0)
-                search_s = time.perf_counter() - start
+                found: dict = {}
                 for seed in args.seeds:
-                    model = copy.deepcopy(base)
-                    apply_allocation(model, alloc, x)
+                    # only the evolutionary search draws random numbers: the others cut once
+                    search_seed = seed if kind in SEEDED_KINDS else 0
+                    if search_seed not in found:
+                        found[search_seed] = search(kind, fraction, batch, search_seed)
+                    cut = found[search_seed]
+                    model = copy.deepcopy(cut["model"])
                     cut_test = accuracy(recalibrated(model), splits["test"])
                     train(model, TensorBatches(splits["train"], batch_size=128, seed=100 + seed),
                           epochs=args.finetune_epochs, lr=0.01, momentum=0.9,
@@ -200,25 +271,116 @@ def accuracy_rows(args) -> None:
                     measured = timed({"dense": base, "pruned": model}, xb, args)
                     emit({"part": "accuracy", "model": args.model, "kind": kind,
                           "fraction": fraction, "batch": batch, "seed": seed,
-                          "dense_test": round(dense_test, 4),
-                          "search_holdout": alloc.quality, "cut_test": round(cut_test, 4),
+                          "search_seed": search_seed, "dense_test": round(dense_test, 4),
+                          "search_holdout": cut["quality"], "cut_test": round(cut_test, 4),
                           "test": round(accuracy(model, splits["test"]), 4),
-                          "predicted_ms": round(alloc.predicted["latency_ms"], 4),
-                          "predicted_dense_ms": round(alloc.dense["latency_ms"], 4),
+                          "predicted_ms": round(cut["predicted"]["latency_ms"], 4),
+                          "predicted_dense_ms": round(cut["dense"]["latency_ms"], 4),
                           "measured_ms": round(measured["pruned"][0], 4),
                           "measured_dense_ms": round(measured["dense"][0], 4),
                           "measured_median_ms": round(measured["pruned"][1], 4),
                           "measured_dense_median_ms": round(measured["dense"][1], 4),
-                          "macs_ratio": round(count_macs(model, x).dense / alloc.dense["macs"], 4),
-                          "round_to": alloc.round_to, "ratios": alloc.ratios,
-                          "grid_max": max(args.grid),
-                          "search_s": round(search_s, 1), "finetune_epochs": args.finetune_epochs,
-                          "train": args.train, "epochs": args.epochs, "threads": args.threads,
-                          "clock": args.clock},
-                         args)
+                          "macs_ratio": round(count_macs(model, x).dense / cut["dense"]["macs"],
+                                              4),
+                          "round_to": cut["round_to"], "ratios": cut["ratios"],
+                          "grid_max": max(args.grid), "search_s": round(cut["search_s"], 1),
+                          "finetune_epochs": args.finetune_epochs, "train": args.train,
+                          "holdout": args.holdout, "calib": args.calib, "test_n": args.test,
+                          "epochs": args.epochs, "threads": args.threads,
+                          "clock": args.clock}, args)
 
 
 # --- report --------------------------------------------------------------------------------
+
+NAMES = {"resnet20": "ResNet-20", "vgg-small": "VGG-small"}
+KIND_NAMES = {"tp": "Torch-Pruning"}
+
+
+def spread(values: list[float], scale: float = 1.0, digits: int = 4) -> str:
+    """``mean ± sample std (min–max)`` of ``values`` times ``scale``; the value alone for one."""
+    v = [x * scale for x in values]
+    if len(v) == 1:
+        return f"{v[0]:.{digits}f}"
+    return (f"{statistics.mean(v):.{digits}f} ± {statistics.stdev(v):.{digits}f} "
+            f"({min(v):.{digits}f}–{max(v):.{digits}f})")
+
+
+def config_of(r: dict) -> tuple:
+    """What must match for two rows to be seeds of one measurement."""
+    return (r["model"], r["batch"], r["fraction"], r["train"], r["epochs"],
+            r["finetune_epochs"], r.get("grid_max", 0.8), r.get("clock", "wall"))
+
+
+def accuracy_report(acc: list[dict], args) -> list[str]:
+    """One line per (model, batch, budget, kind) over its seeds; the difference to uniform is
+    paired by fine-tuning seed."""
+    cells: dict[tuple, dict[str, list[dict]]] = {}
+    for r in acc:
+        cells.setdefault(config_of(r), {}).setdefault(r["kind"], []).append(r)
+    lines = ["### Allocation kinds at the same predicted latency (Fashion-MNIST, clock "
+             f"`{acc[0].get('clock', 'wall')}`)", "",
+             "Mean ± sample standard deviation (min–max) over the seeds. Speed-up: dense over "
+             "pruned measured latency (fastest run, interleaved); latency efficiency: speed-up / "
+             "MAC reduction = speed-up x (MACs x dense). Δ vs uniform: test accuracy after "
+             "fine-tuning minus uniform's with the same fine-tuning seed, in points.", "",
+             "| network | batch | budget (x dense) | kind | seeds | predicted ms (dense) | "
+             "measured ms, fastest (dense) | speed-up | MACs x dense | latency efficiency | "
+             "held-out acc. after cut + BN | test acc. after cut + BN | test acc. after "
+             "fine-tuning | Δ vs uniform, points | search s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, kinds in cells.items():
+        uniform = {r["seed"]: r["test"] for r in kinds.get("uniform", [])}
+        for kind, rs in kinds.items():
+            rs = sorted(rs, key=lambda r: r["seed"])
+            speed = [r["measured_dense_ms"] / r["measured_ms"] for r in rs]
+            eff = [s * r["macs_ratio"] for s, r in zip(speed, rs, strict=True)]
+            delta = [r["test"] - uniform[r["seed"]] for r in rs if r["seed"] in uniform]
+            lines.append(
+                f"| {NAMES.get(key[0], key[0])} | {key[1]} | {key[2]:.3g} | "
+                f"{KIND_NAMES.get(kind, kind)} | {','.join(str(r['seed']) for r in rs)} | "
+                f"{statistics.mean(r['predicted_ms'] for r in rs):.3f} "
+                f"({statistics.mean(r['predicted_dense_ms'] for r in rs):.3f}) | "
+                f"{statistics.mean(r['measured_ms'] for r in rs):.3f} "
+                f"({statistics.mean(r['measured_dense_ms'] for r in rs):.3f}) | "
+                f"{statistics.mean(speed):.2f} | {statistics.mean(r['macs_ratio'] for r in rs):.3f}"
+                f" | {statistics.mean(eff):.2f} | "
+                f"{spread([r['search_holdout'] for r in rs], digits=3)} | "
+                f"{spread([r['cut_test'] for r in rs], digits=3)} | "
+                f"{spread([r['test'] for r in rs], digits=3)} | "
+                f"{spread(delta, 100, 1) if delta and kind != 'uniform' else '–'} | "
+                f"{statistics.mean(r['search_s'] for r in rs):.0f} |")
+    for key in dict.fromkeys((k[0], k[3], k[4], k[5]) for k in cells):
+        r0 = next(r for r in acc if (r["model"], r["train"], r["epochs"],
+                                     r["finetune_epochs"]) == key)
+        lines += ["", f"{NAMES.get(key[0], key[0])}: trained {r0['epochs']} epochs on "
+                  f"{r0['train']} Fashion-MNIST training images (test accuracy "
+                  f"{r0['dense_test']:.4f}); after each cut batch-norm statistics are "
+                  f"recomputed on {r0.get('calib', args.calib)} training images, then "
+                  f"{r0['finetune_epochs']} fine-tuning epoch(s) on the same training images, "
+                  "the same for every kind; search quality is accuracy on "
+                  f"{r0.get('holdout', args.holdout)} held-out training images (never the test "
+                  "set) after the same batch-norm recalibration; the test set is the first "
+                  f"{r0.get('test_n', args.test)} Fashion-MNIST test images."]
+    lines += ["", "Seeds: the fine-tuning data "
+              "order (100 + seed) and, for the evolutionary search only, the search's seed; "
+              "uniform, global and Torch-Pruning are deterministic, so their cut is the same "
+              "for every seed and only the fine-tuning differs. The trained baseline is one "
+              "(seed 0) for every row. Torch-Pruning: "
+              f"{tp_version()} `MetaPruner`, `GroupMagnitudeImportance(p=2)`, one uniform "
+              "ratio, the classifier's outputs kept; the ratio is the smallest (bisection) "
+              "whose pruned widths the same latency table predicts within the budget."]
+    return lines
+
+
+def tp_version() -> str:
+    from importlib import metadata
+
+    try:
+        return f"torch-pruning {metadata.version('torch-pruning')}"
+    except metadata.PackageNotFoundError:
+        return "torch-pruning (not installed)"
+
+
 def report(args) -> None:
     rows = [json.loads(line) for line in Path(args.rows).read_text().splitlines() if line.strip()]
     table = [r for r in rows if r["part"] == "table"]
@@ -249,29 +411,7 @@ def report(args) -> None:
                          f"{statistics.mean(errs_med):.1f} | {secs} |")
         lines.append("")
     if acc:
-        lines += ["### Allocation kinds at the same predicted latency (ResNet-20, Fashion-MNIST, "
-                  f"clock `{acc[0].get('clock', 'wall')}`)",
-                  "", "| batch | budget (x dense) | kind | predicted ms | measured ms, fastest "
-                  "(dense) | MACs x dense | held-out acc. after cut + BN | test acc. after cut "
-                  "+ BN "
-                  "| test acc. after fine-tuning | round_to | largest ratio | search s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in acc:
-            lines.append(
-                f"| {r['batch']} | {r['fraction']:.3g} | {r['kind']} | {r['predicted_ms']:.3f} | "
-                f"{r['measured_ms']:.3f} ({r['measured_dense_ms']:.3f}) | {r['macs_ratio']:.3f} "
-                f"| {r['search_holdout']:.4f} | {r['cut_test']:.4f} | {r['test']:.4f} | "
-                f"{r['round_to']} | {r.get('grid_max', 0.8)} | {r['search_s']} |")
-        r0 = acc[0]
-        lines += ["", f"Baseline: ResNet-20 trained {r0['epochs']} epochs on {r0['train']} "
-                  f"Fashion-MNIST training images (test accuracy {r0['dense_test']:.4f} on the "
-                  f"test subset); after each cut batch-norm statistics are recomputed on "
-                  f"{args.calib} training images, then fine-tuning {r0['finetune_epochs']} "
-                  f"epoch(s) on the same training images, the same for every kind; search "
-                  f"quality is accuracy on {args.holdout} held-out training images; seeds "
-                  f"{sorted({r['seed'] for r in acc})}. These budgets are far below the usual "
-                  "(hundreds of epochs), so absolute accuracies are low; the comparison is "
-                  "between kinds at the same budget."]
+        lines += accuracy_report(acc, args)
     write_section(args.docs, "allocation-bench", "\n".join(lines), title="# Allocation\n")
     from prunekit._io import write_json
 
@@ -285,7 +425,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--nets", nargs="+", default=list(TABLE_NETS))
     ap.add_argument("--configs", type=int, default=4, help="random allocations per network")
     ap.add_argument("--model", default="resnet20")
-    ap.add_argument("--kinds", nargs="+", default=["uniform", "global", "greedy", "evolutionary"])
+    ap.add_argument("--kinds", nargs="+",
+                    default=["uniform", "global", "greedy", "evolutionary", "tp"],
+                    help="allocate kinds, and tp: Torch-Pruning at the same budget")
     ap.add_argument("--fractions", nargs="+", type=float, default=[1 / 2, 1 / 3])
     ap.add_argument("--batches", nargs="+", type=int, default=[1])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])

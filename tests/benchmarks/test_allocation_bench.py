@@ -1,0 +1,62 @@
+"""benchmarks/allocation.py: Torch-Pruning cut to the same predicted latency budget, and the
+report's aggregation over seeds."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from prunekit.allocation.space import ChannelSpace
+from prunekit.measure import count_macs, count_params
+
+# loaded by path: `import allocation` would find the tests/allocation package
+_SPEC = importlib.util.spec_from_file_location(
+    "allocation_bench", Path(__file__).parents[2] / "benchmarks" / "allocation.py")
+allocation = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(allocation)
+
+
+def weight_timer(module: nn.Module, inputs: torch.Tensor) -> float:
+    """A deterministic 'latency': parameters and input size, plus a fixed cost per network."""
+    network = any(True for _ in module.children())
+    return sum(p.numel() for p in module.parameters()) * 1e-4 + inputs.numel() * 1e-5 \
+        + (0.05 if network else 0.0)
+
+
+def test_tp_cut_meets_the_budget_as_the_table_predicts_it(tmp_path):
+    pytest.importorskip("torch_pruning")
+    base, x = allocation.build("vgg-small")
+    space = ChannelSpace(base, x, criterion="l2", round_to_choices=(1, 8))
+    space.use_latency(timer=weight_timer, cache_dir=tmp_path, grid=[0.0, 0.5, 0.8])
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    model, ratio, predicted = allocation.tp_cut(base, x, space, 0.5, 0.8, steps=4)
+    assert 0 < ratio < 0.8
+    assert predicted["latency_ms"] <= 0.5 * space.dense_cost()["latency_ms"]
+    # the widths read back from the pruned modules are exactly what the table costed
+    assert predicted["params"] == count_params(model)
+    assert predicted["macs"] == count_macs(model, x).dense
+    assert model(x).shape == (1, 10)
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())  # a copy
+
+
+def row(kind: str, seed: int, test: float, **extra) -> dict:
+    return {"part": "accuracy", "model": "resnet20", "kind": kind, "fraction": 0.5, "batch": 1,
+            "seed": seed, "dense_test": 0.9, "search_holdout": 0.5, "cut_test": 0.4,
+            "test": test, "predicted_ms": 1.0, "predicted_dense_ms": 2.0, "measured_ms": 1.0,
+            "measured_dense_ms": 2.0, "macs_ratio": 0.25, "search_s": 1.0,
+            "finetune_epochs": 1, "train": 100, "epochs": 1, "clock": "cpu", **extra}
+
+
+def test_report_aggregates_seeds_and_pairs_the_difference_to_uniform():
+    rows = [row("uniform", s, t) for s, t in [(0, 0.80), (1, 0.82), (2, 0.84)]]
+    rows += [row("evolutionary", s, t) for s, t in [(0, 0.81), (1, 0.84), (2, 0.84)]]
+    args = type("Args", (), {"calib": 8, "holdout": 8, "test": 8})()
+    lines = allocation.accuracy_report(rows, args)
+    uniform, evo = (next(s for s in lines if f"| {k} |" in s) for k in ("uniform", "evolutionary"))
+    assert "| 0,1,2 |" in evo and "0.820 ± 0.020 (0.800–0.840)" in uniform
+    assert "| 2.00 | 0.250 | 0.50 |" in evo  # speed-up, MACs x dense, latency efficiency
+    assert "1.0 ± 1.0 (0.0–2.0)" in evo  # paired by seed: +1, +2, 0 points
