@@ -290,6 +290,42 @@ def accuracy_rows(args) -> None:
                           "clock": args.clock}, args)
 
 
+# --- part 3: untrained networks, latency only ---------------------------------------------
+def latency_rows(args) -> None:
+    """Networks too large to train here (``--nets``, e.g. resnet18 at 224x224), freshly
+    initialized: each kind that needs no held-out quality cuts to the budget and the cut is
+    measured against the dense network. No accuracy: what this shows is the latency side."""
+    for name in args.nets:
+        base, x = build(name)
+        for batch in args.batches:
+            xb = x.repeat(batch, 1, 1, 1)
+            space = latency_space(base, x, batch, args)
+            for fraction in args.fractions:
+                for kind in [k for k in args.kinds if k in ("uniform", "global", "lamp", "tp")]:
+                    start = time.perf_counter()
+                    if kind == "tp":
+                        model, _, predicted = tp_cut(base, x, space, fraction, max(args.grid))
+                    else:
+                        alloc = allocate(base, x, kind=kind, budget={"latency_ratio": fraction},
+                                         grid=args.grid, round_to=(1, 8), batch_size=batch,
+                                         threads=args.threads, clock=args.clock,
+                                         cache_dir=args.cache)
+                        model, predicted = copy.deepcopy(base), alloc.predicted
+                        apply_allocation(model, alloc, x)
+                    search_s = time.perf_counter() - start
+                    measured = timed({"dense": base, "pruned": model}, xb, args)
+                    emit({"part": "latency", "model": name, "kind": kind, "fraction": fraction,
+                          "batch": batch, "input": list(x.shape[1:]),
+                          "predicted_ms": round(predicted["latency_ms"], 4),
+                          "predicted_dense_ms": round(space.dense_cost()["latency_ms"], 4),
+                          "measured_ms": round(measured["pruned"][0], 4),
+                          "measured_dense_ms": round(measured["dense"][0], 4),
+                          "macs_ratio": round(count_macs(model, x).dense
+                                              / space.dense_cost()["macs"], 4),
+                          "search_s": round(search_s, 1), "threads": args.threads,
+                          "clock": args.clock}, args)
+
+
 # --- report --------------------------------------------------------------------------------
 
 NAMES = {"resnet20": "ResNet-20", "vgg-small": "VGG-small"}
@@ -372,6 +408,26 @@ def accuracy_report(acc: list[dict], args) -> list[str]:
     return lines
 
 
+def latency_report(lat: list[dict]) -> list[str]:
+    """The latency-only rows (untrained networks), one line each."""
+    lines = ["", "### Untrained networks: the latency side only (clock "
+             f"`{lat[0].get('clock', 'wall')}`)", "",
+             "Freshly initialized (no weights could be trained here), so no accuracy; the kinds "
+             "that need no held-out quality, each cut to the budget as the table predicts it, "
+             "then measured against the dense network.", "",
+             "| network | input | batch | budget (x dense) | kind | predicted ms (dense) | "
+             "measured ms, fastest (dense) | speed-up | MACs x dense | latency efficiency | "
+             "search s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in lat:
+        speed = r["measured_dense_ms"] / r["measured_ms"]
+        lines.append(f"| {r['model']} | {'x'.join(map(str, r['input']))} | {r['batch']} | "
+                     f"{r['fraction']:.3g} | {KIND_NAMES.get(r['kind'], r['kind'])} | "
+                     f"{r['predicted_ms']:.2f} ({r['predicted_dense_ms']:.2f}) | "
+                     f"{r['measured_ms']:.2f} ({r['measured_dense_ms']:.2f}) | {speed:.2f} | "
+                     f"{r['macs_ratio']:.3f} | {speed * r['macs_ratio']:.2f} | {r['search_s']} |")
+    return lines
+
+
 def tp_version() -> str:
     from importlib import metadata
 
@@ -385,6 +441,7 @@ def report(args) -> None:
     rows = [json.loads(line) for line in Path(args.rows).read_text().splitlines() if line.strip()]
     table = [r for r in rows if r["part"] == "table"]
     acc = [r for r in rows if r["part"] == "accuracy"]
+    lat = [r for r in rows if r["part"] == "latency"]
     lines = [f"Machine: {machine()}; {versions_line()}. One intra-op thread; "
              f"{args.runs} timed runs x {args.rounds} interleaved rounds per network. Clock "
              "`cpu`: the CPU time of the inference thread, i.e. what an idle core takes even "
@@ -412,6 +469,8 @@ def report(args) -> None:
         lines.append("")
     if acc:
         lines += accuracy_report(acc, args)
+    if lat:
+        lines += latency_report(lat)
     write_section(args.docs, "allocation-bench", "\n".join(lines), title="# Allocation\n")
     from prunekit._io import write_json
 
@@ -420,7 +479,8 @@ def report(args) -> None:
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=["table", "accuracy", "both"], default="both")
+    ap.add_argument("--part", choices=["table", "accuracy", "latency", "both"], default="both",
+                    help="latency: untrained --nets cut by the kinds that need no data")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--nets", nargs="+", default=list(TABLE_NETS))
     ap.add_argument("--configs", type=int, default=4, help="random allocations per network")
@@ -461,6 +521,8 @@ def main() -> None:
             table_rows(args)
         if args.part in ("accuracy", "both"):
             accuracy_rows(args)
+        if args.part == "latency":
+            latency_rows(args)
     report(args)
 
 
