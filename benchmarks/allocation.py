@@ -515,6 +515,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    torch.set_num_threads(args.threads)  # training too: a shared machine's cores are not ours
     Path(args.rows).parent.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         if args.part in ("table", "both"):
