@@ -65,8 +65,9 @@ def oneshot_streamed(
         source: a Hugging Face model folder with safetensors weights (one file or shards
             with ``model.safetensors.index.json``), as ``save_pretrained`` writes it.
         destination: the output folder (replaced if it exists, only once everything is
-            written); one shard per block plus one for the rest, an index, the config and
-            every other file of ``source`` (tokenizer, generation config) copied.
+            written): one shard per block and one per tensor outside the blocks, an index,
+            and the config and every other file of ``source`` (tokenizer, generation
+            config) copied.
         calibration: token ids ``(samples, seq_len)``, a dict of such tensors or a list of
             batches, as for :func:`prunekit.oneshot.oneshot`.
         config: a :class:`~prunekit.oneshot.OneShotConfig`, or its fields as keywords.
@@ -221,7 +222,8 @@ class _Streamer(Resident):
     def __init__(self, model, path, blocks, shards, out: Path, dtype, device) -> None:
         self.model, self.path, self.blocks, self.shards = model, path, blocks, shards
         self.out, self.dtype, self.device = out, dtype, device
-        self.files = len(blocks) + 1
+        self.rest = sorted(n for n in shards.files if not n.startswith(f"{path}."))
+        self.files = len(blocks) + len(self.rest)
         self.weight_map: dict[str, str] = {}
         self.total = 0
         self.loaded: set[int] = set()
@@ -256,20 +258,22 @@ class _Streamer(Resident):
         self.release(index)
 
     def _write(self, tensors: dict[str, torch.Tensor], number: int) -> None:
+        """One shard, straight to its file (the staging folder makes the whole atomic)."""
+        from safetensors.torch import save_file
+
         file = f"model-{number:05d}-of-{self.files:05d}.safetensors"
         kept, _ = _io.dedupe_tied(tensors)
-        _io.save_safetensors(self.out / file, kept, metadata={"format": "pt"})
+        kept = {n: t.detach().to("cpu").contiguous() for n, t in kept.items()}
+        save_file(kept, os.fspath(self.out / file), metadata={"format": "pt"})
         for name, t in kept.items():
             self.weight_map[name] = file
             self.total += t.numel() * t.element_size()
 
     def finish(self, source: Path) -> None:
-        """Write the tensors outside the blocks (as stored), the index and the other files."""
-        prefix = f"{self.path}."
-        rest = {n: _cast(self.shards.read(n), self.dtype)
-                for n in sorted(self.shards.files) if not n.startswith(prefix)}
-        if rest:
-            self._write(rest, self.files)
+        """Copy the tensors outside the blocks (one shard each, so one is in memory at a
+        time), then write the index and copy the folder's other files."""
+        for number, name in enumerate(self.rest, start=len(self.blocks) + 1):
+            self._write({name: _cast(self.shards.read(name), self.dtype)}, number)
         skip = self.shards.shard_files() | {INDEX}
         for item in source.iterdir():
             if item.is_file() and item.name not in skip:
