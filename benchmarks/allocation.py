@@ -359,11 +359,12 @@ def accuracy_report(acc: list[dict], args) -> list[str]:
              "pruned measured latency (fastest run, interleaved); latency efficiency: speed-up / "
              "MAC reduction = speed-up x (MACs x dense). Δ vs uniform: test accuracy after "
              "fine-tuning minus uniform's with the same fine-tuning seed, in points.", "",
-             "| network | batch | budget (x dense) | kind | seeds | predicted ms (dense) | "
+             "| network | batch | budget (x dense) | largest ratio | kind | seeds | "
+             "predicted ms (dense) | "
              "measured ms, fastest (dense) | speed-up | MACs x dense | latency efficiency | "
              "held-out acc. after cut + BN | test acc. after cut + BN | test acc. after "
              "fine-tuning | Δ vs uniform, points | search s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, kinds in cells.items():
         uniform = {r["seed"]: r["test"] for r in kinds.get("uniform", [])}
         for kind, rs in kinds.items():
@@ -372,7 +373,7 @@ def accuracy_report(acc: list[dict], args) -> list[str]:
             eff = [s * r["macs_ratio"] for s, r in zip(speed, rs, strict=True)]
             delta = [r["test"] - uniform[r["seed"]] for r in rs if r["seed"] in uniform]
             lines.append(
-                f"| {NAMES.get(key[0], key[0])} | {key[1]} | {key[2]:.3g} | "
+                f"| {NAMES.get(key[0], key[0])} | {key[1]} | {key[2]:.3g} | {key[6]} | "
                 f"{KIND_NAMES.get(kind, kind)} | {','.join(str(r['seed']) for r in rs)} | "
                 f"{statistics.mean(r['predicted_ms'] for r in rs):.3f} "
                 f"({statistics.mean(r['predicted_dense_ms'] for r in rs):.3f}) | "
