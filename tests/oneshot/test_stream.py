@@ -23,13 +23,13 @@ def _files(folder):
     return {p: (folder / p).read_bytes() for p in sorted(os.listdir(folder))}
 
 
-@pytest.mark.parametrize("options", [
-    {"method": "sparsegpt", "sparsity": 0.5},
-    {"method": "wanda", "sparsity": 0.6, "allocation": "owl"},
-    {"method": "sparsegpt", "pattern": "2:4", "sequential": False},
-    {"method": "magnitude", "sparsity": 0.3},
-], ids=["sparsegpt", "owl-wanda", "2:4-one-pass", "magnitude"])
-@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+@pytest.mark.parametrize(("options", "tied"), [
+    ({"method": "sparsegpt", "sparsity": 0.5}, False),
+    ({"method": "sparsegpt", "sparsity": 0.5}, True),
+    ({"method": "wanda", "sparsity": 0.6, "allocation": "owl"}, True),
+    ({"method": "sparsegpt", "pattern": "2:4", "sequential": False}, False),
+    ({"method": "magnitude", "sparsity": 0.3}, False),
+], ids=["sparsegpt", "sparsegpt-tied", "owl-wanda-tied", "2:4-one-pass", "magnitude"])
 def test_streamed_equals_in_memory(tmp_path, options, tied):
     model = tiny_llama(layers=3)
     if tied:
