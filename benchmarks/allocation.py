@@ -42,6 +42,7 @@ from torch.utils.data import TensorDataset
 
 from prunekit.allocation import allocate, apply_allocation
 from prunekit.allocation.space import ChannelSpace
+from prunekit.errors import ConfigError
 from prunekit.measure import count_macs
 from prunekit.models import build_model
 
@@ -54,6 +55,7 @@ TABLE_NETS = {  # name -> (builder, input shape, table grid)
 RANDOM_CHOICES = [0.0, 0.25, 0.5, 0.75]
 SEARCH_GRID = [0.2, 0.35, 0.5, 0.65, 0.8]
 SEEDED_KINDS = ("evolutionary",)
+COARSE = 16  # Torch-Pruning's ratio: coarse scan steps before the bisection
 
 
 def build(name: str) -> tuple[nn.Module, torch.Tensor]:
@@ -166,8 +168,8 @@ def tp_cut(base: nn.Module, x: torch.Tensor, space: ChannelSpace, fraction: floa
            max_ratio: float, *, steps: int = 12) -> tuple[nn.Module, float, dict[str, float]]:
     """Torch-Pruning (DepGraph's ``MetaPruner``, group L2 magnitude, one uniform ratio, the
     classifier's outputs kept) at the smallest ratio whose pruned widths the benchmark's own
-    latency table predicts within ``fraction`` of the dense latency (bisection, ``steps``
-    halvings of ``[0, max_ratio]``).
+    latency table predicts within ``fraction`` of the dense latency (a coarse scan of
+    ``[0, max_ratio]``, then ``steps`` halvings).
 
     Returns the pruned copy, its ratio and its predicted costs."""
 
@@ -181,10 +183,14 @@ def tp_cut(base: nn.Module, x: torch.Tensor, space: ChannelSpace, fraction: floa
         return model, space.cost(tp_ratios(model, space))
 
     limit = fraction * space.dense_cost()["latency_ms"]
-    lo, hi = 0.0, max_ratio
-    if cut(hi)[1]["latency_ms"] > limit:
-        raise SystemExit(f"Torch-Pruning cannot meet {fraction:.3g} x dense latency with ratios "
-                         f"up to {max_ratio}; pass a larger --grid")
+    # not monotone near the top: Torch-Pruning leaves a group whole rather than cut it to one
+    # channel, so the smallest feasible ratio is found on a coarse scan first
+    coarse = [max_ratio * (i + 1) / COARSE for i in range(COARSE)]
+    hi = next((r for r in coarse if cut(r)[1]["latency_ms"] <= limit), None)
+    if hi is None:
+        raise ConfigError(f"Torch-Pruning cannot meet {fraction:.3g} x dense latency with ratios "
+                          f"up to {max_ratio}; pass a larger --grid")
+    lo = hi - max_ratio / COARSE
     for _ in range(steps):
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if cut(mid)[1]["latency_ms"] <= limit else (mid, hi)
@@ -261,7 +267,13 @@ def accuracy_rows(args) -> None:
                     # only the evolutionary search draws random numbers: the others cut once
                     search_seed = seed if kind in SEEDED_KINDS else 0
                     if search_seed not in found:
-                        found[search_seed] = search(kind, fraction, batch, search_seed)
+                        try:
+                            found[search_seed] = search(kind, fraction, batch, search_seed)
+                        except ConfigError as e:  # an unreachable budget: said in the report
+                            emit({"part": "unreachable", "model": args.model, "kind": kind,
+                                  "fraction": fraction, "batch": batch,
+                                  "grid_max": max(args.grid), "error": str(e)}, args)
+                            break
                     cut = found[search_seed]
                     model = copy.deepcopy(cut["model"])
                     cut_test = accuracy(recalibrated(model), splits["test"])
@@ -470,6 +482,10 @@ def report(args) -> None:
         lines.append("")
     if acc:
         lines += accuracy_report(acc, args)
+    for r in (r for r in rows if r["part"] == "unreachable"):
+        lines += ["", f"Not in the table: {NAMES.get(r['model'], r['model'])}, batch "
+                  f"{r['batch']}, {r['fraction']:.3g} x dense, largest ratio {r['grid_max']}, "
+                  f"{KIND_NAMES.get(r['kind'], r['kind'])}: {r['error']}"]
     if lat:
         lines += latency_report(lat)
     write_section(args.docs, "allocation-bench", "\n".join(lines), title="# Allocation\n")
