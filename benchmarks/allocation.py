@@ -348,6 +348,8 @@ def latency_rows(args) -> None:
 
 NAMES = {"resnet20": "ResNet-20", "vgg-small": "VGG-small"}
 KIND_NAMES = {"tp": "Torch-Pruning"}
+KIND_ORDER = ["uniform", "global", "lamp", "sensitivity", "greedy", "hierarchical", "evolutionary",
+              "tp"]
 
 
 def spread(values: list[float], scale: float = 1.0, digits: int = 4) -> str:
@@ -385,21 +387,25 @@ def accuracy_report(acc: list[dict], args) -> list[str]:
              "pruned measured latency (fastest run, interleaved); latency efficiency: speed-up / "
              "MAC reduction = speed-up x (MACs x dense). Δ vs uniform: test accuracy after "
              "fine-tuning minus uniform's with the same fine-tuning seed, in points.", "",
-             "| network | batch | budget (x dense) | largest ratio | kind | seeds | "
+             "| network | batch | budget (x dense) | largest ratio | fine-tuning epochs | kind | "
+             "seeds | "
              "predicted ms (dense) | "
              "measured ms, fastest (dense) | speed-up | MACs x dense | latency efficiency | "
              "held-out acc. after cut + BN | test acc. after cut + BN | test acc. after "
              "fine-tuning | Δ vs uniform, points | search s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for key, kinds in cells.items():
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key in sorted(cells, key=lambda k: (k[0], k[5], k[1], -k[2], k[6])):
+        kinds = cells[key]
         uniform = {r["seed"]: r["test"] for r in kinds.get("uniform", [])}
-        for kind, rs in kinds.items():
+        for kind, rs in sorted(kinds.items(), key=lambda kv: (KIND_ORDER.index(kv[1][0]["kind"])
+                                                             if kv[1][0]["kind"] in KIND_ORDER
+                                                             else 99, kv[0])):
             rs = sorted(rs, key=lambda r: r["seed"])
             speed = [r["measured_dense_ms"] / r["measured_ms"] for r in rs]
             eff = [s * r["macs_ratio"] for s, r in zip(speed, rs, strict=True)]
             delta = [r["test"] - uniform[r["seed"]] for r in rs if r["seed"] in uniform]
             lines.append(
-                f"| {NAMES.get(key[0], key[0])} | {key[1]} | {key[2]:.3g} | {key[6]} | "
+                f"| {NAMES.get(key[0], key[0])} | {key[1]} | {key[2]:.3g} | {key[6]} | {key[5]} | "
                 f"{kind} | {','.join(str(r['seed']) for r in rs)} | "
                 f"{statistics.mean(r['predicted_ms'] for r in rs):.3f} "
                 f"({statistics.mean(r['predicted_dense_ms'] for r in rs):.3f}) | "
