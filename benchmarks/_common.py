@@ -128,3 +128,26 @@ def python_docs_ids(tok, *, calib_samples: int, eval_samples: int, seq_len: int,
                             seq_len=seq_len, seed=seed)
     held = evaluation_ids(tok, read_texts(held_files), samples=eval_samples, seq_len=seq_len)
     return calib, held
+
+
+def add_smollm2_text_args(parser) -> None:
+    """The options of the SmolLM2 benchmarks that calibrate and score on the Python docs."""
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--calib-samples", type=int, default=16)
+    parser.add_argument("--eval-samples", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+
+
+def smollm2_and_text(args) -> tuple:
+    """Threads and seed set from ``args``; SmolLM2-135M, its tokenizer, calibration and
+    held-out ids (see :func:`python_docs_ids`)."""
+    from prunekit.oneshot.assets import load_smollm2
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    dense, tok = load_smollm2()
+    calib, held = python_docs_ids(tok, calib_samples=args.calib_samples,
+                                  eval_samples=args.eval_samples, seq_len=args.seq_len,
+                                  seed=args.seed)
+    return dense, tok, calib, held

@@ -32,26 +32,17 @@ SECTION = "llm-tp-heads"
 
 
 def main() -> None:
+    from _common import add_smollm2_text_args, smollm2_and_text
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--calib-samples", type=int, default=16)
-    p.add_argument("--eval-samples", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    add_smollm2_text_args(p)
     p.add_argument("--docs", default=None, help="write the table into this Markdown file")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
 
-    from _common import python_docs_ids
 
-    from prunekit.oneshot.assets import load_smollm2
     from prunekit.oneshot.text import perplexity
 
-    dense, tok = load_smollm2()
-    calib, held = python_docs_ids(tok, calib_samples=args.calib_samples,
-                                  eval_samples=args.eval_samples, seq_len=args.seq_len,
-                                  seed=args.seed)
+    dense, tok, calib, held = smollm2_and_text(args)
 
     def row(tool, unit, model, seconds, reload, note=""):
         cfg = model.config

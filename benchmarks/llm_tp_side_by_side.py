@@ -19,33 +19,22 @@ import argparse
 import copy
 import time
 
-import torch
-
 
 def main() -> None:
+    from _common import add_smollm2_text_args, smollm2_and_text
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ratio", type=float, default=0.3)
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--calib-samples", type=int, default=16)
-    p.add_argument("--eval-samples", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    add_smollm2_text_args(p)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
 
     import torch_pruning as tp
-    from _common import python_docs_ids
 
     import prunekit as pk
-    from prunekit.oneshot.assets import load_smollm2
     from prunekit.oneshot.text import perplexity
     from prunekit.transformers import config_describes, prune_width
 
-    dense, tok = load_smollm2()
-    calib, held = python_docs_ids(tok, calib_samples=args.calib_samples,
-                                  eval_samples=args.eval_samples, seq_len=args.seq_len,
-                                  seed=args.seed)
+    dense, tok, calib, held = smollm2_and_text(args)
 
     def params(m):
         return sum(q.numel() for q in m.parameters())
