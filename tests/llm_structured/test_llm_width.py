@@ -181,3 +181,20 @@ def test_round_to_keeps_multiples() -> None:
     model = tiny(intermediate_size=64)
     prune_width(model, batches(), attention_ratio=0.0, mlp_ratio=0.3, round_to=8)
     assert model.config.intermediate_size == 48  # 64 x 0.7 = 44.8, rounded to a multiple of 8
+
+
+def test_mlp_cut_rewrites_intermediate_size_equal_to_hidden_size(tmp_path) -> None:
+    """An MLP as wide as the residual stream: the MLP attribute and config field that were
+    cut are told apart from the residual width that was not."""
+    transformers = pytest.importorskip("transformers")
+    from prunekit.transformers import save_pretrained_pruned
+
+    model = tiny("llama", intermediate_size=32)
+    data = batches()
+    prune_width(model, data, attention_ratio=0, mlp_ratio=0.25, compensate="none")
+    assert model.config.intermediate_size == 24 and model.config.hidden_size == 32
+    assert all(layer.mlp.intermediate_size == 24 and layer.mlp.hidden_size == 32
+               for layer in model.model.layers)
+    assert save_pretrained_pruned(model, tmp_path / "m") == "hf"
+    again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "m").eval()
+    assert torch.equal(again(data[0]).logits, model(data[0]).logits)

@@ -30,6 +30,9 @@ INNER_ATTRS = ("all_head_size", "inner_dim", "split_size", "inner_size", "attent
 # Attributes of container modules that hold the width of their children's layers.
 SIZE_ATTRS = ("intermediate_size", "hidden_size", "embed_dim", "d_model", "hidden_dim",
               "ffn_dim", "d_ff", "n_embd", "n_inner", "dim", "mlp_dim", "intermediate_dim")
+# Of those, the ones that name a width inside the container (not the residual stream's).
+INNER_SIZE_ATTRS = ("intermediate_size", "hidden_dim", "ffn_dim", "d_ff", "n_inner", "mlp_dim",
+                    "intermediate_dim")
 # Config fields and the module attributes (or head counts) that stand for them.
 CONFIG_FIELDS = {
     "num_attention_heads": ("num_attention_heads", "num_heads", "n_head", "n_heads", "@heads"),
@@ -165,11 +168,14 @@ def _size_attrs(graph: Graph, plan: Plan, counts: dict[int, int], *,
     (``intermediate_size``, ``hidden_dim``) that all their children's changed sizes agree on."""
     cut = {ax.find(graph.groups[g].leaf): g for g in counts}
     near: dict[str, list[tuple[int, int, frozenset]]] = {}  # module -> (old, new, groups)
+    tensors: dict[int, set[str]] = {}  # group -> the tensors it cuts
     for name, tcut in plan.tensors.items():
         owner = name.rpartition(".")[0]
         for d, size in enumerate(tcut.shape):
             new = len(tcut.kept[d]) if d in tcut.kept else size
             gids = frozenset(cut[x] for x in ax.leaves(graph.param_axes[name][d]) if x in cut)
+            for g in gids:
+                tensors.setdefault(g, set()).add(name)
             for path in {owner, owner.rpartition(".")[0] if owner else ""}:
                 near.setdefault(path, []).append((size, new, gids))
     out: dict[tuple, Any] = {}
@@ -180,11 +186,27 @@ def _size_attrs(graph: Graph, plan: Plan, counts: dict[int, int], *,
             if type(old) is not int or attr in skip.get(path, {}):
                 continue
             hits = [(n, g) for o, n, g in entries if o == old]
+            if len({n for n, _ in hits}) > 1:  # two widths of the same size: keep the attr's own
+                hits = _own_width(hits, attr, path, tensors)
             values = {n for n, _ in hits}
             if len(values) == 1 and old not in values:
                 gids = tuple(sorted(set().union(*(g for _, g in hits))))
                 out[(path, attr, gids)] = values.pop()
     return out
+
+
+def _own_width(hits: list, attr: str, path: str, tensors: dict[int, set[str]]) -> list:
+    """Of the dims of ``path``'s layers that have an attribute's size, those it names: for an
+    inner width (an MLP's ``intermediate_size``) the dims cut by groups whose every tensor
+    lies inside ``path``; for the others (``hidden_size``), every other dim. Tells an MLP as
+    wide as the residual stream apart from it."""
+    prefix = f"{path}." if path else ""
+
+    def inside(gids: frozenset) -> bool:
+        return bool(gids) and all(n.startswith(prefix) for g in gids for n in tensors[g])
+
+    inner = attr in INNER_SIZE_ATTRS
+    return [(n, g) for n, g in hits if inside(g) == inner]
 
 
 def _hf_configs(model: nn.Module) -> dict[int, tuple[str, Any, list[str]]]:
