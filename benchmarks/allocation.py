@@ -300,7 +300,8 @@ def accuracy_rows(args) -> None:
                           "macs_ratio": round(count_macs(model, x).dense / cut["dense"]["macs"],
                                               4),
                           "round_to": cut["round_to"], "ratios": cut["ratios"],
-                          "grid_max": max(args.grid), "search_s": round(cut["search_s"], 1),
+                          "grid_max": max(args.grid), "grid": sorted(args.grid),
+                          "search_s": round(cut["search_s"], 1),
                           "finetune_epochs": args.finetune_epochs, "train": args.train,
                           "search_finetune": args.search_finetune,
                           "holdout": args.holdout, "calib": args.calib, "test_n": args.test,
@@ -371,8 +372,9 @@ def kind_label(r: dict) -> str:
 
 def config_of(r: dict) -> tuple:
     """What must match for two rows to be seeds of one measurement."""
+    grid = f"{r.get('grid_max', 0.8)}" + (f" ({len(r['grid'])} values)" if "grid" in r else "")
     return (r["model"], r["batch"], r["fraction"], r["train"], r["epochs"],
-            r["finetune_epochs"], r.get("grid_max", 0.8), r.get("clock", "wall"))
+            r["finetune_epochs"], grid, r.get("clock", "wall"))
 
 
 def accuracy_report(acc: list[dict], args) -> list[str]:
@@ -387,7 +389,8 @@ def accuracy_report(acc: list[dict], args) -> list[str]:
              "pruned measured latency (fastest run, interleaved); latency efficiency: speed-up / "
              "MAC reduction = speed-up x (MACs x dense). Δ vs uniform: test accuracy after "
              "fine-tuning minus uniform's with the same fine-tuning seed, in points.", "",
-             "| network | batch | budget (x dense) | largest ratio | fine-tuning epochs | kind | "
+             "| network | batch | budget (x dense) | largest ratio (grid) | fine-tuning epochs | "
+             "kind | "
              "seeds | "
              "predicted ms (dense) | "
              "measured ms, fastest (dense) | speed-up | MACs x dense | latency efficiency | "
