@@ -168,3 +168,40 @@ def test_sharded_save_of_a_pruned_model_streams_again(tmp_path):
     assert result.sparsity == pytest.approx(0.5, abs=0.01)
     with pytest.raises(ConfigError, match="max_shard_size"):
         save_pretrained_pruned(model, tmp_path / "c", sparse=True, max_shard_size="1MB")
+
+
+def _char_tokenizer(folder):
+    """A character-level tokenizer of 96 symbols (the tiny Llama's vocabulary), saved."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    chars = [chr(c) for c in range(32, 127)]
+    vocab = {"<unk>": 0, **{c: i + 1 for i, c in enumerate(chars)}}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+    fast.save_pretrained(folder)
+
+
+def test_command_line_prunes_a_folder_from_text(tmp_path, capsys):
+    from prunekit.run.cli import main
+
+    source = _save(tiny_llama(layers=2), tmp_path / "src")
+    _char_tokenizer(source)
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "a.txt").write_text("the quick brown fox jumps over the lazy dog " * 40)
+    argv = ["oneshot", str(source), str(tmp_path / "out"), "--text", str(tmp_path / "text"),
+            "--method", "wanda", "--pattern", "2:4", "--samples", "4", "--seq-len", "16",
+            "--quiet"]
+    assert main(argv) == 0
+    assert "50.0% of the blocks' Linear weights are zero" in capsys.readouterr().out
+    pruned = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    w = pruned.model.layers[0].mlp.down_proj.weight
+    assert bool((w.reshape(-1, 4) != 0).sum(1).le(2).all())
+    assert (tmp_path / "out" / "tokenizer.json").is_file()
+
+    assert main([*argv[:4], str(tmp_path / "missing"), "--quiet"]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    no_tokenizer = _save(tiny_llama(layers=2), tmp_path / "bare")
+    assert main(["oneshot", str(no_tokenizer), str(tmp_path / "o2"), "--text",
+                 str(tmp_path / "text"), "--quiet"]) == 2
+    assert "tokenizer" in capsys.readouterr().err

@@ -5,6 +5,7 @@
     prunekit report RUN_DIR [--no-open]
     prunekit export RUN_DIR [--format onnx] [--out FILE]
     prunekit inspect MODEL [--all]
+    prunekit oneshot SOURCE DEST --text PATH [--method sparsegpt] [--sparsity 0.5 | --pattern 2:4]
 
 A user mistake (a bad recipe, missing data) prints one sentence to stderr and exits
 with status 2; anything else is a bug and keeps its traceback.
@@ -228,9 +229,76 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- prunekit oneshot ---------------------------------------------------------------
+
+
+def _add_oneshot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "oneshot",
+        help="prune a Hugging Face checkpoint from its shards, one block in memory at a time",
+        description="Prune every Linear of the blocks of the safetensors checkpoint in SOURCE "
+        "(Wanda, SparseGPT or magnitude; unstructured or N:M), calibrated on your text, and "
+        "write the result to DEST, which from_pretrained loads. Only one block's weights are "
+        "in memory at a time, so the model may be larger than memory.",
+    )
+    p.add_argument("source", help="model folder (config.json, model*.safetensors, tokenizer)")
+    p.add_argument("dest", help="output folder (replaced only once everything is written)")
+    p.add_argument("--text", action="append", required=True, metavar="PATH",
+                   help="calibration text: a file, or a folder read recursively (repeatable)")
+    p.add_argument("--glob", default="**/*.txt", help="files taken from a --text folder "
+                   "(default: **/*.txt)")
+    p.add_argument("--method", default="sparsegpt", help="sparsegpt (default), wanda, magnitude")
+    amount = p.add_mutually_exclusive_group()
+    amount.add_argument("--sparsity", type=float, help="fraction of weights zeroed (default 0.5)")
+    amount.add_argument("--pattern", help="N:M pattern instead, e.g. 2:4")
+    p.add_argument("--allocation", default="uniform", help="uniform (default) or owl")
+    p.add_argument("--samples", type=int, default=128, help="calibration sequences (128)")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (512)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences run at once (8)")
+    p.add_argument("--seed", type=int, default=0, help="order the text is drawn in (0)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="compute and write in this dtype (default: as stored)")
+    p.add_argument("--device", default="cpu", help="where each block is pruned (cpu, cuda)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_oneshot)
+
+
+def _oneshot(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..oneshot import calibration_ids, oneshot_streamed, read_texts, text_files
+
+    files: list[Path] = []
+    for item in map(Path, args.text):
+        if item.is_dir():
+            files += text_files(item, pattern=args.glob)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise DataError(f"--text {item}: no such file or folder")
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.source)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load a tokenizer from {args.source} ({_one_line(err)}); "
+                          "save it beside the weights (tokenizer.save_pretrained)") from None
+    ids = calibration_ids(tokenizer, read_texts(files), samples=args.samples,
+                          seq_len=args.seq_len, seed=args.seed)
+    result = oneshot_streamed(
+        args.source, args.dest, ids, method=args.method, sparsity=args.sparsity,
+        pattern=args.pattern, allocation=args.allocation, batch_size=args.batch_size,
+        dtype=getattr(torch, args.dtype) if args.dtype else None, device=args.device,
+        quiet=args.quiet)
+    print(f"wrote {args.dest}: {result.sparsity:.1%} of the blocks' Linear weights are zero "
+          f"({len(result.layer_sparsity)} layers), {result.seconds:.0f} s, peak memory "
+          f"{result.peak_rss_bytes / 2**30:.2f} GiB")
+    return 0
+
+
 # Each entry adds one subcommand (its parser and its handler).
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_run, _add_init, _add_report, _add_export, _add_inspect
+    _add_run, _add_init, _add_report, _add_export, _add_inspect, _add_oneshot
 ]
 
 
