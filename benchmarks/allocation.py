@@ -91,6 +91,7 @@ def timed(nets: dict, x, args) -> dict[str, tuple[float, float]]:
 
 
 def emit(row: dict, args) -> None:
+    row = {**row, "machine": machine(), "versions": versions_line()}
     print(json.dumps(row), flush=True)
     with open(args.rows, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -421,15 +422,15 @@ def accuracy_report(acc: list[dict], args) -> list[str]:
                 f"{spread([r['test'] for r in rs], digits=3)} | "
                 f"{spread(delta, 100, 1) if delta and kind != 'uniform' else '–'} | "
                 f"{statistics.mean(r['search_s'] for r in rs):.0f} |")
-    for key in dict.fromkeys((k[0], k[3], k[4], k[5]) for k in cells):
-        r0 = next(r for r in acc if (r["model"], r["train"], r["epochs"],
-                                     r["finetune_epochs"]) == key)
+    for key in sorted(dict.fromkeys((k[0], k[3], k[4]) for k in cells)):
+        same = [r for r in acc if (r["model"], r["train"], r["epochs"]) == key]
+        r0, tunes = same[0], sorted({r["finetune_epochs"] for r in same})
         lines += ["", f"{NAMES.get(key[0], key[0])}: trained {r0['epochs']} epochs on "
                   f"{r0['train']} Fashion-MNIST training images (test accuracy "
                   f"{r0['dense_test']:.4f}); after each cut batch-norm statistics are "
                   f"recomputed on {r0.get('calib', args.calib)} training images, then "
-                  f"{r0['finetune_epochs']} fine-tuning epoch(s) on the same training images, "
-                  "the same for every kind; search quality is accuracy on "
+                  f"{' or '.join(map(str, tunes))} fine-tuning epoch(s) (column) on the same "
+                  "training images, the same for every kind; search quality is accuracy on "
                   f"{r0.get('holdout', args.holdout)} held-out training images (never the test "
                   "set) after the same batch-norm recalibration; the test set is the first "
                   f"{r0.get('test_n', args.test)} Fashion-MNIST test images."]
@@ -439,9 +440,20 @@ def accuracy_report(acc: list[dict], args) -> list[str]:
               "for every seed and only the fine-tuning differs. The trained baseline is one "
               "(seed 0) for every row. Torch-Pruning: "
               f"{tp_version()} `MetaPruner`, `GroupMagnitudeImportance(p=2)`, one uniform "
-              "ratio, the classifier's outputs kept; the ratio is the smallest (bisection) "
-              "whose pruned widths the same latency table predicts within the budget."]
+              "ratio, the classifier's outputs kept; the ratio is the smallest (a coarse "
+              "scan, then bisection) whose pruned widths the same latency table predicts "
+              "within the budget."]
     return lines
+
+
+def provenance(rows: list[dict]) -> str:
+    """Which machine and library versions made the rows of each part."""
+    parts = []
+    for part in dict.fromkeys(r["part"] for r in rows if r["part"] != "unreachable"):
+        made = {(r.get("machine", "not recorded"), r.get("versions", "not recorded"))
+                for r in rows if r["part"] == part}
+        parts.append(f"part `{part}`: " + "; ".join(f"{m} ({v})" for m, v in sorted(made)))
+    return "Machines and versions: " + ". ".join(parts) + "."
 
 
 def latency_report(lat: list[dict]) -> list[str]:
@@ -478,7 +490,7 @@ def report(args) -> None:
     table = [r for r in rows if r["part"] == "table"]
     acc = [r for r in rows if r["part"] == "accuracy"]
     lat = [r for r in rows if r["part"] == "latency"]
-    lines = [f"Machine: {machine()}; {versions_line()}. One intra-op thread; "
+    lines = [provenance(rows), "", "One intra-op thread; "
              f"{args.runs} timed runs x {args.rounds} interleaved rounds per network. Clock "
              "`cpu`: the CPU time of the inference thread, i.e. what an idle core takes even "
              "while other jobs share the machine. Clock `wall`: wall-clock. 'measured' is the "
