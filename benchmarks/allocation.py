@@ -292,22 +292,29 @@ def accuracy_rows(args) -> None:
                           "search_seed": search_seed, "dense_test": round(dense_test, 4),
                           "search_holdout": cut["quality"], "cut_test": round(cut_test, 4),
                           "test": round(accuracy(model, splits["test"]), 4),
-                          "predicted_ms": round(cut["predicted"]["latency_ms"], 4),
-                          "predicted_dense_ms": round(cut["dense"]["latency_ms"], 4),
-                          "measured_ms": round(measured["pruned"][0], 4),
-                          "measured_dense_ms": round(measured["dense"][0], 4),
-                          "measured_median_ms": round(measured["pruned"][1], 4),
-                          "measured_dense_median_ms": round(measured["dense"][1], 4),
-                          "macs_ratio": round(count_macs(model, x).dense / cut["dense"]["macs"],
-                                              4),
-                          "round_to": cut["round_to"], "ratios": cut["ratios"],
-                          "grid_max": max(args.grid), "grid": sorted(args.grid),
-                          "search_s": round(cut["search_s"], 1),
-                          "finetune_epochs": args.finetune_epochs, "train": args.train,
-                          "search_finetune": args.search_finetune,
-                          "holdout": args.holdout, "calib": args.calib, "test_n": args.test,
-                          "epochs": args.epochs, "threads": args.threads,
-                          "clock": args.clock}, args)
+                          **cost_fields(cut, measured, count_macs(model, x).dense),
+                          **setup_fields(args)}, args)
+
+
+def cost_fields(cut: dict, measured: dict, macs: float) -> dict:
+    """Predicted and measured latency and MACs of a cut, and how it was found."""
+    return {"predicted_ms": round(cut["predicted"]["latency_ms"], 4),
+            "predicted_dense_ms": round(cut["dense"]["latency_ms"], 4),
+            "measured_ms": round(measured["pruned"][0], 4),
+            "measured_dense_ms": round(measured["dense"][0], 4),
+            "measured_median_ms": round(measured["pruned"][1], 4),
+            "measured_dense_median_ms": round(measured["dense"][1], 4),
+            "macs_ratio": round(macs / cut["dense"]["macs"], 4), "round_to": cut["round_to"],
+            "ratios": cut["ratios"], "search_s": round(cut["search_s"], 1)}
+
+
+def setup_fields(args) -> dict:
+    """The options every accuracy row of one invocation shares."""
+    return {"grid_max": max(args.grid), "grid": sorted(args.grid),
+            "finetune_epochs": args.finetune_epochs, "train": args.train,
+            "search_finetune": args.search_finetune, "holdout": args.holdout,
+            "calib": args.calib, "test_n": args.test, "epochs": args.epochs,
+            "threads": args.threads, "clock": args.clock}
 
 
 # --- part 3: untrained networks, latency only ---------------------------------------------
