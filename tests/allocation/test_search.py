@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 
 import pytest
 
@@ -143,8 +144,10 @@ def test_sensitivity_threshold_keeps_sensitive_units():
 @pytest.mark.parametrize("kind", ["uniform", "greedy", "sensitivity", "hierarchical"])
 def test_impossible_budget_is_a_clear_error(kind):
     ctx = context(toy(), {"params_ratio": 0.1})  # at most 80% can go
-    with pytest.raises(ConfigError, match="cannot be met.*loosen the budget"):
+    with pytest.raises(ConfigError, match="cannot be met.*loosen the budget") as err:
         STRATEGIES.get(kind)(ctx)
+    # the metric in its own unit, and as the fraction of dense the ratio is compared with
+    assert re.search(r"reaches params [\d.]+ \(dense [\d.]+, 0\.2 of it\)", str(err.value))
 
 
 def test_impossible_budget_evolutionary():

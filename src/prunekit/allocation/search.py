@@ -416,11 +416,18 @@ def _impossible(ctx: SearchContext) -> ConfigError:
         if best is None or v < best[0]:
             best = (v, cost)
     cost = best[1] if best else {}
-    reach = ", ".join(f"{k} {_fmt(cost[m])} (dense {_fmt(ctx.dense[m])})"
-                      for k, (m, _) in ctx.budget.limits(ctx.dense).items() if m in cost)
+    reach = ", ".join(_reached(m, cost[m], ctx.dense[m])
+                      for m, _ in ctx.budget.limits(ctx.dense).values() if m in cost)
     return ConfigError(f"budget {ctx.budget.to_dict()} cannot be met: cutting every unit by "
                        f"the largest ratio allowed ({ctx.grid[-1]}) reaches {reach}; loosen the "
                        "budget or allow larger ratios (grid / max_ratio)")
+
+
+def _reached(metric: str, value: float, dense: float) -> str:
+    """``latency_ms 0.95 (dense 1.458, 0.6513 of it)``: a metric in its own unit, and as the
+    fraction of dense that a ``*_ratio`` budget is compared with."""
+    share = f", {_fmt(value / dense)} of it" if dense else ""
+    return f"{metric} {_fmt(value)} (dense {_fmt(dense)}{share})"
 
 
 def _fmt(v: float) -> str:
