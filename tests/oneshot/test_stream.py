@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -189,11 +190,16 @@ def test_command_line_prunes_a_folder_from_text(tmp_path, capsys):
     _char_tokenizer(source)
     (tmp_path / "text").mkdir()
     (tmp_path / "text" / "a.txt").write_text("the quick brown fox jumps over the lazy dog " * 40)
+    (tmp_path / "held.txt").write_text("pack my box with five dozen liquor jugs " * 20)
     argv = ["oneshot", str(source), str(tmp_path / "out"), "--text", str(tmp_path / "text"),
             "--method", "wanda", "--pattern", "2:4", "--samples", "4", "--seq-len", "16",
             "--quiet"]
-    assert main(argv) == 0
-    assert "50.0% of the blocks' Linear weights are zero" in capsys.readouterr().out
+    assert main([*argv, "--eval-text", str(tmp_path / "held.txt"), "--eval-samples", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "50.0% of the blocks' Linear weights are zero" in out
+    before, after = map(float, re.search(r"perplexity ([\d.]+) -> ([\d.]+) \(2 x 16", out)
+                        .groups())
+    assert before > 1 and after > 1 and before != after
     pruned = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     w = pruned.model.layers[0].mlp.down_proj.weight
     assert bool((w.reshape(-1, 4) != 0).sum(1).le(2).all())
@@ -205,3 +211,20 @@ def test_command_line_prunes_a_folder_from_text(tmp_path, capsys):
     assert main(["oneshot", str(no_tokenizer), str(tmp_path / "o2"), "--text",
                  str(tmp_path / "text"), "--quiet"]) == 2
     assert "tokenizer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_perplexity_streamed_equals_loaded(tmp_path, tied):
+    from prunekit.oneshot import perplexity, perplexity_streamed
+
+    model = tiny_llama(layers=3)
+    if tied:
+        model.config.tie_word_embeddings = True
+        model.lm_head.weight = model.model.embed_tokens.weight
+    source = _save(model, tmp_path / "src")
+    ids = calibration(samples=5, seed=7)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(source).eval()
+    expected = perplexity(loaded, ids, batch_size=2)
+    assert perplexity_streamed(source, ids, batch_size=2) == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ConfigError, match="samples, seq_len"):
+        perplexity_streamed(source, ids[0])

@@ -15,6 +15,7 @@ from .methods import register_method as register_method
 from .owl import owl_sparsities as owl_sparsities
 from .sparsegpt import sparsegpt_prune as sparsegpt_prune
 from .stream import oneshot_streamed as oneshot_streamed
+from .stream import perplexity_streamed as perplexity_streamed
 from .text import calibration_ids as calibration_ids
 from .text import evaluation_ids as evaluation_ids
 from .text import perplexity as perplexity
@@ -33,6 +34,7 @@ __all__ = [
     "oneshot_streamed",
     "owl_sparsities",
     "perplexity",
+    "perplexity_streamed",
     "read_texts",
     "register_method",
     "sparsegpt_prune",

@@ -41,8 +41,9 @@ from .. import mask as _mask
 from ..errors import ConfigError, DataError
 from ._memory import PeakMemory
 from .api import OneShotResult, Resident, _batches, _block_layers, _resolve, _result, _run, _Undo
-from .blocks import find_blocks
+from .blocks import capture, find_blocks, run_block
 from .methods import get_method
+from .text import perplexity
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -110,6 +111,74 @@ def oneshot_streamed(
     return _result(cfg, path, run, time.perf_counter() - start, mem)
 
 
+def perplexity_streamed(
+    folder: str | os.PathLike[str],
+    ids: torch.Tensor,
+    *,
+    batch_size: int = 2,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    model_class: Any = None,
+    blocks: str = "",
+) -> float:
+    """Held-out perplexity of the causal LM checkpoint in ``folder``, read one block at a
+    time as :func:`oneshot_streamed` reads it (so the model may be larger than memory).
+
+    The same number as :func:`prunekit.oneshot.perplexity` on the loaded model: every
+    block runs on all of ``ids``'s hidden states in turn, then the model's own final norm
+    and LM head score them.
+
+    Args:
+        folder: a Hugging Face folder with safetensors weights.
+        ids: token ids ``(samples, seq_len)``.
+        batch_size: samples scored at once.
+        dtype, device, model_class, blocks: as for :func:`oneshot_streamed`.
+    """
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] < 2 \
+            or ids.shape[0] == 0:
+        raise ConfigError(f"ids must be token ids (samples, seq_len >= 2), got "
+                          f"{tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids)}")
+    folder, device = Path(folder), torch.device(device)
+    shards = Checkpoint(folder)
+    with torch.no_grad():
+        model = _skeleton(folder, model_class)
+        path, block_list = find_blocks(model, blocks)
+        _load_outside(model, path, shards, dtype, device, head=True)
+        batches = [b.to(device) for b in ids.split(batch_size)]
+        store = _Streamer(model, path, block_list, shards, Path(), dtype, device)
+        store.load(0)
+        captured = capture(model, block_list, batches)
+        hidden = list(captured.hidden)
+        for i in range(len(block_list)):
+            store.load(i)
+            hidden = [run_block(block_list[i], h, c)
+                      for h, c in zip(hidden, captured.calls[i], strict=True)]
+            store.release(i)
+        originals = list(block_list)
+        try:
+            for i in range(len(originals)):
+                last = i == len(originals) - 1
+                block_list[i] = _Replay(hidden if last else None, captured.wraps_tuple)
+            return perplexity(model, ids, batch_size=batch_size)
+        finally:
+            for i, block in enumerate(originals):
+                block_list[i] = block
+
+
+class _Replay(nn.Module):
+    """Stands in for a block when the model is finally run: passes its input through, or,
+    for the last block, returns the next of the hidden states computed block by block."""
+
+    def __init__(self, outputs: list[torch.Tensor] | None, wraps_tuple: bool) -> None:
+        super().__init__()
+        self.outputs, self.wraps_tuple = outputs, wraps_tuple
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        out = self.outputs.pop(0) if self.outputs is not None else hidden
+        return (out,) if self.wraps_tuple else out
+
+
 class Checkpoint:
     """The tensors of a safetensors checkpoint folder, read one at a time."""
 
@@ -168,11 +237,11 @@ def _skeleton(folder: Path, model_class: Any) -> nn.Module:
 
 
 def _load_outside(model: nn.Module, path: str, shards: Checkpoint,
-                  dtype: torch.dtype | None, device: torch.device) -> None:
-    """Read every tensor outside the blocks, except an untied output embedding (the
-    forward passes stop at the last block)."""
+                  dtype: torch.dtype | None, device: torch.device, *, head: bool = False) -> None:
+    """Read every tensor outside the blocks, except an untied output embedding unless
+    ``head`` (pruning's forward passes stop at the last block)."""
     prefix = f"{path}."
-    head = _untied_head(model)
+    head = None if head else _untied_head(model)
     for name, _ in _tensors(model):
         if name.startswith(prefix) or name == head:
             continue

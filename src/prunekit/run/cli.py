@@ -5,7 +5,8 @@
     prunekit report RUN_DIR [--no-open]
     prunekit export RUN_DIR [--format onnx] [--out FILE]
     prunekit inspect MODEL [--all]
-    prunekit oneshot SOURCE DEST --text PATH [--method sparsegpt] [--sparsity 0.5 | --pattern 2:4]
+    prunekit oneshot SOURCE DEST --text PATH [--eval-text PATH] [--method sparsegpt]
+                     [--sparsity 0.5 | --pattern 2:4]
 
 A user mistake (a bad recipe, missing data) prints one sentence to stderr and exits
 with status 2; anything else is a bug and keeps its traceback.
@@ -252,6 +253,9 @@ def _add_oneshot(sub: argparse._SubParsersAction) -> None:
     amount.add_argument("--sparsity", type=float, help="fraction of weights zeroed (default 0.5)")
     amount.add_argument("--pattern", help="N:M pattern instead, e.g. 2:4")
     p.add_argument("--allocation", default="uniform", help="uniform (default) or owl")
+    p.add_argument("--eval-text", action="append", metavar="PATH", help="held-out text: "
+                   "perplexity before and after, both read one block at a time (repeatable)")
+    p.add_argument("--eval-samples", type=int, default=16, help="held-out sequences (16)")
     p.add_argument("--samples", type=int, default=128, help="calibration sequences (128)")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (512)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences run at once (8)")
@@ -266,16 +270,16 @@ def _add_oneshot(sub: argparse._SubParsersAction) -> None:
 def _oneshot(args: argparse.Namespace) -> int:
     import torch
 
-    from ..oneshot import calibration_ids, oneshot_streamed, read_texts, text_files
+    from ..oneshot import (
+        calibration_ids,
+        evaluation_ids,
+        oneshot_streamed,
+        perplexity_streamed,
+        read_texts,
+    )
 
-    files: list[Path] = []
-    for item in map(Path, args.text):
-        if item.is_dir():
-            files += text_files(item, pattern=args.glob)
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise DataError(f"--text {item}: no such file or folder")
+    files = _text_files(args.text, args.glob, "--text")
+    held = _text_files(args.eval_text, args.glob, "--eval-text") if args.eval_text else []
     try:
         from transformers import AutoTokenizer
 
@@ -285,15 +289,39 @@ def _oneshot(args: argparse.Namespace) -> int:
                           "save it beside the weights (tokenizer.save_pretrained)") from None
     ids = calibration_ids(tokenizer, read_texts(files), samples=args.samples,
                           seq_len=args.seq_len, seed=args.seed)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    before = None
+    if held:
+        ev = evaluation_ids(tokenizer, read_texts(held), samples=args.eval_samples,
+                            seq_len=args.seq_len)
+        before = perplexity_streamed(args.source, ev, dtype=dtype, device=args.device)
     result = oneshot_streamed(
         args.source, args.dest, ids, method=args.method, sparsity=args.sparsity,
         pattern=args.pattern, allocation=args.allocation, batch_size=args.batch_size,
-        dtype=getattr(torch, args.dtype) if args.dtype else None, device=args.device,
-        quiet=args.quiet)
+        dtype=dtype, device=args.device, quiet=args.quiet)
     print(f"wrote {args.dest}: {result.sparsity:.1%} of the blocks' Linear weights are zero "
           f"({len(result.layer_sparsity)} layers), {result.seconds:.0f} s, peak memory "
           f"{result.peak_rss_bytes / 2**30:.2f} GiB")
+    if held:
+        after = perplexity_streamed(args.dest, ev, dtype=dtype, device=args.device)
+        print(f"held-out perplexity {before:.2f} -> {after:.2f} ({args.eval_samples} x "
+              f"{args.seq_len} tokens)")
     return 0
+
+
+def _text_files(paths: Sequence[str], glob: str, flag: str) -> list[Path]:
+    """The files named by a text option: files as given, folders read recursively."""
+    from ..oneshot import text_files
+
+    files: list[Path] = []
+    for item in map(Path, paths):
+        if item.is_dir():
+            files += text_files(item, pattern=glob)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise DataError(f"{flag} {item}: no such file or folder")
+    return files
 
 
 # Each entry adds one subcommand (its parser and its handler).
