@@ -145,7 +145,7 @@ def perplexity_streamed(
         path, block_list = find_blocks(model, blocks)
         _load_outside(model, path, shards, dtype, device, head=True)
         batches = [b.to(device) for b in ids.split(batch_size)]
-        store = _Streamer(model, path, block_list, shards, Path(), dtype, device)
+        store = _Streamer(model, path, block_list, shards, None, dtype, device)  # reads only
         store.load(0)
         captured = capture(model, block_list, batches)
         hidden = list(captured.hidden)
@@ -286,9 +286,10 @@ def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
 
 
 class _Streamer(Resident):
-    """Blocks read from the source shards on use, written to the destination when pruned."""
+    """Blocks read from the source shards on use, written to ``out`` when pruned (``out``
+    None: blocks are only read)."""
 
-    def __init__(self, model, path, blocks, shards, out: Path, dtype, device) -> None:
+    def __init__(self, model, path, blocks, shards, out: Path | None, dtype, device) -> None:
         self.model, self.path, self.blocks, self.shards = model, path, blocks, shards
         self.out, self.dtype, self.device = out, dtype, device
         self.rest = sorted(n for n in shards.files if not n.startswith(f"{path}."))
