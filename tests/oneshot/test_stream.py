@@ -228,3 +228,35 @@ def test_perplexity_streamed_equals_loaded(tmp_path, tied):
     assert perplexity_streamed(source, ids, batch_size=2) == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ConfigError, match="samples, seq_len"):
         perplexity_streamed(source, ids[0])
+
+
+@pytest.mark.parametrize("family", ["gemma3_text", "qwen2", "bert"])
+def test_streamed_equals_in_memory_in_other_families(tmp_path, family):
+    """Gemma-3 (scaled embedding buffer, sliding and full layers, tied head), Qwen2 (q/k/v
+    biases) and a BERT encoder (``model_class=AutoModel``, blocks under encoder.layer)."""
+    cfg_name, cls_name = {"gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+                          "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+                          "bert": ("BertConfig", "BertModel")}[family]
+    kwargs = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=64)
+    if family != "bert":
+        kwargs.update(num_key_value_heads=2, head_dim=8)
+    if family == "gemma3_text":
+        kwargs.update(layer_types=["sliding_attention", "full_attention"], sliding_window=4)
+    torch.manual_seed(0)
+    make = getattr(transformers, cls_name)
+    model = make(getattr(transformers, cfg_name)(**kwargs)).eval()
+    source = _save(model, tmp_path / "src")
+    reference = make(model.config).eval()
+    reference.load_state_dict(model.state_dict())
+    ids = calibration(4, 12)
+    pk.oneshot(reference, ids, method="sparsegpt", sparsity=0.5, quiet=True)
+    pk.bake(reference)
+    model_class = transformers.AutoModel if family == "bert" else None
+    oneshot_streamed(source, tmp_path / "out", ids, method="sparsegpt", sparsity=0.5,
+                     quiet=True, model_class=model_class)
+    pruned = make.from_pretrained(tmp_path / "out").eval()
+    want, got = reference.state_dict(), pruned.state_dict()
+    assert set(want) == set(got)
+    for name in want:
+        assert torch.equal(want[name], got[name]), name
