@@ -79,7 +79,7 @@ def child_inmemory(work: Path, method: str, folder: str) -> None:
     ids = _ids(work, folder)
     t0 = time.perf_counter()
     model = transformers.AutoModelForCausalLM.from_pretrained(work / folder, dtype=torch.float32)
-    result = pk.oneshot(model, ids[_calib(folder)], method=method, sparsity=0.5, quiet=True)
+    result = pk.oneshot(model, ids["calib"], method=method, sparsity=0.5, quiet=True)
     seconds = time.perf_counter() - t0
     ppl = perplexity(model, ids["held"]) if folder == "smollm2" else None
     _finish(seconds=seconds, sparsity=result.sparsity, perplexity=ppl)
@@ -90,16 +90,13 @@ def child_streamed(work: Path, method: str, folder: str) -> None:
 
     ids = _ids(work, folder)
     t0 = time.perf_counter()
-    result = oneshot_streamed(work / folder, work / f"{folder}-{method}", ids[_calib(folder)],
+    result = oneshot_streamed(work / folder, work / f"{folder}-{method}", ids["calib"],
                               method=method, sparsity=0.5, quiet=True)
     _finish(seconds=time.perf_counter() - t0, sparsity=result.sparsity)
 
 
-def _calib(folder: str) -> str:
-    return "big" if folder.startswith("big") else "calib"
-
-
 def _ids(work: Path, folder: str) -> dict:
+    """``calib`` (and for SmolLM2 ``held``) token ids of the model in ``folder``."""
     return torch.load(work / ("big-ids.pt" if folder.startswith("big") else "ids.pt"))
 
 
@@ -155,13 +152,13 @@ def prepare_big(work: Path, layers: int) -> int:
     from safetensors.torch import save_file
 
     folder = work / "big"
+    big = torch.randint(0, BIG["vocab_size"], (BIG_CALIB, SEQ_LEN),
+                        generator=torch.Generator().manual_seed(0))
+    torch.save({"calib": big}, work / "big-ids.pt")
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         return json.loads(index.read_text())["metadata"]["total_size"]
     folder.mkdir(parents=True, exist_ok=True)
-    big = torch.randint(0, BIG["vocab_size"], (BIG_CALIB, SEQ_LEN),
-                        generator=torch.Generator().manual_seed(0))
-    torch.save({"big": big}, work / "big-ids.pt")
     config = transformers.LlamaConfig(**{**BIG, "num_hidden_layers": layers})
     with init_empty_weights():
         skeleton = transformers.LlamaForCausalLM(config)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["eval_mode", "flatten_tensors", "run_model", "to_meta"]
+__all__ = ["eval_mode", "flatten_tensors", "run_model", "to_device", "to_meta"]
 
 
 def flatten_tensors(obj: Any) -> list[torch.Tensor]:
@@ -44,6 +44,20 @@ def to_meta(obj: Any) -> Any:
             else {k: to_meta(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_meta(v) for v in obj)
+    return obj
+
+
+def to_device(obj: Any, device: torch.device | str) -> Any:
+    """Inputs with every tensor inside tuples, lists, named tuples and dicts moved to
+    ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, Mapping):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a named tuple
+        return type(obj)(*(to_device(v, device) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
     return obj
 
 

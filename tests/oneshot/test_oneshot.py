@@ -11,7 +11,7 @@ from prunekit.importance.activation import InputStats
 from prunekit.oneshot import OneShotConfig, find_blocks, oneshot
 from prunekit.oneshot.methods import LayerTarget, get_method
 
-from .conftest import assert_unchanged, calibration, snapshot, tiny_llama
+from .conftest import assert_unchanged, calibration, snapshot, tiny_family, tiny_llama
 
 transformers = pytest.importorskip("transformers")
 
@@ -118,21 +118,7 @@ def test_older_masks_stay_and_count():
 
 @pytest.mark.parametrize("family", ["mistral", "qwen2", "gemma3_text", "bert"])
 def test_blocks_are_found_in_other_families(family):
-    cfgs = {
-        "mistral": ("MistralConfig", "MistralForCausalLM", "model.layers"),
-        "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", "model.layers"),
-        "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", "model.layers"),
-        "bert": ("BertConfig", "BertModel", "encoder.layer"),
-    }
-    cfg_name, cls_name, path = cfgs[family]
-    kwargs = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, max_position_embeddings=64)
-    if family != "bert":
-        kwargs.update(num_key_value_heads=2, head_dim=8)
-    if family == "gemma3_text":
-        kwargs.update(layer_types=["sliding_attention", "full_attention"], sliding_window=4)
-    torch.manual_seed(0)
-    model = getattr(transformers, cls_name)(getattr(transformers, cfg_name)(**kwargs)).eval()
+    model, path = tiny_family(family)
     assert find_blocks(model)[0] == path
     ids = calibration(4, 12)
     result = oneshot(model, ids, method="sparsegpt", sparsity=0.5, quiet=True)

@@ -12,7 +12,7 @@ from prunekit.errors import ConfigError
 from prunekit.oneshot import oneshot_streamed
 from prunekit.oneshot.blocks import BlockCall, run_block
 
-from .conftest import calibration, tiny_llama, transformers
+from .conftest import calibration, tiny_family, tiny_llama, transformers
 
 
 def _save(model, folder, shard="20KB"):
@@ -234,18 +234,8 @@ def test_perplexity_streamed_equals_loaded(tmp_path, tied):
 def test_streamed_equals_in_memory_in_other_families(tmp_path, family):
     """Gemma-3 (scaled embedding buffer, sliding and full layers, tied head), Qwen2 (q/k/v
     biases) and a BERT encoder (``model_class=AutoModel``, blocks under encoder.layer)."""
-    cfg_name, cls_name = {"gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
-                          "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
-                          "bert": ("BertConfig", "BertModel")}[family]
-    kwargs = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, max_position_embeddings=64)
-    if family != "bert":
-        kwargs.update(num_key_value_heads=2, head_dim=8)
-    if family == "gemma3_text":
-        kwargs.update(layer_types=["sliding_attention", "full_attention"], sliding_window=4)
-    torch.manual_seed(0)
-    make = getattr(transformers, cls_name)
-    model = make(getattr(transformers, cfg_name)(**kwargs)).eval()
+    model, _ = tiny_family(family)
+    make = type(model)
     source = _save(model, tmp_path / "src")
     reference = make(model.config).eval()
     reference.load_state_dict(model.state_dict())

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._calls import to_device
 from .._registry import Registry
 from ..data.sources import split_batch
 from ..errors import ConfigError, DataError
@@ -146,16 +147,6 @@ class _eval_mode:
             m.train(flag)
 
 
-def _to(value: Any, device: torch.device) -> Any:
-    if torch.is_tensor(value):
-        return value.to(device)
-    if isinstance(value, Mapping):
-        return {k: _to(v, device) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(_to(v, device) for v in value)
-    return value
-
-
 def _batches(loader: Iterable, max_batches: int | None, device: torch.device, task: Task
              ) -> list[tuple[Any, Any]]:
 
@@ -167,7 +158,7 @@ def _batches(loader: Iterable, max_batches: int | None, device: torch.device, ta
         if task.needs_labels and labels is None:
             raise DataError(f"task {task.name} needs labels, but the data has none; use task "
                             "agreement to compare with the dense model instead")
-        out.append((_to(inputs, device), None if labels is None else labels.to(device)))
+        out.append((to_device(inputs, device), None if labels is None else labels.to(device)))
     if not out:
         raise DataError("the evaluation loader gave no batches; check the test split")
     return out

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .. import mask as _mask
+from .._calls import to_device
 from .._utils import match_any
 from ..errors import ConfigError
 from ..importance.activation import InputStats
@@ -306,7 +307,7 @@ def _batches(calibration: Any, batch_size: int, device: torch.device) -> list:
     if not batches or any(_is_empty(b) for b in batches):
         raise ConfigError("calibration is empty; pass at least one sample of token ids "
                           "(prunekit.oneshot.calibration_ids makes them from text)")
-    return [_to(b, device) for b in batches]
+    return [to_device(b, device) for b in batches]
 
 
 def _split_dict(batch: dict, batch_size: int) -> list[dict]:
@@ -324,14 +325,6 @@ def _is_empty(batch: Any) -> bool:
     if isinstance(batch, dict):
         return not any(isinstance(v, torch.Tensor) and v.numel() for v in batch.values())
     return False
-
-
-def _to(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-    return batch
 
 
 class _Undo:

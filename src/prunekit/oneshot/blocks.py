@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._calls import to_device
 from ..errors import ConfigError
 from ..mask.targets import find_targets
 
@@ -186,16 +187,3 @@ def block_device(block: nn.Module) -> torch.device | None:
     """The device of ``block``'s first parameter (None for a block without any)."""
     p = next(block.parameters(), None)
     return None if p is None else p.device
-
-
-def to_device(value: Any, device: torch.device) -> Any:
-    """``value`` with every tensor inside tuples, lists and dicts moved to ``device``."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
-        return type(value)(*(to_device(v, device) for v in value))
-    if isinstance(value, (tuple, list)):
-        return type(value)(to_device(v, device) for v in value)
-    if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
-    return value

@@ -40,10 +40,20 @@ from .. import _io
 from .. import mask as _mask
 from ..errors import ConfigError, DataError
 from ._memory import PeakMemory
-from .api import OneShotResult, Resident, _batches, _block_layers, _resolve, _result, _run, _Undo
-from .blocks import capture, find_blocks, run_block
+from .api import (
+    OneShotResult,
+    Resident,
+    _advance,
+    _batches,
+    _block_layers,
+    _resolve,
+    _result,
+    _run,
+    _Undo,
+)
+from .blocks import capture, find_blocks
 from .methods import get_method
-from .text import perplexity
+from .text import check_scored_ids, perplexity
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -92,15 +102,12 @@ def oneshot_streamed(
     if source.resolve() == destination.resolve():
         raise ConfigError("destination must differ from source: the source shards are read "
                           "while the pruned ones are written")
-    shards = Checkpoint(source)
     method = get_method(cfg.method)
+    device = torch.device(device)
     start = time.perf_counter()
     with PeakMemory() as mem, torch.no_grad():
-        model = _skeleton(source, model_class)
-        path, blocks = find_blocks(model, cfg.blocks)
+        model, path, blocks, shards = _open(source, model_class, cfg.blocks, dtype, device)
         layers = _block_layers(model, path, blocks, cfg)
-        device = torch.device(device)
-        _load_outside(model, path, shards, dtype, device)
         needs_data = method.needs is not None or cfg.allocation == "owl"
         batches = _batches(calibration, cfg.batch_size, device) if needs_data else []
         with _io.staging(destination) as tmp:
@@ -134,16 +141,11 @@ def perplexity_streamed(
         batch_size: samples scored at once.
         dtype, device, model_class, blocks: as for :func:`oneshot_streamed`.
     """
-    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] < 2 \
-            or ids.shape[0] == 0:
-        raise ConfigError(f"ids must be token ids (samples, seq_len >= 2), got "
-                          f"{tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids)}")
-    folder, device = Path(folder), torch.device(device)
-    shards = Checkpoint(folder)
+    check_scored_ids(ids)
+    device = torch.device(device)
     with torch.no_grad():
-        model = _skeleton(folder, model_class)
-        path, block_list = find_blocks(model, blocks)
-        _load_outside(model, path, shards, dtype, device, head=True)
+        model, path, block_list, shards = _open(folder, model_class, blocks, dtype, device,
+                                                head=True)
         batches = [b.to(device) for b in ids.split(batch_size)]
         store = _Streamer(model, path, block_list, shards, None, dtype, device)  # reads only
         store.load(0)
@@ -151,8 +153,7 @@ def perplexity_streamed(
         hidden = list(captured.hidden)
         for i in range(len(block_list)):
             store.load(i)
-            hidden = [run_block(block_list[i], h, c)
-                      for h, c in zip(hidden, captured.calls[i], strict=True)]
+            hidden = _advance(block_list[i], hidden, captured.calls[i])
             store.release(i)
         originals = list(block_list)
         try:
@@ -177,6 +178,18 @@ class _Replay(nn.Module):
         hidden = args[0] if args else kwargs["hidden_states"]
         out = self.outputs.pop(0) if self.outputs is not None else hidden
         return (out,) if self.wraps_tuple else out
+
+
+def _open(folder: str | os.PathLike[str], model_class: Any, blocks: str,
+          dtype: torch.dtype | None, device: torch.device, *, head: bool = False) -> tuple:
+    """``(model, blocks path, blocks, checkpoint)``: the model of ``folder`` with its
+    parameters on meta and the tensors outside the blocks read (see :func:`_load_outside`)."""
+    folder = Path(folder)
+    shards = Checkpoint(folder)
+    model = _skeleton(folder, model_class)
+    path, block_list = find_blocks(model, blocks)
+    _load_outside(model, path, shards, dtype, device, head=head)
+    return model, path, block_list, shards
 
 
 class Checkpoint:

@@ -138,8 +138,7 @@ def perplexity(model: nn.Module, ids: torch.Tensor, *, batch_size: int = 2) -> f
 
     Each sample is scored on its own (no context carried between samples).
     """
-    if ids.dim() != 2 or ids.shape[1] < 2 or ids.shape[0] == 0:
-        raise ConfigError(f"ids must be (samples, seq_len >= 2), got {tuple(ids.shape)}")
+    check_scored_ids(ids)
     device = next(model.parameters()).device
     total, count = 0.0, 0
     training = model.training
@@ -156,6 +155,15 @@ def perplexity(model: nn.Module, ids: torch.Tensor, *, batch_size: int = 2) -> f
     finally:
         model.train(training)
     return math.exp(total / count)
+
+
+def check_scored_ids(ids: Any) -> None:
+    """Refuse what :func:`perplexity` cannot score: anything but ``(samples, seq_len >= 2)``
+    token ids."""
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] < 2 \
+            or ids.shape[0] == 0:
+        got = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise ConfigError(f"ids must be (samples, seq_len >= 2), got {got}")
 
 
 def _logits(out: Any) -> torch.Tensor:

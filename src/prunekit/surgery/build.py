@@ -79,12 +79,14 @@ def build_plan(graph: Graph, kept: dict[int, torch.Tensor], *, info: dict | None
     plan.config, skipped = _config_fields(graph, plan, counts)
     if skipped:
         plan.info.config_not_updated = skipped
-    plan.before = _before(graph.model, plan)
+    plan.before = before_values(graph.model, plan)
     plan.expected_views = graph.predicted_views(counts)
     return plan
 
 
-def _before(model: nn.Module, plan: Plan) -> dict[str, dict[str, Any]]:
+def before_values(model: nn.Module, plan: Plan) -> dict[str, dict[str, Any]]:
+    """The values ``plan``'s module attributes and config fields have now (``plan.before``:
+    what replaying the plan checks the model against)."""
     out: dict[str, dict[str, Any]] = {}
     for path, values in plan.attrs.items():
         module = model.get_submodule(path) if path else model

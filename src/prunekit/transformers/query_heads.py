@@ -30,6 +30,7 @@ from ..errors import ConfigError
 from ..importance.group_activation import InputStats, column_scores
 from ..surgery import Plan
 from ..surgery.apply import module_attrs
+from ..surgery.build import before_values
 from ..surgery.plan import GroupCut, PlanInfo, TensorCut
 from ._model import _ATTENTION, block_child, decoder_layers, hf_config
 
@@ -161,8 +162,5 @@ def query_plan(model: nn.Module, kept: dict[str, list[int]], heads: Heads, keep:
     fields = {"num_attention_heads": heads.kv * keep, "head_dim": d}
     plan = Plan(tensors, attrs, {"": fields}, {}, groups, PlanInfo.of(info))
     plan.attrs = module_attrs(model, plan)
-    cfg = hf_config(model)
-    plan.before = {path: {a: getattr(model.get_submodule(path), a, None) for a in values}
-                   for path, values in plan.attrs.items()}
-    plan.before["config:"] = {f: getattr(cfg, f, None) for f in fields}
+    plan.before = before_values(model, plan)
     return plan

@@ -44,6 +44,7 @@ from ..errors import ConfigError
 from ..importance.group_activation import InputStats, collect_input_stats, list_group_activation
 from ..surgery import Plan
 from ..surgery.apply import apply_undoable
+from ..surgery.compose import compose
 from . import query_heads as _qh
 from ._model import first_batch, hf_config, part_patterns, small_example, take
 
@@ -141,8 +142,6 @@ def prune_width(
         raise
     plan = cuts[0][0]
     if len(cuts) == 2:  # query heads, then groups and channels: one plan from the original
-        from ..run.plans import compose
-
         plan = compose(cuts[0][0], cuts[1][0])
     notes = [n for _, n in cuts]
     plan.info["compensation"] = {"method": compensate, **_merged_notes(notes),
