@@ -40,7 +40,8 @@ from _common import TensorBatches, machine, versions_line, write_section
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from prunekit.allocation import allocate, apply_allocation
+from prunekit.allocation import allocate, apply_allocation, score_after_training
+from prunekit.allocation.search import NEEDS_EVALUATE
 from prunekit.allocation.space import ChannelSpace
 from prunekit.errors import ConfigError
 from prunekit.measure import count_macs
@@ -234,12 +235,16 @@ def accuracy_rows(args) -> None:
         recalibrate_bn(model, calib, mode="cumulative")
         return model
 
-    def evaluate(model: nn.Module) -> float:
-        if args.search_finetune:  # a short fine-tuning before the held-out score
+    def held_out(model: nn.Module) -> float:
+        if args.search_finetune:  # rows made before --search-steps: one epoch on N images
             few = TensorDataset(*(t[:args.search_finetune] for t in splits["train"].tensors))
             train(model, TensorBatches(few, batch_size=128, seed=0), epochs=1, lr=0.01,
                   momentum=0.9, weight_decay=5e-4, seed=0, quiet=True)
         return accuracy(recalibrated(model), holdout)
+
+    # with --search-steps, every candidate first trains that many steps (batches of 64)
+    evaluate = held_out if not args.search_steps else score_after_training(
+        held_out, TensorBatches(splits["train"], batch_size=64, seed=0), steps=args.search_steps)
 
     def search(kind: str, fraction: float, batch: int, seed: int) -> dict:
         """The pruned copy (before fine-tuning) and what its search reports."""
@@ -257,7 +262,8 @@ def accuracy_rows(args) -> None:
                          cache_dir=args.cache,
                          cache_key=f"fmnist-holdout-{args.train}-{args.holdout}"
                                    + (f"-ft{args.search_finetune}" if args.search_finetune else ""),
-                         population=args.population, generations=args.generations, seed=seed)
+                         population=args.population, generations=args.generations, seed=seed,
+                         genes=args.genes)
         model = copy.deepcopy(base)
         apply_allocation(model, alloc, x)
         return {"model": model, "quality": alloc.quality, "predicted": alloc.predicted,
@@ -312,7 +318,8 @@ def setup_fields(args) -> dict:
     """The options every accuracy row of one invocation shares."""
     return {"grid_max": max(args.grid), "grid": sorted(args.grid),
             "finetune_epochs": args.finetune_epochs, "train": args.train,
-            "search_finetune": args.search_finetune, "holdout": args.holdout,
+            "search_finetune": args.search_finetune, "search_steps": args.search_steps,
+            "genes": args.genes, "holdout": args.holdout,
             "calib": args.calib, "test_n": args.test, "epochs": args.epochs,
             "threads": args.threads, "clock": args.clock}
 
@@ -373,8 +380,12 @@ def spread(values: list[float], scale: float = 1.0, digits: int = 4) -> str:
 def kind_label(r: dict) -> str:
     """The kind as the report names it; a search scored after a short fine-tuning says so."""
     label = KIND_NAMES.get(r["kind"], r["kind"])
+    if r["kind"] == "evolutionary" and r.get("genes", "grid") == "grid":
+        label += " (grid genes)"
+    if r.get("search_steps") and r["kind"] in NEEDS_EVALUATE:
+        label += f", scored after {r['search_steps']} training steps"
     if r.get("search_finetune"):
-        label += f" (held-out score after fine-tuning on {r['search_finetune']} images)"
+        label += f", scored after one epoch on {r['search_finetune']} images"
     return label
 
 
@@ -388,9 +399,10 @@ def config_of(r: dict) -> tuple:
 def accuracy_report(acc: list[dict], args) -> list[str]:
     """One line per (model, batch, budget, kind) over its seeds; the difference to uniform is
     paired by fine-tuning seed."""
+    latest = {(config_of(r), kind_label(r), r["seed"]): r for r in acc}  # a rerun replaces
     cells: dict[tuple, dict[str, list[dict]]] = {}
-    for r in acc:
-        cells.setdefault(config_of(r), {}).setdefault(kind_label(r), []).append(r)
+    for (config, label, _), r in latest.items():
+        cells.setdefault(config, {}).setdefault(label, []).append(r)
     lines = ["### Allocation kinds at the same predicted latency (Fashion-MNIST, clock "
              f"`{acc[0].get('clock', 'wall')}`)", "",
              "Mean ± sample standard deviation (min–max) over the seeds. Speed-up: dense over "
@@ -559,6 +571,11 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--search-finetune", type=int, default=0,
                     help="training images each candidate is fine-tuned on (one epoch) before "
                          "its held-out score; 0: batch-norm recalibration only")
+    ap.add_argument("--search-steps", type=int, default=0,
+                    help="score each searched candidate after this many training steps "
+                         "(prunekit.allocation.score_after_training, batches of 64)")
+    ap.add_argument("--genes", choices=["shape", "grid"], default="shape",
+                    help="the evolutionary search's encoding")
     ap.add_argument("--grid", nargs="+", type=float, default=SEARCH_GRID,
                     help="candidate ratios of the searches (the largest caps every kind)")
     ap.add_argument("--population", type=int, default=10)

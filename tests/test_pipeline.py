@@ -470,6 +470,34 @@ def test_allocated_channel_cut_meets_its_macs_budget_and_is_reported(tmp_path, m
     assert result.metrics["run"]["cuts"][0]["verify"]["ok"]
 
 
+def test_evolutionary_allocation_scored_after_training_steps(tmp_path, monkeypatch):
+    pytest.importorskip("pymoo", reason="pip install pymoo")
+    import prunekit.recovery
+
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    trained, real = [], prunekit.recovery.train
+
+    def spy(model, loader, **kw):
+        if isinstance(loader, list):  # score_after_training's fixed batches
+            trained.append(len(loader))
+        return real(model, loader, **kw)
+
+    monkeypatch.setattr(prunekit.recovery, "train", spy)
+    result = run_quick(tmp_path, model={"name": "lenet5"},
+                       data={"name": "digits", "val_fraction": 0.2},
+                       prune={"granularity": "channel", "sparsity": None},
+                       finetune={"epochs": 0},
+                       allocate={"kind": "evolutionary", "budget": {"macs_ratio": 0.6},
+                                 "population": 4, "generations": 2, "finetune_steps": 2})
+    dense, pruned = result.metrics["dense"], result.metrics["pruned"]
+    assert pruned["macs"] <= 0.6 * dense["macs"]
+    saved = json.loads((tmp_path / "allocation.json").read_text())
+    assert saved["kind"] == "evolutionary" and saved["history"][0]["genes"] == "shape"
+    # every scored candidate was trained two steps first
+    scored = [e for e in saved["history"][0]["evaluations"] if e["quality"] is not None]
+    assert trained and set(trained) == {2} and len(trained) >= len(scored) >= 1
+
+
 def test_allocated_masks_meet_a_sparsity_budget(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
     result = run_quick(tmp_path, prune={"sparsity": 0.5}, finetune={"epochs": 0},

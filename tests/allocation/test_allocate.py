@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.allocation import Budget, allocate, apply_allocation
+from prunekit.allocation import Budget, allocate, apply_allocation, score_after_training
 from prunekit.errors import ConfigError
 from prunekit.measure import count_macs, count_params
 
@@ -79,6 +79,48 @@ def test_plan_kwargs_reproduce_the_evaluated_network(setup, tmp_path):
     apply_allocation(pruned, alloc, x)
     assert evaluate(pruned) == alloc.quality
     assert alloc.round_to in (1, 4)
+
+
+def test_evolutionary_shapes_reproduce_the_evaluated_network(setup):
+    """Shape genes give continuous ratios: ``pk.plan`` must still cut exactly the widths the
+    search scored, and the cut meets the budget as built."""
+    pytest.importorskip("pymoo", reason="pip install pymoo")
+    model, x, evaluate = setup
+    alloc = allocate(model, x, kind="evolutionary", budget={"macs_ratio": 0.5},
+                     evaluate=evaluate, grid=GRID, population=6, generations=3, seed=0,
+                     round_to=(1, 4), cache_dir=None)
+    assert alloc.history[0]["genes"] == "shape"
+    pruned = Net()
+    pruned.load_state_dict(model.state_dict())
+    apply_allocation(pruned, alloc, x)
+    assert evaluate(pruned) == alloc.quality
+    assert count_macs(pruned, x).dense == alloc.predicted["macs"] <= 0.5 * alloc.dense["macs"]
+    assert all(0 <= r <= GRID[-1] for r in alloc.ratios.values())
+
+
+def test_score_after_training_trains_each_candidate_on_the_same_batches(setup):
+    model, x, evaluate = setup
+    torch.manual_seed(1)
+    data = [(torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,))) for _ in range(5)]
+    seen = []
+
+    def held_out(net: nn.Module) -> float:
+        seen.append(net)
+        return evaluate(net)
+
+    scored = score_after_training(held_out, iter(data), steps=3, lr=0.1)
+    assert scored.__name__ == "held_out_after_3_steps"  # scan caches keep them apart
+    a, b = Net(), Net()
+    a.load_state_dict(model.state_dict())
+    b.load_state_dict(model.state_dict())
+    first, second = scored(a), scored(b)
+    assert seen == [a, b] and first == second  # the same three batches, in the same order
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    assert not torch.equal(a.fc.weight, model.fc.weight)  # the candidate itself was trained
+    with pytest.raises(ConfigError, match="steps must be a whole number >= 1"):
+        score_after_training(held_out, data, steps=0)
+    with pytest.raises(ConfigError, match="data gave no batches"):
+        score_after_training(held_out, [], steps=2)
 
 
 def test_latency_budget_with_a_fake_timer(setup, tmp_path):

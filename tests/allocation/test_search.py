@@ -84,7 +84,7 @@ def test_evolutionary_finds_the_known_optimum():
     pytest.importorskip("pymoo", reason="pip install pymoo")
     space, budget = toy(), {"params_ratio": 0.55}
     best_q, best = brute_force(space, budget)
-    ctx = context(space, budget, population=24, generations=40)
+    ctx = context(space, budget, population=24, generations=40, genes="grid")
     ratios, rt, history = STRATEGIES.get("evolutionary")(ctx)
     assert ratios == best
     assert quality_of(space)(ratios) == pytest.approx(best_q)
@@ -92,8 +92,60 @@ def test_evolutionary_finds_the_known_optimum():
     assert len(gens) == 40 and gens[-1]["best"] == best
     json.dumps(history)  # the history is plain JSON
     # seeded: the same run again gives the same history
-    again = STRATEGIES.get("evolutionary")(context(toy(), budget, population=24, generations=40))
+    again = STRATEGIES.get("evolutionary")(context(toy(), budget, population=24, generations=40,
+                                                           genes="grid"))
     assert again[2] == history
+
+
+def _continuous_optimum(space, kept, cap):
+    """max -sum(w r^2) s.t. sum(n r) = (1 - kept) sum(n), r <= cap: r = min(cap, lam n / w)."""
+    lo, hi, target = 0.0, 1e3, (1 - kept) * sum(space.sizes)
+    for _ in range(200):
+        lam = (lo + hi) / 2
+        r = [min(cap, lam * n / w) for n, w in zip(space.sizes, space.weights, strict=True)]
+        lo, hi = (lam, hi) if sum(n * x for n, x in zip(space.sizes, r, strict=True)) < target \
+            else (lo, lam)
+    return quality_of(space)(r)
+
+
+def test_evolutionary_shapes_spend_the_budget_and_near_the_optimum():
+    pytest.importorskip("pymoo", reason="pip install pymoo")
+    space, budget = toy(), {"params_ratio": 0.55}
+    ctx = context(space, budget, population=16, generations=30)
+    ratios, _, history = STRATEGIES.get("evolutionary")(ctx)
+    # every candidate is scaled onto the budget, so the winner spends all of it
+    assert ctx.violation(ratios, 1) <= 0
+    assert space.cost(ratios)["params"] == pytest.approx(0.55 * sum(space.sizes), rel=1e-4)
+    uniform, _, _ = STRATEGIES.get("uniform")(context(toy(), budget))
+    optimum = _continuous_optimum(space, 0.55, GRID[-1])
+    got = quality_of(space)(ratios)
+    assert got > quality_of(space)(uniform) + 1.0       # far better than one ratio everywhere
+    assert got >= optimum * 1.05                          # within 5% of the continuous optimum
+    # the first individual is the uniform allocation itself
+    first = history[0]["evaluations"][0]["ratios"]
+    assert first == pytest.approx(uniform, abs=1e-5)
+    assert history[0]["genes"] == "shape"
+    again = STRATEGIES.get("evolutionary")(context(toy(), budget, population=16, generations=30))
+    assert again[2] == history
+
+
+def test_evolutionary_never_scores_below_uniform():
+    """Elitism from a uniform first individual: on any quality function, the search ends at
+    least where uniform is, even when every other shape is worse."""
+    pytest.importorskip("pymoo", reason="pip install pymoo")
+    space = toy()
+    ctx = SearchContext(space, Budget.parse({"params_ratio": 0.6}), GRID,
+                        lambda r: -max(r) + min(r), 0, {"population": 6, "generations": 3})
+    ratios, _, _ = STRATEGIES.get("evolutionary")(ctx)
+    assert max(ratios) - min(ratios) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_evolutionary_bad_options():
+    pytest.importorskip("pymoo", reason="pip install pymoo")
+    with pytest.raises(ConfigError, match="unknown genes 'bits'.*shape, grid"):
+        STRATEGIES.get("evolutionary")(context(toy(), {"params_ratio": 0.6}, genes="bits"))
+    with pytest.raises(ConfigError, match="spread must be in"):
+        STRATEGIES.get("evolutionary")(context(toy(), {"params_ratio": 0.6}, spread=0))
 
 
 @pytest.mark.parametrize("kind", ["uniform", "sensitivity", "greedy", "hierarchical"])

@@ -31,11 +31,12 @@ _SEARCH = {
     "list_kinds": "search",
     "SensitivityScan": "sensitivity",
     "scan": "sensitivity",
+    "score_after_training": "allocate",
 }
 
 __all__ = ["Allocation", "Budget", "LatencyTable", "Rule", "SensitivityScan", "allocate",
            "apply_allocation", "lamp_scores", "list_kinds", "list_scopes", "nm_keep",
-           "parse_pattern", "scan", "select"]
+           "parse_pattern", "scan", "score_after_training", "select"]
 
 
 def __getattr__(name: str) -> Any:

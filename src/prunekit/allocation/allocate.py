@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -97,6 +98,8 @@ def allocate(
     seed: int = 0,
     population: int = 16,
     generations: int = 10,
+    genes: str = "shape",
+    spread: float = 1.0,
     block_depth: int = 1,
     cache_dir: str | os.PathLike[str] | None = "default",
     cache_key: str = "",
@@ -137,6 +140,11 @@ def allocate(
         seed: seed of the evolutionary search.
         population: evolutionary population size.
         generations: evolutionary generations.
+        genes: evolutionary encoding: ``"shape"`` (each unit's share of what is kept,
+            every candidate scaled to spend the whole budget; uniform is the first
+            individual) or ``"grid"`` (each unit's ratio picked from ``grid``).
+        spread: for ``genes="shape"``, how far (log2) a unit's kept share may move from
+            the uniform one: 1 allows half to twice.
         block_depth: hierarchical blocks are units grouped by this many name parts.
         cache_dir: folder for the latency table and sensitivity scans; ``"default"`` is
             ``$PRUNEKIT_CACHE`` or ``~/.cache/prunekit``; ``None`` caches nothing.
@@ -169,7 +177,8 @@ def allocate(
         space.use_latency(batch_size=batch_size, threads=threads, timer=timer, clock=clock,
                           cache_dir=cache, grid=grid_)
     space.check_metrics(spec.metrics)
-    options = {"population": population, "generations": generations, "block_depth": block_depth,
+    options = {"population": population, "generations": generations, "genes": genes,
+               "spread": spread, "block_depth": block_depth,
                "cache_dir": cache, "cache_key": cache_key, "progress": progress}
     ctx = SearchContext(space, spec, grid_, evaluate, seed, options)
     ratios, rt, history = strategy(ctx)
@@ -181,6 +190,60 @@ def allocate(
     if history_path is not None:
         alloc.save(history_path)
     return alloc
+
+
+def score_after_training(
+    evaluate: Callable[[nn.Module], float],
+    data: Any,
+    *,
+    steps: int = 20,
+    lr: float = 0.01,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    loss_fn: Callable[..., Any] | None = None,
+    seed: int = 0,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+) -> Callable[[nn.Module], float]:
+    """``evaluate`` after a short fine-tuning: a search's score that ranks cuts the way the
+    accuracy after recovery does.
+
+    Each candidate is trained for ``steps`` optimizer steps on the first ``steps`` batches
+    of ``data`` (taken once, so every candidate sees the same batches in the same order),
+    then scored by ``evaluate``. Without it, a held-out score right after the cut (with or
+    without batch-norm recalibration) hardly ranks deep cuts: the rank correlations with
+    the accuracy after fine-tuning are measured in docs/allocation.md ("Which score to
+    search on").
+
+    Args:
+        evaluate: ``evaluate(model) -> quality`` on a held-out split, higher is better.
+        data: ``(inputs, labels)`` batches from the training split (never the held-out one).
+        steps: optimizer steps per candidate, >= 1.
+        lr, momentum, weight_decay, loss_fn, seed: as :func:`prunekit.recovery.train`
+            (SGD, cosine schedule over the steps).
+        wrap: what the training loop calls instead of the candidate (e.g. a module that
+            picks the logits out of a model's output); the candidate itself is scored.
+
+    Returns:
+        ``scored(model) -> quality``; it trains the candidate in place (``allocate`` passes
+        copies). Its name says the steps, so cached sensitivity scans keep them apart.
+    """
+    from ..recovery import train
+
+    if int(steps) != steps or steps < 1:
+        raise ConfigError(f"steps must be a whole number >= 1, got {steps!r}")
+    batches = list(itertools.islice(iter(data), int(steps)))
+    if not batches:
+        raise ConfigError("score_after_training: data gave no batches; pass training batches "
+                          "of (inputs, labels)")
+
+    def scored(model: nn.Module) -> float:
+        train(wrap(model) if wrap is not None else model, batches, epochs=1, lr=lr,
+              momentum=momentum, weight_decay=weight_decay, loss_fn=loss_fn, seed=seed,
+              quiet=True)
+        return evaluate(model)
+
+    scored.__name__ = f"{getattr(evaluate, '__name__', 'evaluate')}_after_{len(batches)}_steps"
+    return scored
 
 
 def apply_allocation(model: nn.Module, allocation: Allocation, example_inputs: Any = None) -> Any:

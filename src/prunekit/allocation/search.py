@@ -323,15 +323,28 @@ def hierarchical(ctx: SearchContext) -> Result:
 
 
 # -- evolutionary ---------------------------------------------------------------------------
+GENES = ("shape", "grid")
+
+
 @STRATEGIES.register("evolutionary")
 def evolutionary(ctx: SearchContext) -> Result:
-    """A genetic algorithm over per-unit grid ratios (and the round_to choice).
+    """A genetic algorithm over per-unit ratios (and the round_to choice).
 
-    pymoo's GA (Blank & Deb 2020, "pymoo: Multi-Objective Optimization in Python") with
-    integer genes (SBX crossover and polynomial mutation, rounded), the budget as an
-    inequality constraint (feasible beats infeasible, then quality; Deb 2000), fitness
-    the held-out quality of the pruned copy. The first population holds every uniform
-    allocation of the grid, so feasible parents exist from the start.
+    pymoo's GA (Blank & Deb 2020, "pymoo: Multi-Objective Optimization in Python"),
+    fitness the held-out quality of the pruned copy, with one of two encodings
+    (``options["genes"]``):
+
+    - ``"shape"`` (default): real genes ``g`` in [-1, 1] give each unit a share of what is
+      kept, ``keep_i = (1 - s) * 2 ** (spread * g_i)``, clipped to ``[1 - cap, 1]``; the
+      scalar ``s`` is the smallest that meets the budget (bisection), so every candidate
+      spends the whole budget, and ``g = 0`` is exactly the uniform allocation. The first
+      individual is that uniform one, so with the GA's elitism the result never scores
+      below uniform on the held-out split. Ratios are continuous (``cap`` is the grid's
+      largest ratio; ``spread``, default 1, lets a unit keep half to twice the uniform share).
+    - ``"grid"``: integer genes pick each unit's ratio from the grid (SBX crossover and
+      polynomial mutation, rounded), the budget an inequality constraint (feasible beats
+      infeasible, then quality; Deb 2000). The first population holds every uniform
+      allocation of the grid, so feasible parents exist from the start.
     """
     try:
         import numpy as np
@@ -345,22 +358,44 @@ def evolutionary(ctx: SearchContext) -> Result:
     except ImportError:
         raise ConfigError("kind='evolutionary' needs pymoo: pip install pymoo") from None
     choices = list(ctx.space.round_to_choices)
-    n, top = ctx.units, len(ctx.grid) - 1
+    n, top, cap = ctx.units, len(ctx.grid) - 1, ctx.grid[-1]
     pop = int(ctx.options.get("population", 16))
     gens = int(ctx.options.get("generations", 10))
+    genes = ctx.options.get("genes") or "shape"
+    spread = float(ctx.options.get("spread", 1.0))
     if pop < 2 or gens < 1:
         raise ConfigError(f"population must be >= 2 and generations >= 1, got {pop}, {gens}")
+    if genes not in GENES:
+        raise ConfigError(f"unknown genes {genes!r} for kind='evolutionary'; valid: "
+                          f"{', '.join(GENES)}")
+    if not 0 < spread <= 4:
+        raise ConfigError(f"spread must be in (0, 4] (log2 of how far a unit's share may move "
+                          f"from uniform), got {spread}")
+    shaped = genes == "shape"
     evaluations: list[dict[str, Any]] = []
 
+    def pick(x: Any) -> int:
+        return choices[min(max(int(round(x[n])), 0), len(choices) - 1)] if len(choices) > 1 \
+            else choices[0]
+
+    def at_scale(g: Any, s: float) -> list[float]:
+        keeps = ((1.0 - s) * 2.0 ** (spread * float(v)) for v in g)
+        return [1.0 - min(1.0, max(1.0 - cap, k)) for k in keeps]
+
     def decode(x: Any) -> tuple[list[float], int]:
-        genes = [int(round(v)) for v in x]
-        rt = choices[genes[n]] if len(choices) > 1 else choices[0]
-        return [ctx.grid[min(max(g, 0), top)] for g in genes[:n]], rt
+        rt = pick(x)
+        if shaped:
+            hit = _smallest(ctx, lambda s: at_scale(x[:n], s), rt, 1.0)
+            return (hit[1] if hit else at_scale(x[:n], 1.0)), rt
+        return [ctx.grid[min(max(int(round(v)), 0), top)] for v in x[:n]], rt
 
     class Problem(ElementwiseProblem):
         def __init__(self) -> None:
-            upper = [top] * n + ([len(choices) - 1] if len(choices) > 1 else [])
-            super().__init__(n_var=len(upper), n_obj=1, n_ieq_constr=1, xl=0, xu=np.array(upper))
+            extra = [len(choices) - 1] if len(choices) > 1 else []
+            lower, upper = ([-1.0] * n, [1.0] * n) if shaped else ([0] * n, [top] * n)
+            super().__init__(n_var=n + len(extra), n_obj=1, n_ieq_constr=1,
+                             xl=np.array(lower + [0] * len(extra), dtype=float),
+                             xu=np.array(upper + extra, dtype=float))
 
         def _evaluate(self, x: Any, out: dict, *args: Any, **kwargs: Any) -> None:
             ratios, rt = decode(x)
@@ -369,8 +404,8 @@ def evolutionary(ctx: SearchContext) -> Result:
             quality = ctx.quality(ratios, rt) if violation <= 0 else None
             out["F"] = [-(quality if quality is not None else -1e9)]
             out["G"] = [violation]
-            evaluations.append({"ratios": ratios, "round_to": rt, "violation": round(violation, 6),
-                                "quality": quality,
+            evaluations.append({"ratios": [round(r, 6) for r in ratios], "round_to": rt,
+                                "violation": round(violation, 6), "quality": quality,
                                 "cost": {k: round(v, 6) for k, v in cost.items()}})
 
     generations: list[dict[str, Any]] = []
@@ -382,29 +417,38 @@ def evolutionary(ctx: SearchContext) -> Result:
             generations.append({"generation": algorithm.n_gen, "evaluations": len(evaluations),
                                 "feasible_so_far": len(feasible),
                                 "best_quality": None if opt.CV[0] > 0 else float(-opt.F[0]),
-                                "best": decode(opt.X)[0]})
+                                "best": [round(r, 6) for r in decode(opt.X)[0]]})
             ctx.log(f"generation {algorithm.n_gen}: best {generations[-1]['best_quality']}")
 
     rng = np.random.default_rng(ctx.seed)
     extra = [0] if len(choices) > 1 else []
-    # every uniform level when they fit (evenly spaced ones, the top included, otherwise):
-    # the most pruned one meets any budget that can be met, so a feasible parent exists
-    levels = sorted({round(i * top / max(1, min(pop, top + 1) - 1))
-                     for i in range(min(pop, top + 1))})
-    start = [[lv] * n + extra for lv in levels]
-    while len(start) < pop:
-        start.append(list(rng.integers(0, top + 1, size=n)) + [int(rng.integers(0, len(choices)))
-                                                                 for _ in extra])
+    if shaped:
+        # the uniform allocation for every round_to choice, then random shapes
+        start = [[0.0] * n + ([float(i)] if extra else []) for i in range(len(choices))][:pop]
+        while len(start) < pop:
+            start.append(list(rng.uniform(-1.0, 1.0, size=n))
+                         + [float(rng.integers(0, len(choices))) for _ in extra])
+        operators = {"crossover": SBX(prob=0.9, eta=15.0), "mutation": PM(eta=20.0)}
+    else:
+        # every uniform level when they fit (evenly spaced ones, the top included, otherwise):
+        # the most pruned one meets any budget that can be met, so a feasible parent exists
+        levels = sorted({round(i * top / max(1, min(pop, top + 1) - 1))
+                         for i in range(min(pop, top + 1))})
+        start = [[lv] * n + extra for lv in levels]
+        while len(start) < pop:
+            start.append(list(rng.integers(0, top + 1, size=n))
+                         + [int(rng.integers(0, len(choices))) for _ in extra])
+        operators = {"crossover": SBX(prob=0.9, eta=3.0, vtype=float, repair=RoundingRepair()),
+                     "mutation": PM(prob=1.0, eta=3.0, vtype=float, repair=RoundingRepair())}
     algorithm = GA(pop_size=pop, sampling=np.array(start, dtype=float),
-                   crossover=SBX(prob=0.9, eta=3.0, vtype=float, repair=RoundingRepair()),
-                   mutation=PM(prob=1.0, eta=3.0, vtype=float, repair=RoundingRepair()),
-                   eliminate_duplicates=True)
+                   eliminate_duplicates=True, **operators)
     result = minimize(Problem(), algorithm, ("n_gen", gens), seed=ctx.seed, callback=Record(),
                       verbose=False)
     if result.X is None or (result.CV is not None and float(np.min(result.CV)) > 0):
         raise _impossible(ctx)
     ratios, rt = decode(result.X)
-    return ratios, rt, [{"generations": generations, "evaluations": evaluations}]
+    return ratios, rt, [{"genes": genes, "generations": generations,
+                         "evaluations": evaluations}]
 
 
 def _impossible(ctx: SearchContext) -> ConfigError:

@@ -719,7 +719,10 @@ class AllocateConfig(_Section):
     ``budget``: e.g. ``{latency_ratio: 0.5}``, ``{latency_ms: 2.0}``, ``{macs_ratio: 0.3}``,
     ``{params: 100000}``, ``{sparsity: 0.8}`` (latency measured on this machine at
     ``batch_size`` with ``threads``); the searched kinds judge candidates on the validation
-    split (``data.val_fraction``), never on the test split.
+    split (``data.val_fraction``), never on the test split; with ``finetune_steps`` each
+    candidate is first trained that many steps on the training split (the finetune
+    section's learning rate), which ranks deep cuts far better than the score right after
+    the cut (:func:`prunekit.allocation.score_after_training`).
     """
 
     kind: str = "greedy"
@@ -731,7 +734,10 @@ class AllocateConfig(_Section):
     clock: Literal["wall", "cpu"] = "wall"
     population: Int = Field(16, ge=2)
     generations: Int = Field(10, ge=1)
+    genes: Literal["shape", "grid"] = "shape"
+    spread: Float = Field(1.0, gt=0, le=4)
     block_depth: Int = Field(1, ge=1)
+    finetune_steps: Int = Field(0, ge=0)
 
     @field_validator("kind")
     @classmethod

@@ -29,7 +29,7 @@ from torch import nn
 from .._registry import Registry
 from .._utils import versions
 from ..allocation import allocate, apply_allocation
-from ..allocation.allocate import DEFAULT_GRID
+from ..allocation.allocate import DEFAULT_GRID, score_after_training
 from ..config import Budget, PlanConfig, SparsifyConfig
 from ..data import Splits
 from ..data.sources import split_batch
@@ -607,12 +607,32 @@ def allocate_for(model: nn.Module, job: Job) -> Any:
     ctx.say(f"allocating with {a.kind} under {a.budget}")
     return allocate(
         model, head_of(job.example, 1), kind=a.kind, budget=a.budget,
-        evaluate=(lambda m: ctx.accuracy(m, "val")) if a.needs_evaluate else None,
+        evaluate=_allocation_score(job) if a.needs_evaluate else None,
         granularity="channel" if p.structured else "mask", criterion=p.criterion,
         ignore=ignore, grid=a.grid or DEFAULT_GRID, round_to=a.round_to,
         batch_size=a.batch_size, threads=a.threads, clock=a.clock, seed=ctx.recipe.seed,
-        population=a.population, generations=a.generations, block_depth=a.block_depth,
+        population=a.population, generations=a.generations, genes=a.genes,
+        spread=a.spread, block_depth=a.block_depth,
         history_path=ctx.out / "allocation.json", progress=ctx.say)
+
+
+def _allocation_score(job: Job) -> Callable[[nn.Module], float]:
+    """Validation accuracy of a candidate, after ``finetune_steps`` training steps if asked."""
+    ctx, a = job.ctx, job.recipe.allocate
+
+    def val_accuracy(m: nn.Module) -> float:
+        return ctx.accuracy(m, "val")
+
+    if not a.finetune_steps:
+        return val_accuracy
+    p, loader = ctx.prepared, ctx.loader("train", train=True)
+    if loader is None:
+        raise ConfigError("allocate.finetune_steps trains each candidate on the training split, "
+                          "and the data has none; set finetune_steps: 0")
+    return score_after_training(val_accuracy, p.batches(loader, ctx.reference),
+                                steps=a.finetune_steps, lr=job.recipe.finetune.lr,
+                                loss_fn=p.objective.loss if p.own else None,
+                                seed=job.recipe.seed, wrap=p.net)
 
 
 def _allocation_summary(allocation: Any) -> dict[str, Any]:
