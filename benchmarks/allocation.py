@@ -324,6 +324,118 @@ def setup_fields(args) -> dict:
             "threads": args.threads, "clock": args.clock}
 
 
+# --- part 4: which search score ranks cuts like the accuracy after fine-tuning ------------
+def proxy_rows(args) -> None:
+    """``--shapes`` cuts at the budget (``--fractions[0]``, ``--batches[0]``): the uniform one
+    and random shapes (the evolutionary search's encoding, seeded); for each, the scores a
+    search could use and the test accuracy after the benchmark's fine-tuning."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from prunekit.allocation.budget import Budget
+    from prunekit.allocation.search import SearchContext, shape_ratios
+    from prunekit.recovery import recalibrate_bn, train
+
+    splits = data(args)
+    base = baseline(args, splits)
+    x = torch.zeros(1, 1, 28, 28)
+    fraction, batch = args.fractions[0], args.batches[0]
+    space = latency_space(base, x, batch, args)
+    ctx = SearchContext(space, Budget.parse({"latency_ratio": fraction}),
+                        sorted({0.0, *args.grid}))
+    calib = [splits["train"].tensors[0][i:i + 128] for i in range(0, args.calib, 128)]
+    hx, hy = splits["holdout"].tensors
+
+    def scores(model: nn.Module) -> dict[str, float]:
+        recalibrate_bn(model, calib, mode="cumulative")
+        model.eval()
+        with torch.no_grad():
+            logits = model(hx)
+        return {"acc": float((logits.argmax(1) == hy).float().mean()),
+                "neg_loss": -float(F.cross_entropy(logits, hy))}
+
+    def after_steps(model: nn.Module) -> dict[str, float]:
+        got: dict[str, float] = {}
+        score_after_training(lambda m: got.update(scores(m)) or 0.0,
+                             TensorBatches(splits["train"], batch_size=64, seed=0),
+                             steps=args.search_steps)(model)
+        return got
+
+    rng = np.random.default_rng(0)
+    for i in range(args.shapes):
+        genes = np.zeros(len(space.units)) if i == 0 else rng.uniform(-1, 1, len(space.units))
+        rt = 1
+        ratios = shape_ratios(ctx, genes, rt)
+        cut = space.build(ratios, rt)
+        row = {"part": "proxy", "model": args.model, "fraction": fraction, "batch": batch,
+               "shape": i, "ratios": [round(r, 4) for r in ratios],
+               "macs_ratio": count_macs(cut, x).dense / space.dense_cost()["macs"],
+               "predicted_ms": space.cost(ratios, rt)["latency_ms"],
+               **{f"cut_{k}": v for k, v in scores(copy.deepcopy(cut)).items()},
+               **{f"steps_{k}": v for k, v in after_steps(copy.deepcopy(cut)).items()}}
+        recalibrate_bn(cut, calib, mode="cumulative")
+        train(cut, TensorBatches(splits["train"], batch_size=128, seed=100),
+              epochs=args.finetune_epochs, lr=0.01, momentum=0.9, weight_decay=5e-4, seed=0,
+              quiet=True)
+        emit({**row, "test": round(accuracy(cut, splits["test"]), 4),
+              **setup_fields(args)}, args)
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties)."""
+    def ranks(v: list[float]) -> list[float]:
+        order = sorted(range(len(v)), key=v.__getitem__)
+        out = [0.0] * len(v)
+        i = 0
+        while i < len(v):
+            j = i
+            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+
+    ra, rb = ranks(a), ranks(b)
+    return statistics.correlation(ra, rb) if len(a) > 2 else float("nan")
+
+
+PROXIES = [("cut_acc", "held-out accuracy after cut + BN"),
+           ("cut_neg_loss", "held-out -loss after cut + BN"), ("macs_ratio", "MACs kept"),
+           ("steps_acc", "held-out accuracy after {steps} training steps + BN"),
+           ("steps_neg_loss", "held-out -loss after {steps} training steps + BN")]
+
+
+def proxy_report(rows: list[dict]) -> list[str]:
+    """Per (network, batch, budget): each score's rank correlation with the test accuracy
+    after fine-tuning, over the cuts."""
+    cells: dict[tuple, list[dict]] = {}
+    for r in rows:
+        cells.setdefault((r["model"], r["batch"], r["fraction"], r["finetune_epochs"],
+                          r["search_steps"]), []).append(r)
+    lines = ["", "### Which score to search on", "",
+             "Cuts at the same predicted latency (the uniform one and random shapes of the "
+             "evolutionary encoding, `--part proxy`); Spearman rank correlation of each score "
+             "with the test accuracy after fine-tuning, over the cuts. A search can only find "
+             "what its score ranks.", "",
+             "| network | batch | budget (x dense) | fine-tuning epochs | N | cuts | "
+             "test acc. after fine-tuning: uniform (range over cuts) | "
+             + " | ".join(name.format(steps="N") for _, name in PROXIES) + " |",
+             "|---|---|---|---|---|---|---|" + "---|" * len(PROXIES)]
+    for (model, batch, fraction, epochs, steps), rs in sorted(cells.items()):
+        test = [r["test"] for r in rs]
+        uniform = next((r["test"] for r in rs if r["shape"] == 0), float("nan"))
+        corr = " | ".join(f"{spearman([r[k] for r in rs], test):+.2f}" for k, _ in PROXIES)
+        lines.append(f"| {NAMES.get(model, model)} | {batch} | {fraction:.3g} | {epochs} | "
+                     f"{steps} | {len(rs)} | {uniform:.3f} ({min(test):.3f}–{max(test):.3f}) | "
+                     f"{corr} |")
+    lines += ["", "N: training steps of 64 images each "
+              "(`prunekit.allocation.score_after_training`); the held-out images are 500 "
+              "training images never trained on; batch-norm statistics recomputed on 256 "
+              "training images before every score."]
+    return lines
+
+
 # --- part 3: untrained networks, latency only ---------------------------------------------
 def latency_rows(args) -> None:
     """Networks too large to train here (``--nets``, e.g. resnet18 at 224x224), freshly
@@ -540,6 +652,9 @@ def report(args) -> None:
         lines += ["", f"Not in the table: {NAMES.get(r['model'], r['model'])}, batch "
                   f"{r['batch']}, {r['fraction']:.3g} x dense, largest ratio {r['grid_max']}, "
                   f"{KIND_NAMES.get(r['kind'], r['kind'])}: {r['error']}"]
+    proxy = [r for r in rows if r["part"] == "proxy"]
+    if proxy:
+        lines += proxy_report(proxy)
     if lat:
         lines += latency_report(lat)
     write_section(args.docs, "allocation-bench", "\n".join(lines), title="# Allocation\n")
@@ -550,8 +665,9 @@ def report(args) -> None:
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=["table", "accuracy", "latency", "both"], default="both",
-                    help="latency: untrained --nets cut by the kinds that need no data")
+    ap.add_argument("--part", choices=["table", "accuracy", "latency", "proxy", "both"],
+                    default="both", help="latency: untrained --nets cut by the kinds that need "
+                    "no data; proxy: which search score ranks cuts like fine-tuned accuracy")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--nets", nargs="+", default=list(TABLE_NETS))
     ap.add_argument("--configs", type=int, default=4, help="random allocations per network")
@@ -574,6 +690,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--search-steps", type=int, default=0,
                     help="score each searched candidate after this many training steps "
                          "(prunekit.allocation.score_after_training, batches of 64)")
+    ap.add_argument("--shapes", type=int, default=12, help="cuts of part proxy")
     ap.add_argument("--genes", choices=["shape", "grid"], default="shape",
                     help="the evolutionary search's encoding")
     ap.add_argument("--grid", nargs="+", type=float, default=SEARCH_GRID,
@@ -603,6 +720,8 @@ def main() -> None:
             accuracy_rows(args)
         if args.part == "latency":
             latency_rows(args)
+        if args.part == "proxy":
+            proxy_rows(args)
     report(args)
 
 

@@ -161,3 +161,57 @@ def test_cpu_clock_timer():
     timer = measured_timer(clock="cpu", runs=3, warmup=1)
     net = nn.Linear(64, 64)
     assert timer(net, torch.randn(8, 64)) > 0 and net.training  # train flag restored
+
+
+class OddWidthTimer(FakeTimer):
+    """The fake cost, plus a slow kernel for any convolution with an odd output width: a
+    cost that interpolating between even widths cannot see."""
+
+    __qualname__ = "OddWidthTimer"
+
+    def __call__(self, module: nn.Module, inputs: torch.Tensor) -> float:
+        odd = sum(0.05 for m in module.modules()
+                  if isinstance(m, nn.Conv2d) and m.out_channels % 2)
+        return super().__call__(module, inputs) + odd
+
+
+def test_exact_measures_off_grid_widths_instead_of_interpolating(tmp_path):
+    torch.manual_seed(0)
+    sp = ChannelSpace(SmallNet().eval(), torch.randn(1, 3, 16, 16))
+    timer = OddWidthTimer()
+    sp.use_latency(timer=timer, cache_dir=tmp_path, grid=[0.0, 0.5, 0.75])
+    table = sp.tables[1]
+    ratios = [0.3] * len(sp.units)  # off the grid, odd widths (16 -> 11, 24 -> 17, ...)
+    x = torch.randn(1, 3, 16, 16)
+    truth = timer(sp.build(ratios), x)
+    interpolated = sp.cost(ratios)["latency_ms"]
+    assert interpolated < truth - 0.1  # the slow odd-width kernels are missed
+    before = table.measured
+    with sp.exact():
+        assert sp.cost(ratios)["latency_ms"] == pytest.approx(truth, rel=1e-9)
+    assert table.measured > before and not table.on_demand
+    # measured once: the entries stay, and the cache on disk has them
+    assert sp.cost(ratios)["latency_ms"] == pytest.approx(truth, rel=1e-9)
+    calls = timer.layer_calls
+    with sp.exact():
+        sp.cost(ratios)
+    assert timer.layer_calls == calls
+
+
+def test_uniform_meets_a_latency_budget_as_built(tmp_path):
+    """A continuous ratio lands between the table's widths: uniform's bisection runs on
+    measured widths, so the network as built (not just as interpolated) meets the budget."""
+    from prunekit.allocation import allocate
+
+    torch.manual_seed(0)
+    model, x = SmallNet().eval(), torch.randn(1, 3, 16, 16)
+    timer = OddWidthTimer()
+    dense = timer(model, x)
+    alloc = allocate(model, x, kind="uniform", budget={"latency_ms": 0.7 * dense},
+                     grid=[0.25, 0.5, 0.75], cache_dir=tmp_path, timer=timer)
+    pruned = copy.deepcopy(model)
+    from prunekit.allocation import apply_allocation
+
+    apply_allocation(pruned, alloc, x)
+    assert timer(pruned, x) == pytest.approx(alloc.predicted["latency_ms"], rel=1e-9)
+    assert timer(pruned, x) <= 0.7 * dense + 1e-9

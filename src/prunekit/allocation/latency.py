@@ -32,7 +32,8 @@ import hashlib
 import json
 import os
 import platform
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,6 +203,7 @@ class LatencyTable:
         self.entries: dict[str, float] = self._load_cache()
         self.layers = self._record_layers()
         self.measured = 0
+        self.on_demand = False
         self._measure_all()
         key = None if network_key is None else f"{network_key}|n{batch_size}|{self.widths}"
         cached = self.fits.get(key) if key is not None else None
@@ -324,10 +326,26 @@ class LatencyTable:
                     self.measured += 1
         self._save_cache()
 
+    @contextmanager
+    def exact(self) -> Iterator[None]:
+        """Inside, a width the table has not measured is measured (once, then cached) instead
+        of interpolated: for the last steps of a search, whose widths are off the grid."""
+        before, self.on_demand = self.on_demand, True
+        try:
+            yield
+        finally:
+            self.on_demand = before
+            self._save_cache()
+
     def _lookup(self, layer: _Layer, cin: int, cout: int) -> float:
         sig = layer.signature()
         key = f"{sig}|{cin}|{cout}"
         if key in self.entries:
+            return self.entries[key]
+        if self.on_demand:
+            module, x = layer.build(cin, cout)
+            self.entries[key] = float(self.timer(module, x))
+            self.measured += 1
             return self.entries[key]
         ins, outs = self._grids[sig]
         if _diagonal(layer):

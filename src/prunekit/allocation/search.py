@@ -23,6 +23,7 @@ the ratios (one per unit of the space), the ``round_to`` it chose and its histor
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable, Sequence
@@ -83,6 +84,12 @@ class SearchContext:
             total += (cost[metric] - bound) if key == "sparsity" else (bound - cost[metric]) / bound
         return total
 
+    def exact(self) -> Any:
+        """A context in which costs are exact (the space measures off-grid latency widths);
+        searches that produce off-grid ratios take their last steps inside it."""
+        exact = getattr(self.space, "exact", None)
+        return exact() if exact is not None else contextlib.nullcontext()
+
     def quality(self, ratios: Sequence[float], round_to: int) -> float:
         """Quality of the pruned copy (cached per allocation)."""
         key = (tuple(round(float(r), 6) for r in ratios), round_to)
@@ -132,7 +139,8 @@ def _scalar_search(ctx: SearchContext, ratios_at: Callable[[float, int], list[fl
                    name: str) -> Result:
     history, found = [], []
     for rt in ctx.space.round_to_choices:
-        hit = _smallest(ctx, lambda s, rt=rt: ratios_at(s, rt), rt, ctx.grid[-1])
+        with ctx.exact():  # a continuous scalar lands between the table's widths
+            hit = _smallest(ctx, lambda s, rt=rt: ratios_at(s, rt), rt, ctx.grid[-1])
         if hit is not None:
             found.append((hit[0], rt, hit[1]))
             history.append({"round_to": rt, name: round(hit[0], 6),
@@ -358,7 +366,7 @@ def evolutionary(ctx: SearchContext) -> Result:
     except ImportError:
         raise ConfigError("kind='evolutionary' needs pymoo: pip install pymoo") from None
     choices = list(ctx.space.round_to_choices)
-    n, top, cap = ctx.units, len(ctx.grid) - 1, ctx.grid[-1]
+    n, top = ctx.units, len(ctx.grid) - 1
     pop = int(ctx.options.get("population", 16))
     gens = int(ctx.options.get("generations", 10))
     genes = ctx.options.get("genes") or "shape"
@@ -378,15 +386,10 @@ def evolutionary(ctx: SearchContext) -> Result:
         return choices[min(max(int(round(x[n])), 0), len(choices) - 1)] if len(choices) > 1 \
             else choices[0]
 
-    def at_scale(g: Any, s: float) -> list[float]:
-        keeps = ((1.0 - s) * 2.0 ** (spread * float(v)) for v in g)
-        return [1.0 - min(1.0, max(1.0 - cap, k)) for k in keeps]
-
     def decode(x: Any) -> tuple[list[float], int]:
         rt = pick(x)
         if shaped:
-            hit = _smallest(ctx, lambda s: at_scale(x[:n], s), rt, 1.0)
-            return (hit[1] if hit else at_scale(x[:n], 1.0)), rt
+            return shape_ratios(ctx, x[:n], rt, spread), rt
         return [ctx.grid[min(max(int(round(v)), 0), top)] for v in x[:n]], rt
 
     class Problem(ElementwiseProblem):
@@ -446,9 +449,26 @@ def evolutionary(ctx: SearchContext) -> Result:
                       verbose=False)
     if result.X is None or (result.CV is not None and float(np.min(result.CV)) > 0):
         raise _impossible(ctx)
-    ratios, rt = decode(result.X)
+    with ctx.exact():  # the winner's scale, against measured (not interpolated) widths
+        ratios, rt = decode(result.X)
     return ratios, rt, [{"genes": genes, "generations": generations,
                          "evaluations": evaluations}]
+
+
+def shape_ratios(ctx: SearchContext, genes: Sequence[float], round_to: int,
+                 spread: float = 1.0) -> list[float]:
+    """The allocation a shape stands for: unit ``i`` keeps ``(1 - s) * 2 ** (spread *
+    genes[i])`` of its width (clipped to ``[1 - cap, 1]``, ``cap`` the grid's largest ratio),
+    with ``s`` the smallest scale that meets the budget; all units at ``cap`` when none does.
+    ``genes`` of zeros is the uniform allocation."""
+    cap = ctx.grid[-1]
+
+    def at_scale(s: float) -> list[float]:
+        keeps = ((1.0 - s) * 2.0 ** (spread * float(v)) for v in genes)
+        return [1.0 - min(1.0, max(1.0 - cap, k)) for k in keeps]
+
+    hit = _smallest(ctx, at_scale, round_to, 1.0)
+    return hit[1] if hit else at_scale(1.0)
 
 
 def _impossible(ctx: SearchContext) -> ConfigError:

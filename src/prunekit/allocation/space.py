@@ -17,7 +17,8 @@ import copy
 import hashlib
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -80,6 +81,15 @@ class _Space:
 
     def check_metrics(self, metrics: Iterable[str]) -> None:
         """Refuse budget metrics this space cannot predict."""
+
+    @contextmanager
+    def exact(self) -> Iterator[None]:
+        """Costs computed inside are exact: latency widths off the table's grid are measured
+        rather than interpolated (nothing changes for spaces without a latency table)."""
+        with ExitStack() as stack:
+            for table in getattr(self, "tables", {}).values():
+                stack.enter_context(table.exact())
+            yield
 
 
 class ChannelSpace(_Space):
