@@ -54,10 +54,26 @@ def row(kind: str, seed: int, test: float, **extra) -> dict:
 
 def test_report_aggregates_seeds_and_pairs_the_difference_to_uniform():
     rows = [row("uniform", s, t) for s, t in [(0, 0.80), (1, 0.82), (2, 0.84)]]
-    rows += [row("evolutionary", s, t) for s, t in [(0, 0.81), (1, 0.84), (2, 0.84)]]
+    rows += [row("evolutionary", s, t, genes="shape") for s, t in [(0, 0.5), (1, 0.84), (2, 0.84)]]
+    rows += [row("evolutionary", 0, 0.81, genes="shape")]  # a rerun replaces the earlier row
+    rows += [row("evolutionary", 0, 0.70)]  # made before genes were recorded: grid genes
     args = type("Args", (), {"calib": 8, "holdout": 8, "test": 8})()
     lines = allocation.accuracy_report(rows, args)
-    uniform, evo = (next(s for s in lines if f"| {k} |" in s) for k in ("uniform", "evolutionary"))
+    uniform, evo, grid = (next(s for s in lines if f"| {k} |" in s)
+                          for k in ("uniform", "evolutionary", "evolutionary (grid genes)"))
+    assert "| 0 |" in grid and "-10.0 |" in grid
     assert "| 0,1,2 |" in evo and "0.820 ± 0.020 (0.800–0.840)" in uniform
     assert "| 2.00 | 0.250 | 0.50 |" in evo  # speed-up, MACs x dense, latency efficiency
     assert "1.0 ± 1.0 (0.0–2.0)" in evo  # paired by seed: +1, +2, 0 points
+
+
+def test_proxy_report_ranks_scores_by_spearman():
+    tests = [0.5, 0.6, 0.7, 0.8]
+    rows = [{"part": "proxy", "model": "vgg-small", "batch": 1, "fraction": 0.333, "shape": i,
+             "finetune_epochs": 1, "search_steps": 20, "test": t, "cut_acc": -t,
+             "cut_neg_loss": 0.0 if i % 2 else 1.0, "macs_ratio": t, "steps_acc": t,
+             "steps_neg_loss": t * t} for i, t in enumerate(tests)]
+    line = next(s for s in allocation.proxy_report(rows) if s.startswith("| VGG-small"))
+    # held-out acc. after the cut ranks them backwards; the scores after training, exactly
+    assert "| 0.500 (0.500–0.800) | -1.00 | -0.45 | +1.00 | +1.00 | +1.00 |" in line
+    assert allocation.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9487, abs=1e-4)
