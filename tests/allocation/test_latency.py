@@ -215,3 +215,18 @@ def test_uniform_meets_a_latency_budget_as_built(tmp_path):
     apply_allocation(pruned, alloc, x)
     assert timer(pruned, x) == pytest.approx(alloc.predicted["latency_ms"], rel=1e-9)
     assert timer(pruned, x) <= 0.7 * dense + 1e-9
+
+
+def test_the_fitted_rest_does_not_depend_on_the_candidate_widths(tmp_path):
+    """The rest is fitted once per network and batch size on fixed uniform cuts, so a
+    ``latency_ratio`` is the same milliseconds whatever grid or round_to a search uses."""
+    torch.manual_seed(0)
+    model, x = SmallNet().eval(), torch.randn(1, 3, 16, 16)
+    first = ChannelSpace(model, x)
+    first.use_latency(timer=FakeTimer(), cache_dir=tmp_path, grid=[0.0, 0.5])
+    again = FakeTimer()
+    other = ChannelSpace(model, x, round_to_choices=(4, 8))
+    other.use_latency(timer=again, cache_dir=tmp_path, grid=[0.2, 0.4, 0.6, 0.8])
+    assert again.network_calls == 0  # the fit is read back, not refitted
+    assert other.tables[1].fit == first.tables[1].fit
+    assert other.dense_cost()["latency_ms"] == first.dense_cost()["latency_ms"]

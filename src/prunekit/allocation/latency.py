@@ -183,8 +183,10 @@ class LatencyTable:
             version, thread count and timer); ``None`` keeps entries in memory only.
         build: ``build(counts) -> model`` pruned to ``counts``; when given, the part of
             the latency the table does not see is fitted on uniformly pruned networks too.
-        network_key: names the network; with a cache, its fitted rest is stored under it
-            and read back next time, so every call predicts the same dense latency.
+        network_key: names the network; with a cache, its fitted rest (fitted on the dense
+            network and uniform cuts to 75, 50 and 30% of every width, whatever ``widths``
+            holds) is stored under it and read back next time, so every call, with any
+            candidate widths, predicts the same dense latency.
     """
 
     def __init__(self, graph: Any, *, widths: Mapping[int, Sequence[int]],
@@ -205,7 +207,10 @@ class LatencyTable:
         self.measured = 0
         self.on_demand = False
         self._measure_all()
-        key = None if network_key is None else f"{network_key}|n{batch_size}|{self.widths}"
+        # the rest is fitted at fixed uniform widths, so it holds for any candidate widths:
+        # one fit per network and batch size, and a latency_ratio is the same milliseconds
+        # whatever grid or round_to a search uses
+        key = None if network_key is None else f"{network_key}|n{batch_size}|uniform-fit"
         cached = self.fits.get(key) if key is not None else None
         if cached is not None:
             self.fit, self.calibration = (cached["a"], cached["b"]), cached["points"]
@@ -359,11 +364,11 @@ class LatencyTable:
         points: list[tuple[Counts, nn.Module]] = [({}, self.graph.model)]
         if build is not None:
             for q in (0.75, 0.5, 0.3):
-                counts = {g: _nearest(ws, q * self.graph.groups[g].size)
-                          for g, ws in self.widths.items()}
+                counts = {g: max(1, round(q * self.graph.groups[g].size)) for g in self.widths}
                 points.append((counts, build(counts)))
-        rows = [(self.activation_fraction(c), self.network_ms(m) - self.layers_ms(c))
-                for c, m in points]
+        with self.exact():  # the uniform widths are measured, whatever the grid
+            rows = [(self.activation_fraction(c), self.network_ms(m) - self.layers_ms(c))
+                    for c, m in points]
         self.calibration = [{"activation_fraction": f, "rest_ms": r} for f, r in rows]
         f = np.array([r[0] for r in rows])
         y = np.array([r[1] for r in rows])
@@ -417,10 +422,6 @@ def _follows_output(m: nn.Module) -> bool:
 
 def _diagonal(layer: _Layer) -> bool:
     return layer.in_axis is None and _follows_output(layer.module)
-
-
-def _nearest(values: Sequence[int], target: float) -> int:
-    return min(values, key=lambda v: (abs(v - target), v))
 
 
 def interp(xs: Sequence[int], x: float, f: Callable[[int], float]) -> float:
