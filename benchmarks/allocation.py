@@ -273,6 +273,7 @@ def accuracy_rows(args) -> None:
     for batch in args.batches:
         xb = x.repeat(batch, 1, 1, 1)
         for fraction in args.fractions:
+            done: list[tuple[dict, dict, nn.Module]] = []  # (row, cut, fine-tuned model)
             for kind in args.kinds:
                 found: dict = {}
                 for seed in args.seeds:
@@ -292,14 +293,21 @@ def accuracy_rows(args) -> None:
                     train(model, TensorBatches(splits["train"], batch_size=128, seed=100 + seed),
                           epochs=args.finetune_epochs, lr=0.01, momentum=0.9,
                           weight_decay=5e-4, seed=seed, quiet=True)
-                    measured = timed({"dense": base, "pruned": model}, xb, args)
-                    emit({"part": "accuracy", "model": args.model, "kind": kind,
-                          "fraction": fraction, "batch": batch, "seed": seed,
-                          "search_seed": search_seed, "dense_test": round(dense_test, 4),
-                          "search_holdout": cut["quality"], "cut_test": round(cut_test, 4),
-                          "test": round(accuracy(model, splits["test"]), 4),
-                          **cost_fields(cut, measured, count_macs(model, x).dense),
-                          **setup_fields(args)}, args)
+                    done.append(({"part": "accuracy", "model": args.model, "kind": kind,
+                                  "fraction": fraction, "batch": batch, "seed": seed,
+                                  "search_seed": search_seed, "dense_test": round(dense_test, 4),
+                                  "search_holdout": cut["quality"],
+                                  "cut_test": round(cut_test, 4),
+                                  "test": round(accuracy(model, splits["test"]), 4)},
+                                 cut, model))
+            # every fine-tuned cut of the block timed in one interleaved session with the
+            # dense network, so a busy spell of a shared machine hits all kinds alike
+            measured = timed({"dense": base, **{i: m for i, (_, _, m) in enumerate(done)}},
+                             xb, args)
+            for i, (row, cut, model) in enumerate(done):
+                emit({**row, **cost_fields(cut, {"pruned": measured[i], "dense": measured["dense"]},
+                                           count_macs(model, x).dense),
+                      **setup_fields(args)}, args)
 
 
 def cost_fields(cut: dict, measured: dict, macs: float) -> dict:
@@ -321,7 +329,7 @@ def setup_fields(args) -> dict:
             "search_finetune": args.search_finetune, "search_steps": args.search_steps,
             "genes": args.genes, "holdout": args.holdout,
             "calib": args.calib, "test_n": args.test, "epochs": args.epochs,
-            "threads": args.threads, "clock": args.clock}
+            "threads": args.threads, "clock": args.clock, "rounds": args.rounds}
 
 
 # --- part 4: which search score ranks cuts like the accuracy after fine-tuning ------------
@@ -518,7 +526,10 @@ def accuracy_report(acc: list[dict], args) -> list[str]:
     lines = ["### Allocation kinds at the same predicted latency (Fashion-MNIST, clock "
              f"`{acc[0].get('clock', 'wall')}`)", "",
              "Mean ± sample standard deviation (min–max) over the seeds. Speed-up: dense over "
-             "pruned measured latency (fastest run, interleaved); latency efficiency: speed-up / "
+             "pruned measured latency (fastest run, interleaved; rows made with "
+             "`--search-steps` time every fine-tuned cut of their block and the dense network "
+             "in one interleaved session, earlier rows each cut with the dense network right "
+             "after its fine-tuning); latency efficiency: speed-up / "
              "MAC reduction = speed-up x (MACs x dense). Δ vs uniform: test accuracy after "
              "fine-tuning minus uniform's with the same fine-tuning seed, in points.", "",
              "| network | batch | budget (x dense) | largest ratio (grid) | fine-tuning epochs | "
