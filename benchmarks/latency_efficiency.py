@@ -1,0 +1,267 @@
+"""Latency efficiency of latency-budgeted channel cuts at batch 1 on one CPU thread.
+
+Latency efficiency = speed-up / MAC reduction = (dense ms / pruned ms) x (pruned MACs / dense
+MACs), i.e. the pruned network's MACs per second over the dense one's. For torchvision's
+resnet18 and mobilenet_v2 (3x224x224, freshly initialized with seed 0, as
+``benchmarks/allocation.py --part latency`` builds them) each method cuts to a latency budget
+of a fraction of dense latency, as the per-layer latency table (eager PyTorch, CPU clock)
+predicts it; then dense and pruned are measured the same way, interleaved, in each setup:
+
+- ``eager``: the module as it is (``benchmarks/allocation.py``'s ``timed``).
+- ``cl``: eager, weights and input in channels_last.
+- ``fold``: batch norm folded into the convolutions (``torch.fx``'s ``fuse``), eager.
+- ``jit``: ``torch.jit.freeze(torch.jit.trace(folded))``.
+- ``jit-cl``: the same in channels_last.
+- ``ort``: onnxruntime 1 intra-op thread, all graph optimizations (``prunekit.export_onnx``).
+
+Methods are ``kind:round_to[,round_to...]``. ``greedy`` and ``evolutionary`` get a data-free
+``evaluate``: the kept fraction of dense MACs, so greedy cuts where predicted latency gained per
+MAC lost is best and the evolutionary search keeps the most MACs under the budget. No accuracy
+is measured: this is the latency side only.
+
+Every time is the CPU time of the inference thread (one thread): fastest run and median of the
+per-round medians over ``--rounds`` interleaved rounds. Rows go to ``--rows`` (JSON lines);
+the report (``--report-only`` rewrites it from the rows) is the section "latency-efficiency"
+of docs/allocation.md.
+
+    .venv/bin/python benchmarks/latency_efficiency.py --nets resnet18 --fractions 0.5 0.333 \
+        --methods uniform:1,8 uniform:16 uniform:32 greedy:8,16 greedy:16,32 \
+        --setups eager jit-cl ort --rounds 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import write_section
+from torch import nn
+
+from allocation import SEARCH_GRID, build, emit, provenance, timed
+from prunekit._io import write_json
+from prunekit.allocation import allocate, apply_allocation
+from prunekit.allocation.search import NEEDS_EVALUATE
+from prunekit.errors import ConfigError
+from prunekit.measure import count_macs
+
+SETUPS = ("eager", "cl", "fold", "jit", "jit-cl", "ort")
+SETUP_NAMES = {"eager": "eager PyTorch", "cl": "eager, channels_last", "fold": "BN folded, eager",
+               "jit": "BN folded + TorchScript frozen",
+               "jit-cl": "BN folded + TorchScript frozen, channels_last",
+               "ort": "onnxruntime (1 thread)"}
+
+
+def kept_macs(x: torch.Tensor, dense: float) -> Callable[[nn.Module], float]:
+    """A data-free ``evaluate``: the pruned copy's MACs as a fraction of dense."""
+
+    def evaluate(model: nn.Module) -> float:
+        return count_macs(model, x).dense / dense
+
+    return evaluate
+
+
+def parse_method(spec: str) -> tuple[str, tuple[int, ...]]:
+    kind, _, rts = spec.partition(":")
+    return kind, tuple(int(r) for r in rts.split(",")) if rts else (1,)
+
+
+def cut(base: nn.Module, x: torch.Tensor, spec: str, fraction: float, args) -> dict[str, Any]:
+    """The pruned copy for one method and budget, with what the allocation predicted."""
+    kind, round_to = parse_method(spec)
+    dense_macs = count_macs(base, x).dense
+    evaluate = kept_macs(x, dense_macs) if kind in NEEDS_EVALUATE else None
+    start = time.perf_counter()
+    alloc = allocate(base, x, kind=kind, budget={"latency_ratio": fraction}, evaluate=evaluate,
+                     grid=args.grid, round_to=round_to, batch_size=1, threads=1, clock="cpu",
+                     cache_dir=args.cache, cache_key="kept-macs", seed=args.seed,
+                     population=args.population, generations=args.generations)
+    model = copy.deepcopy(base)
+    apply_allocation(model, alloc, x)
+    return {"model": model.eval(), "predicted_ms": alloc.predicted["latency_ms"],
+            "predicted_dense_ms": alloc.dense["latency_ms"], "round_to": alloc.round_to,
+            "ratios": {k: round(v, 4) for k, v in alloc.ratios.items()},
+            "macs_ratio": count_macs(model, x).dense / dense_macs,
+            "search_s": time.perf_counter() - start}
+
+
+# --- deployment-style runners: () -> output, built once per network and setup -----------------
+def folded(model: nn.Module) -> nn.Module:
+    """Batch norm folded into the preceding convolutions (eval mode)."""
+    from torch.fx.experimental.optimization import fuse
+
+    return fuse(copy.deepcopy(model).eval())
+
+
+def runner(setup: str, model: nn.Module, x: torch.Tensor, tmp: Path, tag: str) -> Callable:
+    cl = torch.channels_last
+    if setup == "ort":
+        return ort_runner(model, x, tmp / f"{tag}.onnx")
+    net = folded(model) if setup in ("fold", "jit", "jit-cl") else copy.deepcopy(model).eval()
+    if setup in ("cl", "jit-cl"):
+        net, x = net.to(memory_format=cl), x.contiguous(memory_format=cl)
+    if setup in ("jit", "jit-cl"):
+        with torch.no_grad():
+            net = torch.jit.freeze(torch.jit.trace(net, x))
+
+    def run() -> Any:
+        with torch.no_grad():
+            return net(x)
+
+    return run
+
+
+def ort_runner(model: nn.Module, x: torch.Tensor, path: Path) -> Callable:
+    import onnxruntime as ort
+
+    import prunekit as pk
+
+    pk.export_onnx(model, x, path, dynamic_batch=False)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    return lambda: session.run(None, feed)
+
+
+def cpu_timed(fns: dict[str, Callable], args) -> dict[str, tuple[float, float]]:
+    """Like ``allocation.timed`` for any callables: (fastest, median of round medians) ms."""
+    stats: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
+    for _ in range(args.rounds):
+        for key, fn in fns.items():
+            for _ in range(3):
+                fn()
+            times = []
+            for _ in range(args.runs):
+                start = time.thread_time()
+                fn()
+                times.append((time.thread_time() - start) * 1e3)
+            stats[key].append((min(times), statistics.median(times)))
+    return {k: (min(a for a, _ in v), statistics.median(b for _, b in v))
+            for k, v in stats.items()}
+
+
+def measure(nets: dict[str, nn.Module], x: torch.Tensor, setup: str, args) -> dict:
+    """Every network of ``nets`` (dense among them) timed in one setup, interleaved."""
+    if setup == "eager":
+        return timed(nets, x, args)
+    with tempfile.TemporaryDirectory() as tmp:
+        fns = {key: runner(setup, net, x, Path(tmp), key) for key, net in nets.items()}
+        return cpu_timed(fns, args)
+
+
+def rows(args) -> None:
+    for name in args.nets:
+        base, x = build(name)
+        cuts = {}
+        for f in args.fractions:
+            for spec in args.methods:
+                try:
+                    cuts[(f, spec)] = cut(base, x, spec, f, args)
+                except ConfigError as e:  # a budget the method cannot meet: said in the rows
+                    emit({"part": "unreachable", "model": name, "fraction": f, "method": spec,
+                          "error": str(e)}, args)
+        nets = {"dense": base, **{f"{f}|{spec}": c["model"] for (f, spec), c in cuts.items()}}
+        for setup in args.setups:
+            got = measure(nets, x, setup, args)
+            for (fraction, spec), made in cuts.items():
+                emit(row(name, fraction, spec, setup, made, got["dense"],
+                         got[f"{fraction}|{spec}"], args), args)
+
+
+def row(name: str, fraction: float, spec: str, setup: str, made: dict, dense: tuple,
+        pruned: tuple, args) -> dict:
+    speed, speed_med = dense[0] / pruned[0], dense[1] / pruned[1]
+    return {"part": "latency-efficiency", "model": name, "fraction": fraction, "method": spec,
+            "setup": setup, "seed": args.seed,
+            "predicted_ms": round(made["predicted_ms"], 4),
+            "predicted_dense_ms": round(made["predicted_dense_ms"], 4),
+            "measured_ms": round(pruned[0], 4), "measured_dense_ms": round(dense[0], 4),
+            "measured_median_ms": round(pruned[1], 4),
+            "measured_dense_median_ms": round(dense[1], 4),
+            "macs_ratio": round(made["macs_ratio"], 4), "speedup": round(speed, 4),
+            "efficiency": round(speed * made["macs_ratio"], 4),
+            "efficiency_median": round(speed_med * made["macs_ratio"], 4),
+            "round_to": made["round_to"], "ratios": made["ratios"],
+            "search_s": round(made["search_s"], 1), "rounds": args.rounds, "runs": args.runs,
+            "clock": "cpu", "threads": 1}
+
+
+def report(args) -> None:
+    """The rows as a table per network (the latest row of each network, budget, method and
+    setup), with machine and versions."""
+    rows_ = [json.loads(line) for line in Path(args.rows).read_text().splitlines() if line]
+    latest = {(r["model"], r["fraction"], r["method"], r["setup"]): r
+              for r in rows_ if r["part"] == "latency-efficiency"}
+    lines = [provenance([r for r in rows_ if r["part"] == "latency-efficiency"]), "",
+             "Batch 1, one thread, CPU clock (the inference thread's CPU time); dense and every "
+             f"cut interleaved, {args.rounds} rounds x {args.runs} runs; freshly initialized "
+             "networks (seed 0), 3x224x224. Method: allocation kind and the `round_to` choices "
+             "it may use (the one it took in brackets); greedy and evolutionary judge a cut by "
+             "the MACs it keeps (no data). Budget: the fraction of the dense latency that the "
+             "eager latency table predicts. Efficiency: speed-up x (MACs x dense), from the "
+             "fastest runs (from the median runs in brackets).", "",
+             "| network | budget (x dense) | method | measured as | predicted ms (dense) | "
+             "measured ms (dense) | measured x dense | speed-up | MACs x dense | "
+             "latency efficiency |", "|---|---|---|---|---|---|---|---|---|---|"]
+    order = {s: i for i, s in enumerate(SETUPS)}
+    for key in sorted(latest, key=lambda k: (k[0], -k[1], k[2], order[k[3]])):
+        r = latest[key]
+        lines.append(
+            f"| {r['model']} | {r['fraction']:.3g} | {r['method']} ({r['round_to']}) | "
+            f"{SETUP_NAMES[r['setup']]} | {r['predicted_ms']:.2f} ({r['predicted_dense_ms']:.2f})"
+            f" | {r['measured_ms']:.2f} ({r['measured_dense_ms']:.2f}) | "
+            f"{r['measured_ms'] / r['measured_dense_ms']:.3f} | {r['speedup']:.2f} | "
+            f"{r['macs_ratio']:.3f} | {r['efficiency']:.2f} ({r['efficiency_median']:.2f}) |")
+    for r in (r for r in rows_ if r["part"] == "unreachable"):
+        lines += ["", f"Not in the table: {r['model']}, {r['fraction']:.3g} x dense, "
+                  f"{r['method']}: {r['error']}"]
+    write_section(args.docs, "latency-efficiency", "\n".join(lines), title="# Allocation\n")
+    write_json(args.json, {"rows": rows_})
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nets", nargs="+", default=["resnet18", "mobilenet_v2"])
+    ap.add_argument("--fractions", nargs="+", type=float, default=[1 / 2, 1 / 3])
+    ap.add_argument("--methods", nargs="+", default=["uniform:1,8", "uniform:16", "greedy:16,32"],
+                    help="kind:round_to[,round_to]; greedy/evolutionary keep the most MACs")
+    ap.add_argument("--setups", nargs="+", choices=SETUPS, default=["eager", "jit-cl", "ort"])
+    ap.add_argument("--grid", nargs="+", type=float, default=SEARCH_GRID)
+    ap.add_argument("--seed", type=int, default=0, help="evolutionary search seed")
+    ap.add_argument("--population", type=int, default=10)
+    ap.add_argument("--generations", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--cache", default="runs/bench-cache")
+    ap.add_argument("--rows", default="runs/latency_efficiency.rows.jsonl")
+    ap.add_argument("--docs", default="docs/allocation.md")
+    ap.add_argument("--json", default="docs/data/latency_efficiency.json")
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    args.threads, args.clock = 1, "cpu"  # what allocation.timed reads
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    Path(args.rows).parent.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        rows(args)
+    report(args)
+
+
+if __name__ == "__main__":
+    main()
