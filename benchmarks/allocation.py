@@ -567,31 +567,49 @@ def config_of(r: dict) -> tuple:
     """What must match for two rows to be seeds of one measurement."""
     grid = f"{r.get('grid_max', 0.8)}" + (f" ({len(r['grid'])} values)" if "grid" in r else "")
     return (r["model"], r["batch"], r["fraction"], r["train"], r["epochs"],
-            r["finetune_epochs"], grid, r.get("clock", "wall"))
+            r["finetune_epochs"], grid, r.get("clock", "wall"), r.get("search_steps") or 0,
+            "rounds" in r)
 
 
 def accuracy_report(acc: list[dict], args) -> list[str]:
+    """The rows of the current protocol (timed together per block, ``rounds`` recorded)
+    first, then the earlier ones."""
+    now = [r for r in acc if "rounds" in r]
+    before = [r for r in acc if "rounds" not in r]
+    lines: list[str] = []
+    if now:
+        lines += accuracy_table(now, args, "Allocation kinds at the same latency budget")
+    if before:
+        lines += ["", *accuracy_table(before, args, "Earlier rows (scored right after the cut, "
+                                      "each cut timed alone with dense, the rest refitted per "
+                                      "grid)")]
+    return lines
+
+
+def accuracy_table(acc: list[dict], args, title: str) -> list[str]:
     """One line per (model, batch, budget, kind) over its seeds; the difference to uniform is
     paired by fine-tuning seed."""
     latest = {(config_of(r), kind_label(r), r["seed"]): r for r in acc}  # a rerun replaces
     cells: dict[tuple, dict[str, list[dict]]] = {}
     for (config, label, _), r in latest.items():
         cells.setdefault(config, {}).setdefault(label, []).append(r)
-    lines = ["### Allocation kinds at the same predicted latency (Fashion-MNIST, clock "
-             f"`{acc[0].get('clock', 'wall')}`)", "",
+    lines = [f"### {title} (Fashion-MNIST, clock `{acc[0].get('clock', 'wall')}`)", "",
              "Mean ± sample standard deviation (min–max) over the seeds. Speed-up: dense over "
              "pruned measured latency (fastest run, interleaved; rows made with "
              "`--search-steps` time every fine-tuned cut of their block and the dense network "
              "in one interleaved session, earlier rows each cut with the dense network right "
              "after its fine-tuning); latency efficiency: speed-up / "
              "MAC reduction = speed-up x (MACs x dense). Δ vs uniform: test accuracy after "
-             "fine-tuning minus uniform's with the same fine-tuning seed, in points.", "",
+             "fine-tuning minus uniform's with the same fine-tuning seed, in points. "
+             "Held-out acc. the search saw: after the cut and batch-norm recalibration, and, "
+             "for kinds marked 'scored after N training steps' (and uniform, global and "
+             "Torch-Pruning in the same blocks), after those steps too.", "",
              "| network | batch | budget (x dense) | largest ratio (grid) | fine-tuning epochs | "
              "kind | "
              "seeds | "
              "predicted ms (dense) | "
              "measured ms, fastest (dense) | speed-up | MACs x dense | latency efficiency | "
-             "held-out acc. after cut + BN | test acc. after cut + BN | test acc. after "
+             "held-out acc. the search saw | test acc. after cut + BN | test acc. after "
              "fine-tuning | Δ vs uniform, points | search s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(cells, key=lambda k: (k[0], k[5], k[1], -k[2], k[6])):
