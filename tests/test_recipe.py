@@ -117,6 +117,17 @@ def test_unknown_choice_lists_the_valid_ones(data, expected):
     assert f"{section}.{next(iter(key))}" in message
 
 
+@pytest.mark.parametrize(
+    ("allocate", "expected"),
+    [({"genes": "bits"}, "allocate.genes"), ({"spread": 0}, "allocate.spread"),
+     ({"finetune_steps": -1}, "allocate.finetune_steps")],
+)
+def test_bad_allocation_search_options_name_the_key(allocate, expected):
+    message = error_of({"allocate": {"kind": "evolutionary", "budget": {"macs_ratio": 0.5},
+                                     **allocate}})
+    assert expected in message
+
+
 def test_criterion_error_lists_every_registered_criterion():
     from prunekit.importance import list_criteria
 
