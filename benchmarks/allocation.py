@@ -235,20 +235,41 @@ def tp_cut(base: nn.Module, x: torch.Tensor, space: ChannelSpace, fraction: floa
                              pruning_ratio=ratio, ignored_layers=[classifier]).step()
         return model, space.cost(tp_ratios(model, space))
 
-    limit = fraction * space.dense_cost()["latency_ms"]
-    # not monotone near the top: Torch-Pruning leaves a group whole rather than cut it to one
-    # channel, so the smallest feasible ratio is found on a coarse scan first
-    coarse = [max_ratio * (i + 1) / COARSE for i in range(COARSE)]
-    hi = next((r for r in coarse if cut(r)[1]["latency_ms"] <= limit), None)
-    if hi is None:
-        raise ConfigError(f"Torch-Pruning cannot meet {fraction:.3g} x dense latency with ratios "
-                          f"up to {max_ratio}; pass a larger --grid")
-    lo = hi - max_ratio / COARSE
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if cut(mid)[1]["latency_ms"] <= limit else (mid, hi)
-    model, predicted = cut(hi)
-    return model, hi, predicted
+    def smallest(limit: float) -> float:
+        # not monotone near the top: Torch-Pruning leaves a group whole rather than cut it to
+        # one channel, so the smallest feasible ratio is found on a coarse scan first
+        coarse = [max_ratio * (i + 1) / COARSE for i in range(COARSE)]
+        hi = next((r for r in coarse if cut(r)[1]["latency_ms"] <= limit), None)
+        if hi is None:
+            raise ConfigError(f"Torch-Pruning cannot meet {fraction:.3g} x dense latency with "
+                              f"ratios up to {max_ratio}; pass a larger --grid")
+        lo = hi - max_ratio / COARSE
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if cut(mid)[1]["latency_ms"] <= limit else (mid, hi)
+        return hi
+
+    # as allocate(measure=2) does for prunekit's kinds: the cut is measured whole and, while
+    # over budget, cut again under a limit tightened by the measured excess
+    table = space.tables[space.latency_options["batch_size"]]
+    allowed = fraction * table.network_ms(base)
+    limit, tried = fraction * space.dense_cost()["latency_ms"], []
+    for _ in range(3):
+        try:
+            ratio = smallest(limit)
+        except ConfigError:
+            if not tried:
+                raise
+            break  # nothing meets the tighter limit: keep what was measured
+        model, predicted = cut(ratio)
+        measured = table.network_ms(model)
+        tried.append((measured, model, ratio, predicted))
+        if measured <= allowed * 1.02:
+            break
+        limit *= allowed / measured
+    measured, model, ratio, predicted = next((t for t in tried if t[0] <= allowed * 1.02),
+                                             min(tried, key=lambda t: t[0]))
+    return model, ratio, predicted
 
 
 def tp_ratios(model: nn.Module, space: ChannelSpace) -> list[float]:

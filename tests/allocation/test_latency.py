@@ -230,3 +230,42 @@ def test_the_fitted_rest_does_not_depend_on_the_candidate_widths(tmp_path):
     assert again.network_calls == 0  # the fit is read back, not refitted
     assert other.tables[1].fit == first.tables[1].fit
     assert other.dense_cost()["latency_ms"] == first.dense_cost()["latency_ms"]
+
+
+class SlowWidthTimer(FakeTimer):
+    """The fake cost, plus 0.5 ms for a whole network with a 9-channel convolution: a cost
+    no layer shows alone, so the table cannot predict it (a stand-in for what differs
+    between timing layers alone and the network as a whole)."""
+
+    __qualname__ = "SlowWidthTimer"
+
+    def __call__(self, module: nn.Module, inputs: torch.Tensor) -> float:
+        whole = any(True for _ in module.children())
+        slow = whole and any(isinstance(m, nn.Conv2d) and m.out_channels == 9
+                             for m in module.modules())
+        return super().__call__(module, inputs) + (0.5 if slow else 0.0)
+
+
+def test_a_cut_over_its_latency_budget_as_measured_is_searched_again(tmp_path):
+    from prunekit.allocation import allocate, apply_allocation
+
+    torch.manual_seed(0)
+    model, x = SmallNet().eval(), torch.randn(1, 3, 16, 16)
+    timer = SlowWidthTimer()
+    options = dict(kind="uniform", budget={"latency_ratio": 0.44}, grid=[0.25, 0.5, 0.75, 0.9],
+                   cache_dir=tmp_path, timer=timer)
+    trusted = allocate(model, x, measure=0, **options)
+    (only,) = trusted.latency["checks"]
+    assert only["measured_ms"] > only["allowed_ms"] and only["chosen"]  # as predicted, met
+    alloc = allocate(model, x, **options)
+    first, second = alloc.latency["checks"]
+    assert first["measured_ms"] == only["measured_ms"] and not first["chosen"]
+    assert second["limit_ms"] < first["limit_ms"] and second["chosen"]
+    assert alloc.latency["measured_ms"] == second["measured_ms"] <= second["allowed_ms"]
+    assert second["allowed_ms"] == pytest.approx(0.44 * timer(model, x), rel=1e-6)
+    pruned = copy.deepcopy(model)
+    apply_allocation(pruned, alloc, x)
+    assert timer(pruned, x) == pytest.approx(second["measured_ms"], rel=1e-6)
+    assert alloc.budget == {"latency_ratio": 0.44}  # the user's budget, not the tightened one
+    with pytest.raises(Exception, match="measure must be a whole number"):
+        allocate(model, x, measure=-1, **options)

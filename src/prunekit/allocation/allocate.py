@@ -45,7 +45,9 @@ class Allocation:
         predicted: the same costs predicted for the allocation.
         quality: held-out quality of the pruned copy (before any fine-tuning), if evaluated.
         history: what the strategy did (scans, greedy steps, generations, evaluations).
-        latency: how latency was measured (batch_size, threads, clock), when it was.
+        latency: how latency was measured (batch_size, threads, clock), when it was, and
+            the cut as measured whole (``measured_ms``, ``measured_dense_ms``, ``checks``:
+            every measurement, and the tightened limit of each search after the first).
     """
 
     kind: str
@@ -101,6 +103,8 @@ def allocate(
     genes: str = "shape",
     spread: float = 1.0,
     block_depth: int = 1,
+    measure: int = 2,
+    tolerance: float = 0.02,
     cache_dir: str | os.PathLike[str] | None = "default",
     cache_key: str = "",
     history_path: str | os.PathLike[str] | None = None,
@@ -146,6 +150,12 @@ def allocate(
         spread: for ``genes="shape"``, how far (log2) a unit's kept share may move from
             the uniform one: 1 allows half to twice.
         block_depth: hierarchical blocks are units grouped by this many name parts.
+        measure: for a latency budget, the chosen cut is built and measured whole (with the
+            dense network for ``latency_ratio``); while it measures more than ``tolerance``
+            over its limit, the search runs again under a limit tightened by the measured
+            excess, at most ``measure`` more times. 0 trusts the table's prediction.
+        tolerance: relative excess over a latency limit that a measurement may show (timing
+            noise); 0.02 is 2%.
         cache_dir: folder for the latency table and sensitivity scans; ``"default"`` is
             ``$PRUNEKIT_CACHE`` or ``~/.cache/prunekit``; ``None`` caches nothing.
         cache_key: names the held-out split for the scan cache.
@@ -180,16 +190,72 @@ def allocate(
     options = {"population": population, "generations": generations, "genes": genes,
                "spread": spread, "block_depth": block_depth,
                "cache_dir": cache, "cache_key": cache_key, "progress": progress}
+    if int(measure) != measure or measure < 0 or not 0 <= tolerance < 1:
+        raise ConfigError(f"measure must be a whole number >= 0 and tolerance in [0, 1), got "
+                          f"{measure!r}, {tolerance!r}")
     ctx = SearchContext(space, spec, grid_, evaluate, seed, options)
     ratios, rt, history = strategy(ctx)
+    latency: dict[str, Any] = {}
+    if "latency_ms" in spec.metrics and space.granularity == "channel":
+        latency = {"batch_size": batch_size, "threads": threads, "clock": clock}
+        ctx, ratios, rt, history, latency["checks"] = _measured(
+            strategy, ctx, ratios, rt, history, int(measure), float(tolerance))
+        latency.update({k: latency["checks"][-1][k] for k in ("measured_ms", "measured_dense_ms")
+                        if k in latency["checks"][-1]})
     alloc = Allocation(kind, space.granularity, space.ratios_dict(ratios), rt, space.criterion,
                        list(ignore), spec.to_dict(), ctx.dense, space.cost(ratios, rt),
                        ctx.quality(ratios, rt) if evaluate is not None else None, history,
-                       {"batch_size": batch_size, "threads": threads, "clock": clock}
-                       if "latency_ms" in spec.metrics else {})
+                       latency)
     if history_path is not None:
         alloc.save(history_path)
     return alloc
+
+
+def _measured(strategy: Any, ctx: SearchContext, ratios: list[float], rt: int,
+              history: list[dict[str, Any]], attempts: int, tolerance: float) -> tuple:
+    """Build the chosen cut and time it whole; while it is over its latency limit, search
+    again under a limit tightened by the measured excess (the table predicts parts; the
+    whole network can cost more, e.g. at widths far below the ones its rest was fitted on).
+
+    Returns the context of the last search, its ratios, round_to, history and the checks."""
+    space, spec = ctx.space, ctx.budget
+    table = space.tables[space.latency_options["batch_size"]]
+    key, (_, bound) = next((k, v) for k, v in spec.limits(ctx.dense).items()
+                           if v[0] == "latency_ms")
+    dense_ms = table.network_ms(space.model) if key == "latency_ratio" else None
+    allowed = spec.to_dict()[key] * dense_ms if dense_ms is not None else bound
+    checks: list[dict[str, Any]] = []
+    tried: list[tuple[float, SearchContext, list[float], int, list[dict[str, Any]]]] = []
+    predicted_limit = bound
+    for attempt in range(attempts + 1):
+        measured = table.network_ms(space.build(ratios, rt))
+        tried.append((measured, ctx, ratios, rt, history))
+        check = {"search": attempt, "limit_ms": round(predicted_limit, 6),
+                 "predicted_ms": round(space.cost(ratios, rt)["latency_ms"], 6),
+                 "measured_ms": round(measured, 6), "allowed_ms": round(allowed, 6)}
+        if dense_ms is not None:
+            check["measured_dense_ms"] = round(dense_ms, 6)
+        checks.append(check)
+        if measured <= allowed * (1 + tolerance) or attempt == attempts:
+            break
+        predicted_limit *= allowed / measured
+        limits = {k: v for k, v in spec.to_dict().items() if k != key}
+        tighter = Budget.parse({**limits, "latency_ms": predicted_limit})
+        quality = ctx._quality
+        ctx = SearchContext(space, tighter, ctx.grid, ctx.evaluate, ctx.seed, ctx.options)
+        ctx._quality = quality  # the same candidates score the same
+        try:
+            ratios, rt, history = strategy(ctx)
+        except ConfigError as e:  # nothing meets the tighter limit: keep the last cut
+            check["tightened"] = f"no cut meets {predicted_limit:.4g} ms as predicted: {e}"
+            break
+    # the first cut that meets the limit as measured, else the fastest one measured
+    met = [t for t in tried if t[0] <= allowed * (1 + tolerance)]
+    _, ctx, ratios, rt, history = met[0] if met else min(tried, key=lambda t: t[0])
+    for check in checks:
+        check["chosen"] = check["measured_ms"] == round((met[0] if met else
+                                                          min(tried, key=lambda t: t[0]))[0], 6)
+    return ctx, ratios, rt, history, checks
 
 
 def score_after_training(

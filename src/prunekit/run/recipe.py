@@ -738,6 +738,7 @@ class AllocateConfig(_Section):
     spread: Float = Field(1.0, gt=0, le=4)
     block_depth: Int = Field(1, ge=1)
     finetune_steps: Int = Field(0, ge=0)
+    measure: Int = Field(2, ge=0)
 
     @field_validator("kind")
     @classmethod
