@@ -730,7 +730,9 @@ def tp_version() -> str:
 
 def report(args) -> None:
     rows = [json.loads(line) for line in Path(args.rows).read_text().splitlines() if line.strip()]
-    table = [r for r in rows if r["part"] == "table"]
+    # a rerun replaces the earlier row of the same network, configuration and clock
+    table = list({(r["net"], r["config"], r.get("clock", "wall")): r
+                  for r in rows if r["part"] == "table"}.values())
     acc = [r for r in rows if r["part"] == "accuracy"]
     lat = [r for r in rows if r["part"] == "latency"]
     lines = [provenance(rows), "", "One intra-op thread; "
