@@ -92,7 +92,8 @@ def test_table_predicts_the_fake_latency_exactly(space, tmp_path, batch_size):
     timer = FakeTimer()
     space.use_latency(batch_size=batch_size, timer=timer, cache_dir=tmp_path, grid=GRID)
     table = space.tables[batch_size]
-    assert table.fit[0] == pytest.approx(REST_MS, abs=1e-9)
+    assert all(rest == pytest.approx(REST_MS, abs=1e-9) for _, rest in table.rest)
+    assert len(table.rest) == 6  # dense and five uniform cuts, down to 5% of every width
     x = torch.randn(batch_size, 3, 16, 16)
     rng = random.Random(0)
     for _ in range(3):  # off-grid ratios too: the table interpolates between widths
@@ -109,12 +110,12 @@ def test_table_is_measured_once_and_cached_on_disk(space, tmp_path):
     assert first.layer_calls == space.tables[1].measured > 0
     files = list((tmp_path / "latency").glob("*.json"))
     assert len(files) == 1
-    fit = space.tables[1].fit
+    fit = space.tables[1].rest
     again = FakeTimer()
     space.use_latency(timer=again, cache_dir=tmp_path, grid=GRID)
     assert again.layer_calls == 0 and space.tables[1].measured == 0
     # the fitted rest of this network is cached too: the same prediction, nothing timed
-    assert again.network_calls == 0 and space.tables[1].fit == fit
+    assert again.network_calls == 0 and space.tables[1].rest == fit
     # another batch size needs new entries
     space.use_latency(batch_size=2, timer=again, cache_dir=tmp_path, grid=GRID)
     assert again.layer_calls > 0
@@ -228,7 +229,7 @@ def test_the_fitted_rest_does_not_depend_on_the_candidate_widths(tmp_path):
     other = ChannelSpace(model, x, round_to_choices=(4, 8))
     other.use_latency(timer=again, cache_dir=tmp_path, grid=[0.2, 0.4, 0.6, 0.8])
     assert again.network_calls == 0  # the fit is read back, not refitted
-    assert other.tables[1].fit == first.tables[1].fit
+    assert other.tables[1].rest == first.tables[1].rest
     assert other.dense_cost()["latency_ms"] == first.dense_cost()["latency_ms"]
 
 
@@ -269,3 +270,12 @@ def test_a_cut_over_its_latency_budget_as_measured_is_searched_again(tmp_path):
     assert alloc.budget == {"latency_ratio": 0.44}  # the user's budget, not the tightened one
     with pytest.raises(Exception, match="measure must be a whole number"):
         allocate(model, x, measure=-1, **options)
+
+
+def test_the_rest_is_interpolated_between_calibration_cuts_and_held_beyond(space, tmp_path):
+    space.use_latency(timer=FakeTimer(), cache_dir=None, grid=GRID)
+    table = space.tables[1]
+    table.rest = [(0.1, 1.0), (0.5, 2.0), (1.0, 2.5)]
+    assert table.rest_ms(0.3) == pytest.approx(1.5)
+    assert table.rest_ms(0.75) == pytest.approx(2.25)
+    assert table.rest_ms(0.01) == 1.0 and table.rest_ms(1.2) == 2.5  # no extrapolation

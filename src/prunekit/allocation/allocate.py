@@ -215,7 +215,7 @@ def _measured(strategy: Any, ctx: SearchContext, ratios: list[float], rt: int,
               history: list[dict[str, Any]], attempts: int, tolerance: float) -> tuple:
     """Build the chosen cut and time it whole; while it is over its latency limit, search
     again under a limit tightened by the measured excess (the table predicts parts; the
-    whole network can cost more, e.g. at widths far below the ones its rest was fitted on).
+    whole network can cost more than its parts, most at deep and uneven cuts).
 
     Returns the context of the last search, its ratios, round_to, history and the checks."""
     space, spec = ctx.space, ctx.budget

@@ -17,8 +17,9 @@ How it works:
    once, and cached on disk per machine, torch version and thread count.
 3. A network's prediction is the sum of its layers' entries (bilinear interpolation
    between measured widths) plus the time the table does not see (activations,
-   pooling, additions, Python): ``a + b * activation_fraction``, fitted on the dense
-   network and, when a builder is given, on uniformly pruned ones.
+   pooling, additions, Python), interpolated by the kept fraction of activations
+   between its values measured on the dense network and, when a builder is given, on
+   uniform cuts down to 5% of every width.
 
 Example:
     >>> table = LatencyTable(graph, widths={gid: [8, 16] for gid in ids}, batch_size=1)
@@ -55,6 +56,7 @@ Timer = Callable[[nn.Module, Any], float]
 Counts = Mapping[int, int]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CALIBRATION = (0.75, 0.5, 0.3, 0.15, 0.05)  # uniform cuts the rest is measured on
 _NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -182,11 +184,11 @@ class LatencyTable:
         cache_dir: folder of the on-disk cache (one JSON file per machine, torch
             version, thread count and timer); ``None`` keeps entries in memory only.
         build: ``build(counts) -> model`` pruned to ``counts``; when given, the part of
-            the latency the table does not see is fitted on uniformly pruned networks too.
-        network_key: names the network; with a cache, its fitted rest (fitted on the dense
-            network and uniform cuts to 75, 50 and 30% of every width, whatever ``widths``
-            holds) is stored under it and read back next time, so every call, with any
-            candidate widths, predicts the same dense latency.
+            the latency the table does not see is measured on uniformly pruned networks too.
+        network_key: names the network; with a cache, its rest (measured on the dense
+            network and uniform cuts to 75, 50, 30, 15 and 5% of every width, whatever
+            ``widths`` holds) is stored under it and read back next time, so every call,
+            with any candidate widths, predicts the same dense latency.
     """
 
     def __init__(self, graph: Any, *, widths: Mapping[int, Sequence[int]],
@@ -207,24 +209,34 @@ class LatencyTable:
         self.measured = 0
         self.on_demand = False
         self._measure_all()
-        # the rest is fitted at fixed uniform widths, so it holds for any candidate widths:
-        # one fit per network and batch size, and a latency_ratio is the same milliseconds
+        # the rest is measured at fixed uniform widths, so it holds for any candidate widths:
+        # once per network and batch size, and a latency_ratio is the same milliseconds
         # whatever grid or round_to a search uses
-        key = None if network_key is None else f"{network_key}|n{batch_size}|uniform-fit"
+        key = None if network_key is None else f"{network_key}|n{batch_size}|uniform-rest"
         cached = self.fits.get(key) if key is not None else None
         if cached is not None:
-            self.fit, self.calibration = (cached["a"], cached["b"]), cached["points"]
+            self.rest = [tuple(p) for p in cached["rest"]]
         else:
-            self.fit = self._calibrate(build)
+            self.rest = self._calibrate(build)
             if key is not None:
-                self.fits[key] = {"a": self.fit[0], "b": self.fit[1], "points": self.calibration}
+                self.fits[key] = {"rest": [list(p) for p in self.rest]}
                 self._save_cache(force=True)
 
     # -- public ---------------------------------------------------------------------------------
     def predict(self, counts: Counts) -> float:
         """Predicted milliseconds of one forward pass once groups keep ``counts`` units."""
-        a, b = self.fit
-        return self.layers_ms(counts) + a + b * self.activation_fraction(counts)
+        return self.layers_ms(counts) + self.rest_ms(self.activation_fraction(counts))
+
+    def rest_ms(self, fraction: float) -> float:
+        """What the layer entries miss (activations, additions, pooling, Python), at a kept
+        fraction of the timed layers' output elements: interpolated between the measured
+        calibration cuts, the nearest one's value beyond them."""
+        fs = [f for f, _ in self.rest]
+        if fraction <= fs[0]:
+            return self.rest[0][1]
+        if fraction >= fs[-1]:
+            return self.rest[-1][1]
+        return interp(fs, fraction, dict(self.rest).__getitem__)
 
     def layers_ms(self, counts: Counts) -> float:
         """Sum of the table's layer entries at ``counts`` (interpolated between widths)."""
@@ -358,28 +370,23 @@ class LatencyTable:
         return interp(ins, cin, lambda i: interp(outs, cout,
                                                    lambda o: self.entries[f"{sig}|{i}|{o}"]))
 
-    def _calibrate(self, build: Callable[[Counts], nn.Module] | None) -> tuple[float, float]:
-        """Fit ``latency - layers = a + b * activation_fraction`` (least squares, a, b >= 0)
-        on the dense network and, with a builder, on uniformly pruned ones."""
+    def _calibrate(self, build: Callable[[Counts], nn.Module] | None) -> list[tuple[float, float]]:
+        """The rest (``latency - layers``) measured on the dense network and, with a builder,
+        on uniform cuts keeping 75, 50, 30, 15 and 5% of every width: ``(activation
+        fraction, rest ms)`` points, by fraction. Deep cuts are measured, not extrapolated:
+        a network's fixed per-operator cost weighs most there."""
         points: list[tuple[Counts, nn.Module]] = [({}, self.graph.model)]
         if build is not None:
-            for q in (0.75, 0.5, 0.3):
+            for q in CALIBRATION:
                 counts = {g: max(1, round(q * self.graph.groups[g].size)) for g in self.widths}
                 points.append((counts, build(counts)))
         with self.exact():  # the uniform widths are measured, whatever the grid
             rows = [(self.activation_fraction(c), self.network_ms(m) - self.layers_ms(c))
                     for c, m in points]
-        self.calibration = [{"activation_fraction": f, "rest_ms": r} for f, r in rows]
-        f = np.array([r[0] for r in rows])
-        y = np.array([r[1] for r in rows])
-        if len(rows) < 2 or np.ptp(f) < 1e-9:
-            return max(0.0, float(y.mean())), 0.0
-        b, a = np.polyfit(f, y, 1)
-        if a < 0:  # no fixed part: the rest scales with the activations
-            return 0.0, max(0.0, float((f @ y) / (f @ f)))
-        if b < 0:
-            return max(0.0, float(y.mean())), 0.0
-        return float(a), float(b)
+        by_fraction: dict[float, list[float]] = {}
+        for f, r in rows:
+            by_fraction.setdefault(round(f, 9), []).append(r)
+        return sorted((f, max(0.0, float(np.mean(r)))) for f, r in by_fraction.items())
 
     # -- cache ------------------------------------------------------------------------------
     def _cache_file(self, folder: Path) -> Path:
