@@ -3,9 +3,10 @@ and what each allocation kind gives at the same predicted latency.
 
 Part ``table``: for ResNet-20 and the small VGG (Fashion-MNIST shapes, 1x28x28) and
 torchvision's resnet18 and mobilenet_v2 (3x224x224), the latency table is measured on
-this machine, then for the dense network, a uniform 50% cut and random per-group ratios
-(some off the table's grid, so interpolated) the table's prediction is compared with the
-measured median latency of the built network (interleaved with the dense one).
+this machine, then for the dense network, uniform 50% and 85% cuts, random per-group ratios
+(some off the table's grid, so interpolated) and two random deep cuts (75-90% per group)
+the table's prediction is compared with the measured latency of the built network
+(interleaved with the dense one).
 
 Part ``accuracy``: ResNet-20 or the small VGG (``--model``) trained briefly on a Fashion-MNIST
 subset is cut by each kind (uniform, global, greedy, evolutionary) and by Torch-Pruning (kind
@@ -48,12 +49,13 @@ from prunekit.measure import count_macs
 from prunekit.models import build_model
 
 TABLE_NETS = {  # name -> (builder, input shape, table grid)
-    "resnet20": ("ref", (1, 28, 28), [0.25, 0.5, 0.75]),
-    "vgg-small": ("ref", (1, 28, 28), [0.25, 0.5, 0.75]),
-    "resnet18": ("torchvision", (3, 224, 224), [0.5, 0.75]),
-    "mobilenet_v2": ("torchvision", (3, 224, 224), [0.5, 0.75]),
+    "resnet20": ("ref", (1, 28, 28), [0.25, 0.5, 0.75, 0.9]),
+    "vgg-small": ("ref", (1, 28, 28), [0.25, 0.5, 0.75, 0.9]),
+    "resnet18": ("torchvision", (3, 224, 224), [0.5, 0.75, 0.9]),
+    "mobilenet_v2": ("torchvision", (3, 224, 224), [0.5, 0.75, 0.9]),
 }
 RANDOM_CHOICES = [0.0, 0.25, 0.5, 0.75]
+DEEP_CHOICES = [0.75, 0.85, 0.9]  # deep cuts, 0.85 between the table's widths
 SEARCH_GRID = [0.2, 0.35, 0.5, 0.65, 0.8]
 SEEDED_KINDS = ("evolutionary",)
 COARSE = 16  # Torch-Pruning's ratio: coarse scan steps before the bisection
@@ -109,9 +111,12 @@ def table_rows(args) -> None:
                           cache_dir=args.cache, grid=grid)
         seconds = time.perf_counter() - start
         rng = random.Random(0)
-        configs = {"dense": [0.0] * len(space.units), "uniform-0.5": [0.5] * len(space.units)}
+        configs = {"dense": [0.0] * len(space.units), "uniform-0.5": [0.5] * len(space.units),
+                   "uniform-0.85": [0.85] * len(space.units)}
         for i in range(args.configs):
             configs[f"random-{i}"] = [rng.choice(RANDOM_CHOICES) for _ in space.units]
+        for i in range(2):
+            configs[f"deep-{i}"] = [rng.choice(DEEP_CHOICES) for _ in space.units]
         nets = {key: space.build(r) if key != "dense" else model for key, r in configs.items()}
         measured = timed(nets, x, args)
         for key, ratios in configs.items():
