@@ -42,6 +42,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from prunekit.allocation import allocate, apply_allocation, score_after_training
+from prunekit.allocation.allocate import UNUSED
 from prunekit.allocation.search import NEEDS_EVALUATE
 from prunekit.allocation.space import ChannelSpace
 from prunekit.errors import ConfigError
@@ -255,7 +256,7 @@ def tp_cut(base: nn.Module, x: torch.Tensor, space: ChannelSpace, fraction: floa
         return hi
 
     # as allocate(measure=2) does for prunekit's kinds: the cut is measured whole and, while
-    # over budget, cut again under a limit tightened by the measured excess
+    # over budget or more than 5% under it, cut again under a limit scaled by budget/measured
     table = space.tables[space.latency_options["batch_size"]]
     allowed = fraction * table.network_ms(base)
     limit, tried = fraction * space.dense_cost()["latency_ms"], []
@@ -265,15 +266,16 @@ def tp_cut(base: nn.Module, x: torch.Tensor, space: ChannelSpace, fraction: floa
         except ConfigError:
             if not tried:
                 raise
-            break  # nothing meets the tighter limit: keep what was measured
+            break  # nothing meets the new limit as predicted: keep what was measured
         model, predicted = cut(ratio)
         measured = table.network_ms(model)
         tried.append((measured, model, ratio, predicted))
-        if measured <= allowed * 1.02:
+        if allowed * (1 - UNUSED) <= measured <= allowed * 1.02:
             break
         limit *= allowed / measured
-    measured, model, ratio, predicted = next((t for t in tried if t[0] <= allowed * 1.02),
-                                             min(tried, key=lambda t: t[0]))
+    met = [t for t in tried if t[0] <= allowed * 1.02]
+    measured, model, ratio, predicted = max(met, key=lambda t: t[0]) if met else \
+        min(tried, key=lambda t: t[0])
     return model, ratio, predicted
 
 

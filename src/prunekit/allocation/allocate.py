@@ -152,8 +152,9 @@ def allocate(
         block_depth: hierarchical blocks are units grouped by this many name parts.
         measure: for a latency budget, the chosen cut is built and measured whole (with the
             dense network for ``latency_ratio``); while it measures more than ``tolerance``
-            over its limit, the search runs again under a limit tightened by the measured
-            excess, at most ``measure`` more times. 0 trusts the table's prediction.
+            over its budget or more than 5% under it, the search runs again under a limit
+            scaled by budget / measured, at most ``measure`` more times; the cut kept meets
+            the budget as measured and uses most of it. 0 trusts the table's prediction.
         tolerance: relative excess over a latency limit that a measurement may show (timing
             noise); 0.02 is 2%.
         cache_dir: folder for the latency table and sensitivity scans; ``"default"`` is
@@ -200,8 +201,8 @@ def allocate(
         latency = {"batch_size": batch_size, "threads": threads, "clock": clock}
         ctx, ratios, rt, history, latency["checks"] = _measured(
             strategy, ctx, ratios, rt, history, int(measure), float(tolerance))
-        latency.update({k: latency["checks"][-1][k] for k in ("measured_ms", "measured_dense_ms")
-                        if k in latency["checks"][-1]})
+        chosen = next(c for c in latency["checks"] if c["chosen"])
+        latency.update({k: chosen[k] for k in ("measured_ms", "measured_dense_ms") if k in chosen})
     alloc = Allocation(kind, space.granularity, space.ratios_dict(ratios), rt, space.criterion,
                        list(ignore), spec.to_dict(), ctx.dense, space.cost(ratios, rt),
                        ctx.quality(ratios, rt) if evaluate is not None else None, history,
@@ -211,13 +212,17 @@ def allocate(
     return alloc
 
 
+UNUSED = 0.05  # a latency cut measuring this much under its budget is searched again
+
+
 def _measured(strategy: Any, ctx: SearchContext, ratios: list[float], rt: int,
               history: list[dict[str, Any]], attempts: int, tolerance: float) -> tuple:
-    """Build the chosen cut and time it whole; while it is over its latency limit, search
-    again under a limit tightened by the measured excess (the table predicts parts; the
-    whole network can cost more than its parts, most at deep and uneven cuts).
+    """Build the chosen cut and time it whole; while it is over its latency budget (or
+    more than ``UNUSED`` under it), search again under a limit scaled by budget / measured
+    (the table predicts parts; the whole network can cost more, or less, than its parts).
+    Keeps the cut that meets the budget as measured and uses most of it, else the fastest.
 
-    Returns the context of the last search, its ratios, round_to, history and the checks."""
+    Returns the context of the chosen search, its ratios, round_to, history and the checks."""
     space, spec = ctx.space, ctx.budget
     table = space.tables[space.latency_options["batch_size"]]
     key, (_, bound) = next((k, v) for k, v in spec.limits(ctx.dense).items()
@@ -226,35 +231,35 @@ def _measured(strategy: Any, ctx: SearchContext, ratios: list[float], rt: int,
     allowed = spec.to_dict()[key] * dense_ms if dense_ms is not None else bound
     checks: list[dict[str, Any]] = []
     tried: list[tuple[float, SearchContext, list[float], int, list[dict[str, Any]]]] = []
-    predicted_limit = bound
+    limit = bound
     for attempt in range(attempts + 1):
         measured = table.network_ms(space.build(ratios, rt))
         tried.append((measured, ctx, ratios, rt, history))
-        check = {"search": attempt, "limit_ms": round(predicted_limit, 6),
+        check = {"search": attempt, "limit_ms": round(limit, 6),
                  "predicted_ms": round(space.cost(ratios, rt)["latency_ms"], 6),
                  "measured_ms": round(measured, 6), "allowed_ms": round(allowed, 6)}
         if dense_ms is not None:
             check["measured_dense_ms"] = round(dense_ms, 6)
         checks.append(check)
-        if measured <= allowed * (1 + tolerance) or attempt == attempts:
+        if allowed * (1 - UNUSED) <= measured <= allowed * (1 + tolerance) \
+                or attempt == attempts:
             break
-        predicted_limit *= allowed / measured
-        limits = {k: v for k, v in spec.to_dict().items() if k != key}
-        tighter = Budget.parse({**limits, "latency_ms": predicted_limit})
+        limit *= allowed / measured
+        others = {k: v for k, v in spec.to_dict().items() if k != key}
         quality = ctx._quality
-        ctx = SearchContext(space, tighter, ctx.grid, ctx.evaluate, ctx.seed, ctx.options)
+        ctx = SearchContext(space, Budget.parse({**others, "latency_ms": limit}), ctx.grid,
+                            ctx.evaluate, ctx.seed, ctx.options)
         ctx._quality = quality  # the same candidates score the same
         try:
             ratios, rt, history = strategy(ctx)
-        except ConfigError as e:  # nothing meets the tighter limit: keep the last cut
-            check["tightened"] = f"no cut meets {predicted_limit:.4g} ms as predicted: {e}"
+        except ConfigError as e:  # nothing meets the new limit as predicted
+            check["searched_again"] = f"no cut meets {limit:.4g} ms as predicted: {e}"
             break
-    # the first cut that meets the limit as measured, else the fastest one measured
     met = [t for t in tried if t[0] <= allowed * (1 + tolerance)]
-    _, ctx, ratios, rt, history = met[0] if met else min(tried, key=lambda t: t[0])
-    for check in checks:
-        check["chosen"] = check["measured_ms"] == round((met[0] if met else
-                                                          min(tried, key=lambda t: t[0]))[0], 6)
+    best = max(met, key=lambda t: t[0]) if met else min(tried, key=lambda t: t[0])
+    _, ctx, ratios, rt, history = best
+    for check, t in zip(checks, tried, strict=True):
+        check["chosen"] = t is best
     return ctx, ratios, rt, history, checks
 
 
