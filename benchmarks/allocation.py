@@ -124,7 +124,7 @@ def table_rows(args) -> None:
             fastest, median = measured[key]
             predicted = space.cost(ratios)["latency_ms"]
             emit({"part": "table", "net": name, "config": key, "groups": len(space.units),
-                  "entries": len(space.tables[1].entries), "table_s": round(seconds, 1),
+                  "entries": space.tables[1].grid_entries(), "table_s": round(seconds, 1),
                   "predicted_ms": round(predicted, 4), "measured_ms": round(fastest, 4),
                   "measured_median_ms": round(median, 4),
                   "error_pct": round(100 * (predicted - fastest) / fastest, 2),
@@ -740,6 +740,10 @@ def report(args) -> None:
     # a rerun replaces the earlier row of the same network, configuration and clock
     table = list({(r["net"], r["config"], r.get("clock", "wall")): r
                   for r in rows if r["part"] == "table"}.values())
+    nets = list(TABLE_NETS)
+    table.sort(key=lambda r: (nets.index(r["net"]) if r["net"] in nets else 99,
+                              ("dense", "uniform", "random", "deep").index(
+                                  r["config"].split("-")[0]), r["config"]))
     acc = [r for r in rows if r["part"] == "accuracy"]
     lat = [r for r in rows if r["part"] == "latency"]
     lines = [provenance(rows), "", "One intra-op thread; "

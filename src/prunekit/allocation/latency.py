@@ -249,6 +249,18 @@ class LatencyTable:
                    for layer in self.layers)
         return kept / total
 
+    def grid_entries(self) -> int:
+        """How many layer entries this network's grid needs (identical layers share them;
+        the cache may hold more, for other networks and widths measured on demand)."""
+        keys = set()
+        for layer in self.layers:
+            sig = layer.signature()
+            ins, outs = self._grids[sig]
+            pairs = zip(outs, outs, strict=True) if _diagonal(layer) else \
+                ((i, o) for i in ins for o in outs)
+            keys |= {(sig, i, o) for i, o in pairs}
+        return len(keys)
+
     def network_ms(self, model: nn.Module) -> float:
         """The timer on a whole network at this table's batch size."""
         return float(self.timer(model, self._inputs()))
