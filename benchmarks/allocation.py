@@ -502,7 +502,7 @@ def proxy_report(rows: list[dict]) -> list[str]:
     for r in rows:
         cells.setdefault((r["model"], r["batch"], r["fraction"], r["finetune_epochs"],
                           r["search_steps"]), []).append(r)
-    lines = ["", "### Which score to search on", "",
+    lines = ["", "### Which score to search on: measured", "",
              "Cuts at the same predicted latency (the uniform one and random shapes of the "
              "evolutionary encoding, `--part proxy`); Spearman rank correlation of each score "
              "with the test accuracy after fine-tuning, over the cuts. A search can only find "
