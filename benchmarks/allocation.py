@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from prunekit.allocation import allocate, apply_allocation, score_after_training
-from prunekit.allocation.allocate import UNUSED
+from prunekit.allocation.allocate import fit_to_measured
 from prunekit.allocation.search import NEEDS_EVALUATE
 from prunekit.allocation.space import ChannelSpace
 from prunekit.errors import ConfigError
@@ -255,28 +255,17 @@ def tp_cut(base: nn.Module, x: torch.Tensor, space: ChannelSpace, fraction: floa
             lo, hi = (lo, mid) if cut(mid)[1]["latency_ms"] <= limit else (mid, hi)
         return hi
 
-    # as allocate(measure=2) does for prunekit's kinds: the cut is measured whole and, while
-    # over budget or more than 5% under it, cut again under a limit scaled by budget/measured
-    table = space.tables[space.latency_options["batch_size"]]
-    allowed = fraction * table.network_ms(base)
-    limit, tried = fraction * space.dense_cost()["latency_ms"], []
-    for _ in range(3):
-        try:
-            ratio = smallest(limit)
-        except ConfigError:
-            if not tried:
-                raise
-            break  # nothing meets the new limit as predicted: keep what was measured
+    def search(limit: float) -> tuple[nn.Module, float, dict[str, float]]:
+        ratio = smallest(limit)
         model, predicted = cut(ratio)
-        measured = table.network_ms(model)
-        tried.append((measured, model, ratio, predicted))
-        if allowed * (1 - UNUSED) <= measured <= allowed * 1.02:
-            break
-        limit *= allowed / measured
-    met = [t for t in tried if t[0] <= allowed * 1.02]
-    measured, model, ratio, predicted = max(met, key=lambda t: t[0]) if met else \
-        min(tried, key=lambda t: t[0])
-    return model, ratio, predicted
+        return model, ratio, predicted
+
+    # held to the budget as measured, as allocate(measure=2) holds prunekit's kinds
+    table = space.tables[space.latency_options["batch_size"]]
+    chosen, _ = fit_to_measured(search, lambda made: table.network_ms(made[0]),
+                                limit=fraction * space.dense_cost()["latency_ms"],
+                                allowed=fraction * table.network_ms(base))
+    return chosen
 
 
 def tp_ratios(model: nn.Module, space: ChannelSpace) -> list[float]:
@@ -443,12 +432,18 @@ def proxy_rows(args) -> None:
         return {"acc": float((logits.argmax(1) == hy).float().mean()),
                 "neg_loss": -float(F.cross_entropy(logits, hy))}
 
+    got: dict[str, float] = {}  # both scores of the last candidate trained
+
+    def keep(model: nn.Module) -> float:
+        got.update(scores(model))
+        return got["acc"]
+
+    trained = score_after_training(keep, TensorBatches(splits["train"], batch_size=64, seed=0),
+                                   steps=args.search_steps)
+
     def after_steps(model: nn.Module) -> dict[str, float]:
-        got: dict[str, float] = {}
-        score_after_training(lambda m: got.update(scores(m)) or 0.0,
-                             TensorBatches(splits["train"], batch_size=64, seed=0),
-                             steps=args.search_steps)(model)
-        return got
+        trained(model)
+        return dict(got)
 
     rng = np.random.default_rng(0)
     for i in range(args.shapes):
@@ -471,22 +466,10 @@ def proxy_rows(args) -> None:
 
 
 def spearman(a: list[float], b: list[float]) -> float:
-    """Spearman's rank correlation (average ranks for ties)."""
-    def ranks(v: list[float]) -> list[float]:
-        order = sorted(range(len(v)), key=v.__getitem__)
-        out = [0.0] * len(v)
-        i = 0
-        while i < len(v):
-            j = i
-            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                out[order[k]] = (i + j) / 2
-            i = j + 1
-        return out
+    """Spearman's rank correlation (scipy; average ranks for ties)."""
+    from scipy.stats import spearmanr
 
-    ra, rb = ranks(a), ranks(b)
-    return statistics.correlation(ra, rb) if len(a) > 2 else float("nan")
+    return float(spearmanr(a, b).statistic) if len(a) > 2 else float("nan")
 
 
 PROXIES = [("cut_acc", "held-out accuracy after cut + BN"),

@@ -48,6 +48,7 @@ from torch import nn
 from allocation import SEARCH_GRID, build, emit, provenance, timed
 from prunekit._io import write_json
 from prunekit.allocation import allocate, apply_allocation
+from prunekit.allocation.latency import thread_times
 from prunekit.allocation.search import NEEDS_EVALUATE
 from prunekit.errors import ConfigError
 from prunekit.measure import count_macs
@@ -139,13 +140,7 @@ def cpu_timed(fns: dict[str, Callable], args) -> dict[str, tuple[float, float]]:
     stats: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
     for _ in range(args.rounds):
         for key, fn in fns.items():
-            for _ in range(3):
-                fn()
-            times = []
-            for _ in range(args.runs):
-                start = time.thread_time()
-                fn()
-                times.append((time.thread_time() - start) * 1e3)
+            times = thread_times(fn, warmup=3, runs=args.runs)
             stats[key].append((min(times), statistics.median(times)))
     return {k: (min(a for a, _ in v), statistics.median(b for _, b in v))
             for k, v in stats.items()}

@@ -13,7 +13,7 @@ import itertools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -178,6 +178,9 @@ def allocate(
     if kind in NEEDS_EVALUATE and evaluate is None:
         raise ConfigError(f"kind={kind!r} measures quality: pass evaluate=fn(model) -> score on a "
                           "held-out split, or use kind='uniform', 'global' or 'lamp'")
+    if int(measure) != measure or measure < 0 or not 0 <= tolerance < 1:
+        raise ConfigError(f"measure must be a whole number >= 0 and tolerance in [0, 1), got "
+                          f"{measure!r}, {tolerance!r}")
     if granularity not in GRANULARITIES:
         raise ConfigError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
     if not isinstance(model, nn.Module):
@@ -191,18 +194,16 @@ def allocate(
     options = {"population": population, "generations": generations, "genes": genes,
                "spread": spread, "block_depth": block_depth,
                "cache_dir": cache, "cache_key": cache_key, "progress": progress}
-    if int(measure) != measure or measure < 0 or not 0 <= tolerance < 1:
-        raise ConfigError(f"measure must be a whole number >= 0 and tolerance in [0, 1), got "
-                          f"{measure!r}, {tolerance!r}")
     ctx = SearchContext(space, spec, grid_, evaluate, seed, options)
-    ratios, rt, history = strategy(ctx)
     latency: dict[str, Any] = {}
     if "latency_ms" in spec.metrics and space.granularity == "channel":
         latency = {"batch_size": batch_size, "threads": threads, "clock": clock}
         ctx, ratios, rt, history, latency["checks"] = _measured(
-            strategy, ctx, ratios, rt, history, int(measure), float(tolerance))
+            strategy, ctx, int(measure), float(tolerance))
         chosen = next(c for c in latency["checks"] if c["chosen"])
         latency.update({k: chosen[k] for k in ("measured_ms", "measured_dense_ms") if k in chosen})
+    else:
+        ratios, rt, history = strategy(ctx)
     alloc = Allocation(kind, space.granularity, space.ratios_dict(ratios), rt, space.criterion,
                        list(ignore), spec.to_dict(), ctx.dense, space.cost(ratios, rt),
                        ctx.quality(ratios, rt) if evaluate is not None else None, history,
@@ -214,13 +215,51 @@ def allocate(
 
 UNUSED = 0.05  # a latency cut measuring this much under its budget is searched again
 
+Cut = TypeVar("Cut")
 
-def _measured(strategy: Any, ctx: SearchContext, ratios: list[float], rt: int,
-              history: list[dict[str, Any]], attempts: int, tolerance: float) -> tuple:
-    """Build the chosen cut and time it whole; while it is over its latency budget (or
-    more than ``UNUSED`` under it), search again under a limit scaled by budget / measured
-    (the table predicts parts; the whole network can cost more, or less, than its parts).
-    Keeps the cut that meets the budget as measured and uses most of it, else the fastest.
+
+def fit_to_measured(search: Callable[[float], Cut], measure: Callable[[Cut], float], *,
+                    limit: float, allowed: float, attempts: int = 2,
+                    tolerance: float = 0.02) -> tuple[Cut, list[dict[str, Any]]]:
+    """A cut that meets a latency budget as measured, not only as predicted.
+
+    ``search(limit)`` makes a cut under a predicted limit (ms); ``measure(cut)`` times it
+    whole. While the cut measures more than ``tolerance`` over ``allowed`` (or more than
+    ``UNUSED`` under it), the search runs again under the limit scaled by allowed /
+    measured, at most ``attempts`` more times (a search that finds nothing under the new
+    limit ends it). Returns the cut that meets the budget as measured and uses most of it
+    (else the fastest one) and one check per search: ``search``, ``limit_ms``,
+    ``measured_ms``, ``allowed_ms``, ``chosen``."""
+    tried: list[tuple[float, Cut]] = []
+    checks: list[dict[str, Any]] = []
+    cut = search(limit)
+    for attempt in range(attempts + 1):
+        measured = measure(cut)
+        tried.append((measured, cut))
+        check = {"search": attempt, "limit_ms": round(limit, 6),
+                 "measured_ms": round(measured, 6), "allowed_ms": round(allowed, 6)}
+        checks.append(check)
+        if allowed * (1 - UNUSED) <= measured <= allowed * (1 + tolerance) \
+                or attempt == attempts:
+            break
+        limit *= allowed / measured
+        try:
+            cut = search(limit)
+        except ConfigError as e:  # nothing meets the new limit as predicted
+            check["searched_again"] = f"no cut meets {limit:.4g} ms as predicted: {e}"
+            break
+    met = [t for t in tried if t[0] <= allowed * (1 + tolerance)]
+    best = max(met, key=lambda t: t[0]) if met else min(tried, key=lambda t: t[0])
+    for check, t in zip(checks, tried, strict=True):
+        check["chosen"] = t is best
+    return best[1], checks
+
+
+def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float) -> tuple:
+    """``strategy`` run under the budget's latency limit, then held to it as measured
+    (:func:`fit_to_measured`; the table predicts parts, and the whole network can cost
+    more, or less, than its parts). The searches after the first run under a latency limit
+    in ms; the budget's other limits stay.
 
     Returns the context of the chosen search, its ratios, round_to, history and the checks."""
     space, spec = ctx.space, ctx.budget
@@ -228,39 +267,26 @@ def _measured(strategy: Any, ctx: SearchContext, ratios: list[float], rt: int,
     key, (_, bound) = next((k, v) for k, v in spec.limits(ctx.dense).items()
                            if v[0] == "latency_ms")
     dense_ms = table.network_ms(space.model) if key == "latency_ratio" else None
-    allowed = spec.to_dict()[key] * dense_ms if dense_ms is not None else bound
-    checks: list[dict[str, Any]] = []
-    tried: list[tuple[float, SearchContext, list[float], int, list[dict[str, Any]]]] = []
-    limit = bound
-    for attempt in range(attempts + 1):
-        measured = table.network_ms(space.build(ratios, rt))
-        tried.append((measured, ctx, ratios, rt, history))
-        check = {"search": attempt, "limit_ms": round(limit, 6),
-                 "predicted_ms": round(space.cost(ratios, rt)["latency_ms"], 6),
-                 "measured_ms": round(measured, 6), "allowed_ms": round(allowed, 6)}
+    others = {k: v for k, v in spec.to_dict().items() if k != key}
+
+    def search(limit: float) -> tuple:
+        run = ctx if limit == bound else ctx.under(Budget.parse({**others, "latency_ms": limit}))
+        return (run, *strategy(run))
+
+    predicted: list[float] = []
+
+    def measure(cut: tuple) -> float:
+        predicted.append(space.cost(cut[1], cut[2])["latency_ms"])
+        return table.network_ms(space.build(cut[1], cut[2]))
+
+    (run, ratios, rt, history), checks = fit_to_measured(
+        search, measure, limit=bound, attempts=attempts, tolerance=tolerance,
+        allowed=spec.to_dict()[key] * dense_ms if dense_ms is not None else bound)
+    for check, ms in zip(checks, predicted, strict=True):
+        check["predicted_ms"] = round(ms, 6)
         if dense_ms is not None:
             check["measured_dense_ms"] = round(dense_ms, 6)
-        checks.append(check)
-        if allowed * (1 - UNUSED) <= measured <= allowed * (1 + tolerance) \
-                or attempt == attempts:
-            break
-        limit *= allowed / measured
-        others = {k: v for k, v in spec.to_dict().items() if k != key}
-        quality = ctx._quality
-        ctx = SearchContext(space, Budget.parse({**others, "latency_ms": limit}), ctx.grid,
-                            ctx.evaluate, ctx.seed, ctx.options)
-        ctx._quality = quality  # the same candidates score the same
-        try:
-            ratios, rt, history = strategy(ctx)
-        except ConfigError as e:  # nothing meets the new limit as predicted
-            check["searched_again"] = f"no cut meets {limit:.4g} ms as predicted: {e}"
-            break
-    met = [t for t in tried if t[0] <= allowed * (1 + tolerance)]
-    best = max(met, key=lambda t: t[0]) if met else min(tried, key=lambda t: t[0])
-    _, ctx, ratios, rt, history = best
-    for check, t in zip(checks, tried, strict=True):
-        check["chosen"] = t is best
-    return ctx, ratios, rt, history, checks
+    return run, ratios, rt, history, checks
 
 
 def score_after_training(

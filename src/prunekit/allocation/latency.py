@@ -56,8 +56,8 @@ Timer = Callable[[nn.Module, Any], float]
 Counts = Mapping[int, int]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-CALIBRATION = (0.75, 0.5, 0.3, 0.15, 0.05)  # uniform cuts the rest is measured on
 _NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+CALIBRATION = (0.75, 0.5, 0.3, 0.15, 0.05)  # uniform cuts the rest is measured on
 
 
 def default_cache_dir() -> Path:
@@ -110,24 +110,30 @@ def measured_timer(*, threads: int = 1, warmup: int = 3, runs: int = 15, stat: s
     return timer
 
 
-def _cpu_times(module: nn.Module, inputs: Any, *, warmup: int, runs: int) -> list[float]:
-    """Milliseconds of the calling thread's CPU time per forward pass (one intra-op thread)."""
+def thread_times(fn: Callable[[], Any], *, warmup: int, runs: int) -> list[float]:
+    """Milliseconds of the calling thread's CPU time per call of ``fn`` (after ``warmup``
+    calls): what an idle core takes, even while other jobs share the machine."""
     import time
 
+    for _ in range(warmup):
+        fn()
     out = []
+    for _ in range(runs):
+        start = time.thread_time()
+        fn()
+        out.append((time.thread_time() - start) * 1e3)
+    return out
+
+
+def _cpu_times(module: nn.Module, inputs: Any, *, warmup: int, runs: int) -> list[float]:
+    """Milliseconds of the calling thread's CPU time per forward pass (one intra-op thread)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with _eval_mode(module), torch.inference_mode():
-            for _ in range(warmup):
-                run_model(module, inputs)
-            for _ in range(runs):
-                start = time.thread_time()
-                run_model(module, inputs)
-                out.append((time.thread_time() - start) * 1e3)
+            return thread_times(lambda: run_model(module, inputs), warmup=warmup, runs=runs)
     finally:
         torch.set_num_threads(before)
-    return out
 
 
 @dataclass
@@ -231,12 +237,8 @@ class LatencyTable:
         """What the layer entries miss (activations, additions, pooling, Python), at a kept
         fraction of the timed layers' output elements: interpolated between the measured
         calibration cuts, the nearest one's value beyond them."""
-        fs = [f for f, _ in self.rest]
-        if fraction <= fs[0]:
-            return self.rest[0][1]
-        if fraction >= fs[-1]:
-            return self.rest[-1][1]
-        return interp(fs, fraction, dict(self.rest).__getitem__)
+        fractions, rests = zip(*self.rest, strict=True)
+        return float(np.interp(fraction, fractions, rests))  # held at the ends
 
     def layers_ms(self, counts: Counts) -> float:
         """Sum of the table's layer entries at ``counts`` (interpolated between widths)."""
@@ -252,14 +254,8 @@ class LatencyTable:
     def grid_entries(self) -> int:
         """How many layer entries this network's grid needs (identical layers share them;
         the cache may hold more, for other networks and widths measured on demand)."""
-        keys = set()
-        for layer in self.layers:
-            sig = layer.signature()
-            ins, outs = self._grids[sig]
-            pairs = zip(outs, outs, strict=True) if _diagonal(layer) else \
-                ((i, o) for i in ins for o in outs)
-            keys |= {(sig, i, o) for i, o in pairs}
-        return len(keys)
+        return len({(layer.signature(), *pair) for layer in self.layers
+                    for pair in self._grid_pairs(layer)})
 
     def network_ms(self, model: nn.Module) -> float:
         """The timer on a whole network at this table's batch size."""
@@ -343,17 +339,25 @@ class LatencyTable:
             old = self._grids.get(sig, ([], []))
             self._grids[sig] = (sorted(set(old[0]) | set(ins)), sorted(set(old[1]) | set(outs)))
         for layer in self.layers:
-            sig = layer.signature()
-            ins, outs = self._grids[sig]
-            pairs = zip(outs, outs, strict=True) if _diagonal(layer) else \
-                ((i, o) for i in ins for o in outs)
-            for cin, cout in pairs:
-                key = f"{sig}|{cin}|{cout}"
-                if key not in self.entries:
-                    module, x = layer.build(cin, cout)
-                    self.entries[key] = float(self.timer(module, x))
-                    self.measured += 1
+            for cin, cout in self._grid_pairs(layer):
+                if f"{layer.signature()}|{cin}|{cout}" not in self.entries:
+                    self._measure(layer, cin, cout)
         self._save_cache()
+
+    def _grid_pairs(self, layer: _Layer) -> list[tuple[int, int]]:
+        """The (input, output) widths the grid measures for ``layer``."""
+        ins, outs = self._grids[layer.signature()]
+        if _diagonal(layer):
+            return [(o, o) for o in outs]
+        return [(i, o) for i in ins for o in outs]
+
+    def _measure(self, layer: _Layer, cin: int, cout: int) -> float:
+        """Time ``layer`` alone at these widths and keep the entry."""
+        module, x = layer.build(cin, cout)
+        key = f"{layer.signature()}|{cin}|{cout}"
+        self.entries[key] = float(self.timer(module, x))
+        self.measured += 1
+        return self.entries[key]
 
     @contextmanager
     def exact(self) -> Iterator[None]:
@@ -372,10 +376,7 @@ class LatencyTable:
         if key in self.entries:
             return self.entries[key]
         if self.on_demand:
-            module, x = layer.build(cin, cout)
-            self.entries[key] = float(self.timer(module, x))
-            self.measured += 1
-            return self.entries[key]
+            return self._measure(layer, cin, cout)
         ins, outs = self._grids[sig]
         if _diagonal(layer):
             return interp(outs, cout, lambda o: self.entries[f"{sig}|{o}|{o}"])

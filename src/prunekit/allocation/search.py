@@ -68,6 +68,14 @@ class SearchContext:
         self.dense = self.space.dense_cost()
         self._quality: dict[tuple, float] = {}
 
+    def under(self, budget: Budget) -> SearchContext:
+        """The same search under another budget; candidates already scored keep their
+        quality (the space, score and options are the same)."""
+        other = SearchContext(self.space, budget, self.grid, self.evaluate, self.seed,
+                              self.options)
+        other._quality = self._quality
+        return other
+
     @property
     def units(self) -> int:
         return len(self.space.units)
