@@ -469,6 +469,7 @@ def _ddp_worker(rank: int, world: int, folder: str, recipe: dict) -> None:
         result = run(parse_recipe(recipe), out_dir=Path(folder) / "out", quiet=True)
         torch.save({"state": result.model.state_dict(), "out": str(result.out_dir),
                     "metrics": result.metrics}, f"{folder}/rank{rank}.pt")
+        dist.barrier()  # no rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 
@@ -477,10 +478,11 @@ def test_torchrun_trains_an_own_model_with_ddp_and_rank_zero_writes(workspace: P
     """Two gloo processes, as torchrun starts them: fine-tuning under a gradual schedule runs
     as DistributedDataParallel, both ranks end with the same pruned weights, and only rank 0
     writes the output folder."""
-    import torch.multiprocessing as mp
+    from tests.gloo import spawn_ranks
 
     recipe = _masks(workspace, schedule={"kind": "gradual", "end": 2, "frequency": 1})
-    mp.spawn(_ddp_worker, args=(2, str(workspace), recipe), nprocs=2, join=True)
+    spawn_ranks(_ddp_worker, (2, str(workspace), recipe),
+                [workspace / f"rank{r}.pt" for r in range(2)])
     ranks = [torch.load(workspace / f"rank{r}.pt", weights_only=False) for r in range(2)]
     for key, value in ranks[0]["state"].items():
         assert torch.equal(value, ranks[1]["state"][key]), key

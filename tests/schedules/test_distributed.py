@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from tests.gloo import spawn_ranks
 from torch import nn
 
 from prunekit.data import make_loader
@@ -59,24 +59,8 @@ def _worker(rank: int, world: int, folder: str) -> None:
         dist.destroy_process_group()
 
 
-def _spawn_ranks(folder) -> None:
-    """Run both ranks; forgive only a crash in gloo's own teardown, after both ranks saved.
-
-    gloo's C++ threads can abort the process while ``destroy_process_group`` tears them down
-    ("terminate called without an active exception"; pytorch/pytorch#179291 describes the race).
-    That happens after the barrier, so both result files are complete; any other failure, or a
-    crash before both files exist, fails the test.
-    """
-    try:
-        mp.spawn(_worker, args=(2, str(folder)), nprocs=2, join=True)
-    except mp.ProcessExitedException as error:
-        saved = all((folder / f"rank{r}.pt").exists() for r in range(2))
-        if error.signal_name != "SIGABRT" or not saved:
-            raise
-
-
 def test_two_ranks_hold_identical_masks_and_match_one_process_on_double_batches(tmp_path):
-    _spawn_ranks(tmp_path)
+    spawn_ranks(_worker, (2, str(tmp_path)), [tmp_path / f"rank{r}.pt" for r in range(2)])
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     assert [r["main"] for r in results] == [True, False]
     a, b = results[0]["state"], results[1]["state"]
@@ -149,3 +133,27 @@ def test_single_process_is_rank_zero_of_one(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert init_distributed() == (0, 1)
     assert is_main_process()
+
+
+def _aborting_worker(rank: int, folder: str, save: bool) -> None:
+    import os
+    import time
+
+    if save:
+        torch.save(rank, f"{folder}/rank{rank}.pt")
+    if rank == 1:
+        while save and not os.path.exists(f"{folder}/rank0.pt"):
+            time.sleep(0.01)  # abort only once rank 0 has saved, as after a barrier
+        os.abort()
+
+
+@pytest.mark.parametrize("save", [True, False])
+def test_spawn_ranks_forgives_an_abort_only_after_every_rank_saved(tmp_path, save):
+    import torch.multiprocessing as mp
+
+    saved = [tmp_path / f"rank{r}.pt" for r in range(2)]
+    if save:
+        spawn_ranks(_aborting_worker, (str(tmp_path), True), saved)
+    else:
+        with pytest.raises(mp.ProcessExitedException, match="SIGABRT"):
+            spawn_ranks(_aborting_worker, (str(tmp_path), False), saved)
