@@ -4,8 +4,11 @@ Latency efficiency = speed-up / MAC reduction = (dense ms / pruned ms) x (pruned
 MACs), i.e. the pruned network's MACs per second over the dense one's. For torchvision's
 resnet18 and mobilenet_v2 (3x224x224, freshly initialized with seed 0, as
 ``benchmarks/allocation.py --part latency`` builds them) each method cuts to a latency budget
-of a fraction of dense latency, as the per-layer latency table (eager PyTorch, CPU clock)
-predicts it; then dense and pruned are measured the same way, interleaved, in each setup:
+of a fraction of dense latency: the per-layer latency table (eager PyTorch, CPU clock) ranks
+where to cut, and ``allocate`` measures each chosen cut whole (with dense) in eager PyTorch,
+or in the runtime a method names after ``@`` (``uniform:16@ort``: the budget holds in
+onnxruntime), and searches again until it meets the budget. Then dense and pruned are
+measured the same way, interleaved, in each setup:
 
 - ``eager``: the module as it is (``benchmarks/allocation.py``'s ``timed``).
 - ``cl``: eager, weights and input in channels_last.
@@ -14,10 +17,10 @@ predicts it; then dense and pruned are measured the same way, interleaved, in ea
 - ``jit-cl``: the same in channels_last.
 - ``ort``: onnxruntime 1 intra-op thread, all graph optimizations (``prunekit.export_onnx``).
 
-Methods are ``kind:round_to[,round_to...]``. ``greedy`` and ``evolutionary`` get a data-free
-``evaluate``: the kept fraction of dense MACs, so greedy cuts where predicted latency gained per
-MAC lost is best and the evolutionary search keeps the most MACs under the budget. No accuracy
-is measured: this is the latency side only.
+Methods are ``kind:round_to[,round_to...][@eager|@jit-cl|@ort]``. ``greedy`` and
+``evolutionary`` get a data-free ``evaluate``: the kept fraction of dense MACs, so greedy cuts
+where predicted latency gained per MAC lost is best and the evolutionary search keeps the most
+MACs under the budget. No accuracy is measured: this is the latency side only.
 
 Every time is the CPU time of the inference thread (one thread): fastest run and median of the
 per-round medians over ``--rounds`` interleaved rounds. Rows go to ``--rows`` (JSON lines);
@@ -27,6 +30,8 @@ of docs/allocation.md.
     .venv/bin/python benchmarks/latency_efficiency.py --nets resnet18 --fractions 0.5 0.333 \
         --methods uniform:1,8 uniform:16 uniform:32 greedy:8,16 greedy:16,32 \
         --setups eager jit-cl ort --rounds 7
+    .venv/bin/python benchmarks/latency_efficiency.py --nets mobilenet_v2 --fractions 0.333 \
+        --methods greedy:16,32@ort uniform:16@ort --setups ort
 """
 
 from __future__ import annotations
@@ -35,7 +40,6 @@ import argparse
 import copy
 import json
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,10 +52,11 @@ from torch import nn
 from allocation import SEARCH_GRID, build, emit, provenance, timed
 from prunekit._io import write_json
 from prunekit.allocation import allocate, apply_allocation
-from prunekit.allocation.latency import thread_times
+from prunekit.allocation.latency import call_times
 from prunekit.allocation.search import NEEDS_EVALUATE
 from prunekit.errors import ConfigError
 from prunekit.measure import count_macs
+from prunekit.measure.runtimes import compiled
 
 SETUPS = ("eager", "cl", "fold", "jit", "jit-cl", "ort")
 SETUP_NAMES = {"eager": "eager PyTorch", "cl": "eager, channels_last", "fold": "BN folded, eager",
@@ -69,46 +74,56 @@ def kept_macs(x: torch.Tensor, dense: float) -> Callable[[nn.Module], float]:
     return evaluate
 
 
-def parse_method(spec: str) -> tuple[str, tuple[int, ...]]:
+RUNTIME_OF = {"eager": "eager", "jit-cl": "torchscript", "ort": "onnxruntime"}
+
+
+def parse_method(spec: str) -> tuple[str, tuple[int, ...], str]:
+    """``kind:round_to[,round_to...][@setup]``: the setup (eager, jit-cl, ort) is the
+    runtime whose measured latency the budget holds in (default eager)."""
+    spec, _, setup = spec.partition("@")
     kind, _, rts = spec.partition(":")
-    return kind, tuple(int(r) for r in rts.split(",")) if rts else (1,)
+    if setup and setup not in RUNTIME_OF:
+        raise SystemExit(f"method {spec}@{setup}: the runtime is one of {', '.join(RUNTIME_OF)}")
+    return kind, tuple(int(r) for r in rts.split(",")) if rts else (1,), \
+        RUNTIME_OF[setup or "eager"]
 
 
 def cut(base: nn.Module, x: torch.Tensor, spec: str, fraction: float, args) -> dict[str, Any]:
     """The pruned copy for one method and budget, with what the allocation predicted."""
-    kind, round_to = parse_method(spec)
+    kind, round_to, runtime = parse_method(spec)
     dense_macs = count_macs(base, x).dense
     evaluate = kept_macs(x, dense_macs) if kind in NEEDS_EVALUATE else None
     start = time.perf_counter()
     alloc = allocate(base, x, kind=kind, budget={"latency_ratio": fraction}, evaluate=evaluate,
                      grid=args.grid, round_to=round_to, batch_size=1, threads=1, clock="cpu",
                      cache_dir=args.cache, cache_key="kept-macs", seed=args.seed,
-                     population=args.population, generations=args.generations)
+                     population=args.population, generations=args.generations,
+                     runtime=runtime)
     model = copy.deepcopy(base)
     apply_allocation(model, alloc, x)
     return {"model": model.eval(), "predicted_ms": alloc.predicted["latency_ms"],
             "predicted_dense_ms": alloc.dense["latency_ms"], "round_to": alloc.round_to,
             "ratios": {k: round(v, 4) for k, v in alloc.ratios.items()},
             "macs_ratio": count_macs(model, x).dense / dense_macs,
+            "checks": alloc.latency.get("checks", []),
             "search_s": time.perf_counter() - start}
 
 
 # --- deployment-style runners: () -> output, built once per network and setup -----------------
-def folded(model: nn.Module) -> nn.Module:
-    """Batch norm folded into the preceding convolutions (eval mode)."""
+def runner(setup: str, model: nn.Module, x: torch.Tensor) -> Callable:
+    """``jit-cl`` and ``ort`` are the library's runtimes; ``cl``, ``fold`` and ``jit`` take
+    them apart (channels_last alone, batch norm folded alone, TorchScript without
+    channels_last)."""
+    if setup in ("jit-cl", "ort"):
+        return compiled(model, x, "torchscript" if setup == "jit-cl" else "onnxruntime")
     from torch.fx.experimental.optimization import fuse
 
-    return fuse(copy.deepcopy(model).eval())
-
-
-def runner(setup: str, model: nn.Module, x: torch.Tensor, tmp: Path, tag: str) -> Callable:
-    cl = torch.channels_last
-    if setup == "ort":
-        return ort_runner(model, x, tmp / f"{tag}.onnx")
-    net = folded(model) if setup in ("fold", "jit", "jit-cl") else copy.deepcopy(model).eval()
-    if setup in ("cl", "jit-cl"):
-        net, x = net.to(memory_format=cl), x.contiguous(memory_format=cl)
-    if setup in ("jit", "jit-cl"):
+    net = fuse(copy.deepcopy(model).eval()) if setup in ("fold", "jit") else \
+        copy.deepcopy(model).eval()
+    if setup == "cl":
+        net, x = net.to(memory_format=torch.channels_last), \
+            x.contiguous(memory_format=torch.channels_last)
+    if setup == "jit":
         with torch.no_grad():
             net = torch.jit.freeze(torch.jit.trace(net, x))
 
@@ -119,28 +134,12 @@ def runner(setup: str, model: nn.Module, x: torch.Tensor, tmp: Path, tag: str) -
     return run
 
 
-def ort_runner(model: nn.Module, x: torch.Tensor, path: Path) -> Callable:
-    import onnxruntime as ort
-
-    import prunekit as pk
-
-    pk.export_onnx(model, x, path, dynamic_batch=False)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x.numpy()}
-    return lambda: session.run(None, feed)
-
-
 def cpu_timed(fns: dict[str, Callable], args) -> dict[str, tuple[float, float]]:
     """Like ``allocation.timed`` for any callables: (fastest, median of round medians) ms."""
     stats: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
     for _ in range(args.rounds):
         for key, fn in fns.items():
-            times = thread_times(fn, warmup=3, runs=args.runs)
+            times = call_times(fn, warmup=3, runs=args.runs)
             stats[key].append((min(times), statistics.median(times)))
     return {k: (min(a for a, _ in v), statistics.median(b for _, b in v))
             for k, v in stats.items()}
@@ -150,9 +149,7 @@ def measure(nets: dict[str, nn.Module], x: torch.Tensor, setup: str, args) -> di
     """Every network of ``nets`` (dense among them) timed in one setup, interleaved."""
     if setup == "eager":
         return timed(nets, x, args)
-    with tempfile.TemporaryDirectory() as tmp:
-        fns = {key: runner(setup, net, x, Path(tmp), key) for key, net in nets.items()}
-        return cpu_timed(fns, args)
+    return cpu_timed({key: runner(setup, net, x) for key, net in nets.items()}, args)
 
 
 def rows(args) -> None:
@@ -188,8 +185,8 @@ def row(name: str, fraction: float, spec: str, setup: str, made: dict, dense: tu
             "efficiency": round(speed * made["macs_ratio"], 4),
             "efficiency_median": round(speed_med * made["macs_ratio"], 4),
             "round_to": made["round_to"], "ratios": made["ratios"],
-            "search_s": round(made["search_s"], 1), "rounds": args.rounds, "runs": args.runs,
-            "clock": "cpu", "threads": 1}
+            "search_s": round(made["search_s"], 1), "checks": made["checks"],
+            "rounds": args.rounds, "runs": args.runs, "clock": "cpu", "threads": 1}
 
 
 def report(args) -> None:
@@ -203,8 +200,10 @@ def report(args) -> None:
              f"cut interleaved, {args.rounds} rounds x {args.runs} runs; freshly initialized "
              "networks (seed 0), 3x224x224. Method: allocation kind and the `round_to` choices "
              "it may use (the one it took in brackets); greedy and evolutionary judge a cut by "
-             "the MACs it keeps (no data). Budget: the fraction of the dense latency that the "
-             "eager latency table predicts. Efficiency: speed-up x (MACs x dense), from the "
+             "the MACs it keeps (no data). Budget: the fraction of the dense latency, as "
+             "`allocate` measures the cut and dense whole in eager PyTorch, or in the runtime "
+             "after `@` (`@ort`: onnxruntime, `@jit-cl`: TorchScript); 'predicted' is the "
+             "eager table's prediction. Efficiency: speed-up x (MACs x dense), from the "
              "fastest runs (from the median runs in brackets).", "",
              "| network | budget (x dense) | method | measured as | predicted ms (dense) | "
              "measured ms (dense) | measured x dense | speed-up | MACs x dense | "

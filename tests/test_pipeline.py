@@ -522,3 +522,17 @@ def test_dense_and_pruned_latencies_are_timed_side_by_side(tmp_path):
     assert "both networks warmed, their runs interleaved" in report
     # a masked network computes as many dense MACs: any warning says it is an artifact
     assert all("measurement artifact" in w for w in pruned.get("latency_warnings", []))
+
+
+def test_a_latency_budget_held_in_onnxruntime_from_a_recipe(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime", reason="pip install onnxruntime onnx onnxscript")
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    run_quick(tmp_path, model={"name": "lenet5"}, data={"name": "digits"},
+              prune={"granularity": "channel", "sparsity": None}, finetune={"epochs": 0},
+              allocate={"kind": "uniform", "budget": {"latency_ratio": 0.97},
+                        "grid": [0.25, 0.5, 0.75], "clock": "cpu", "runtime": "onnxruntime",
+                        "measure": 1})
+    saved = json.loads((tmp_path / "allocation.json").read_text())
+    assert saved["latency"]["runtime"] == "onnxruntime"
+    checks = saved["latency"]["checks"]
+    assert 1 <= len(checks) <= 2 and all(c["measured_dense_ms"] > 0 for c in checks)

@@ -120,7 +120,8 @@ def test_unknown_choice_lists_the_valid_ones(data, expected):
 @pytest.mark.parametrize(
     ("allocate", "expected"),
     [({"genes": "bits"}, "allocate.genes"), ({"spread": 0}, "allocate.spread"),
-     ({"finetune_steps": -1}, "allocate.finetune_steps")],
+     ({"finetune_steps": -1}, "allocate.finetune_steps"),
+     ({"runtime": "tensorrt"}, "allocate.runtime")],
 )
 def test_bad_allocation_search_options_name_the_key(allocate, expected):
     message = error_of({"allocate": {"kind": "evolutionary", "budget": {"macs_ratio": 0.5},

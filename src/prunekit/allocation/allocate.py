@@ -21,7 +21,7 @@ from .._io import write_json
 from ..errors import ConfigError
 from ..structured import apply, plan, trace
 from .budget import Budget
-from .latency import default_cache_dir
+from .latency import default_cache_dir, measured_timer
 from .search import NEEDS_EVALUATE, STRATEGIES, SearchContext
 from .space import ChannelSpace, MaskSpace, mask_layers
 
@@ -103,8 +103,9 @@ def allocate(
     genes: str = "shape",
     spread: float = 1.0,
     block_depth: int = 1,
-    measure: int = 2,
+    measure: int | None = None,
     tolerance: float = 0.02,
+    runtime: str = "eager",
     cache_dir: str | os.PathLike[str] | None = "default",
     cache_key: str = "",
     history_path: str | os.PathLike[str] | None = None,
@@ -155,8 +156,14 @@ def allocate(
             over its budget or more than 5% under it, the search runs again under a limit
             scaled by budget / measured, at most ``measure`` more times; the cut kept meets
             the budget as measured and uses most of it. 0 trusts the table's prediction.
+            Default: 2, or 4 for a ``runtime`` other than eager.
         tolerance: relative excess over a latency limit that a measurement may show (timing
             noise); 0.02 is 2%.
+        runtime: where the latency budget holds: ``"eager"`` (PyTorch as it is),
+            ``"torchscript"`` or ``"onnxruntime"`` (:func:`prunekit.measure.runtimes.compiled`).
+            The per-layer table is measured in eager PyTorch and ranks where to cut; the
+            budget (ms, or the fraction of the dense network's latency) is then held by
+            measuring the dense network and each chosen cut whole in ``runtime``.
         cache_dir: folder for the latency table and sensitivity scans; ``"default"`` is
             ``$PRUNEKIT_CACHE`` or ``~/.cache/prunekit``; ``None`` caches nothing.
         cache_key: names the held-out split for the scan cache.
@@ -178,6 +185,18 @@ def allocate(
     if kind in NEEDS_EVALUATE and evaluate is None:
         raise ConfigError(f"kind={kind!r} measures quality: pass evaluate=fn(model) -> score on a "
                           "held-out split, or use kind='uniform', 'global' or 'lamp'")
+    from ..measure.runtimes import RUNTIMES
+
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
+    if runtime != "eager" and "latency_ms" not in spec.metrics:
+        raise ConfigError(f"runtime={runtime!r} says where a latency budget holds; the budget "
+                          f"{spec.to_dict()} has none: add latency_ms or latency_ratio, or drop "
+                          "runtime")
+    measure = (2 if runtime == "eager" else 4) if measure is None else measure
+    if runtime != "eager" and measure == 0:
+        raise ConfigError(f"runtime={runtime!r} is held by measuring cuts whole in it: "
+                          "measure must be at least 1")
     if int(measure) != measure or measure < 0 or not 0 <= tolerance < 1:
         raise ConfigError(f"measure must be a whole number >= 0 and tolerance in [0, 1), got "
                           f"{measure!r}, {tolerance!r}")
@@ -197,9 +216,10 @@ def allocate(
     ctx = SearchContext(space, spec, grid_, evaluate, seed, options)
     latency: dict[str, Any] = {}
     if "latency_ms" in spec.metrics and space.granularity == "channel":
-        latency = {"batch_size": batch_size, "threads": threads, "clock": clock}
+        latency = {"batch_size": batch_size, "threads": threads, "clock": clock,
+                   "runtime": runtime}
         ctx, ratios, rt, history, latency["checks"] = _measured(
-            strategy, ctx, int(measure), float(tolerance))
+            strategy, ctx, int(measure), float(tolerance), runtime)
         chosen = next(c for c in latency["checks"] if c["chosen"])
         latency.update({k: chosen[k] for k in ("measured_ms", "measured_dense_ms") if k in chosen})
     else:
@@ -220,17 +240,25 @@ Cut = TypeVar("Cut")
 
 def fit_to_measured(search: Callable[[float], Cut], measure: Callable[[Cut], float], *,
                     limit: float, allowed: float, attempts: int = 2,
-                    tolerance: float = 0.02) -> tuple[Cut, list[dict[str, Any]]]:
+                    tolerance: float = 0.02,
+                    predict: Callable[[Cut], float] | None = None,
+                    ) -> tuple[Cut, list[dict[str, Any]]]:
     """A cut that meets a latency budget as measured, not only as predicted.
 
     ``search(limit)`` makes a cut under a predicted limit (ms); ``measure(cut)`` times it
     whole. While the cut measures more than ``tolerance`` over ``allowed`` (or more than
-    ``UNUSED`` under it), the search runs again under the limit scaled by allowed /
-    measured, at most ``attempts`` more times (a search that finds nothing under the new
-    limit ends it). Returns the cut that meets the budget as measured and uses most of it
-    (else the fastest one) and one check per search: ``search``, ``limit_ms``,
-    ``measured_ms``, ``allowed_ms``, ``chosen``."""
+    ``UNUSED`` under it), the search runs again, at most ``attempts`` more times (a search
+    that finds nothing under the new limit ends it), aiming at the middle of that window:
+    under the limit scaled by target / measured, or, with ``predict(cut)`` (a cut's
+    predicted ms), under the prediction interpolated between the two cuts measured closest
+    below and above the target once there are both (the runtime's ms need not be
+    proportional to the table's: onnxruntime loses most of eager PyTorch's fixed costs).
+    Returns the cut that meets the budget as measured and uses most of it (else the fastest
+    one) and one check per search: ``search``, ``limit_ms``, ``measured_ms``,
+    ``allowed_ms``, ``chosen`` (and ``predicted_ms`` with ``predict``)."""
+    target = allowed * (1 + (tolerance - UNUSED) / 2)
     tried: list[tuple[float, Cut]] = []
+    points: list[tuple[float, float]] = []  # (predicted, measured)
     checks: list[dict[str, Any]] = []
     cut = search(limit)
     for attempt in range(attempts + 1):
@@ -238,11 +266,14 @@ def fit_to_measured(search: Callable[[float], Cut], measure: Callable[[Cut], flo
         tried.append((measured, cut))
         check = {"search": attempt, "limit_ms": round(limit, 6),
                  "measured_ms": round(measured, 6), "allowed_ms": round(allowed, 6)}
+        if predict is not None:
+            points.append((predict(cut), measured))
+            check["predicted_ms"] = round(points[-1][0], 6)
         checks.append(check)
         if allowed * (1 - UNUSED) <= measured <= allowed * (1 + tolerance) \
                 or attempt == attempts:
             break
-        limit *= allowed / measured
+        limit = _next_limit(points, limit * target / measured, target)
         try:
             cut = search(limit)
         except ConfigError as e:  # nothing meets the new limit as predicted
@@ -255,35 +286,65 @@ def fit_to_measured(search: Callable[[float], Cut], measure: Callable[[Cut], flo
     return best[1], checks
 
 
-def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float) -> tuple:
+def _next_limit(points: list[tuple[float, float]], scaled: float, target: float) -> float:
+    """The predicted ms to search under next: interpolated between the (predicted,
+    measured) points closest below and above ``target`` when both exist, else the last
+    point's prediction scaled by target / measured (``scaled`` without points)."""
+    if not points:
+        return scaled
+    below = [p for p in points if p[1] < target]
+    above = [p for p in points if p[1] > target]
+    if below and above:
+        (p0, m0), (p1, m1) = max(below, key=lambda p: p[1]), min(above, key=lambda p: p[1])
+        if p1 != p0:
+            return p0 + (target - m0) * (p1 - p0) / (m1 - m0)
+    predicted, measured = points[-1]
+    return predicted * target / measured
+
+
+def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float,
+              runtime: str = "eager") -> tuple:
     """``strategy`` run under the budget's latency limit, then held to it as measured
     (:func:`fit_to_measured`; the table predicts parts, and the whole network can cost
     more, or less, than its parts). The searches after the first run under a latency limit
     in ms; the budget's other limits stay.
+
+    With a ``runtime`` other than eager, whole networks are measured in it; the first
+    search's limit is the budget scaled by the table's dense prediction over the runtime's
+    dense measurement.
 
     Returns the context of the chosen search, its ratios, round_to, history and the checks."""
     space, spec = ctx.space, ctx.budget
     table = space.tables[space.latency_options["batch_size"]]
     key, (_, bound) = next((k, v) for k, v in spec.limits(ctx.dense).items()
                            if v[0] == "latency_ms")
-    dense_ms = table.network_ms(space.model) if key == "latency_ratio" else None
+    timer = None if runtime == "eager" else measured_timer(
+        threads=space.latency_options["threads"], clock=space.latency_options["clock"],
+        runtime=runtime)
+
+    def network_ms(model: nn.Module) -> float:
+        return table.network_ms(model, timer)
+
+    dense_ms = network_ms(space.model) if key == "latency_ratio" or runtime != "eager" else None
+    allowed = spec.to_dict()[key] * dense_ms if key == "latency_ratio" else bound
+    if runtime != "eager":  # the table's ms and the runtime's differ: start at the same share
+        bound = allowed * ctx.dense["latency_ms"] / dense_ms
     others = {k: v for k, v in spec.to_dict().items() if k != key}
 
     def search(limit: float) -> tuple:
         run = ctx if limit == bound else ctx.under(Budget.parse({**others, "latency_ms": limit}))
         return (run, *strategy(run))
 
-    predicted: list[float] = []
+    def predict(cut: tuple) -> float:
+        return space.cost(cut[1], cut[2])["latency_ms"]
 
     def measure(cut: tuple) -> float:
-        predicted.append(space.cost(cut[1], cut[2])["latency_ms"])
-        return table.network_ms(space.build(cut[1], cut[2]))
+        return network_ms(space.build(cut[1], cut[2]))
 
     (run, ratios, rt, history), checks = fit_to_measured(
-        search, measure, limit=bound, attempts=attempts, tolerance=tolerance,
-        allowed=spec.to_dict()[key] * dense_ms if dense_ms is not None else bound)
-    for check, ms in zip(checks, predicted, strict=True):
-        check["predicted_ms"] = round(ms, 6)
+        search, measure, limit=bound, attempts=attempts, tolerance=tolerance, allowed=allowed,
+        predict=predict)
+    for check in checks:
         if dense_ms is not None:
             check["measured_dense_ms"] = round(dense_ms, 6)
     return run, ratios, rt, history, checks

@@ -77,7 +77,7 @@ def machine_key(threads: int) -> dict[str, str]:
 
 
 def measured_timer(*, threads: int = 1, warmup: int = 3, runs: int = 15, stat: str = "min",
-                   clock: str = "wall") -> Timer:
+                   clock: str = "wall", runtime: str = "eager") -> Timer:
     """A timer that returns a module's forward-pass milliseconds over ``runs`` timed runs.
 
     Args:
@@ -86,11 +86,14 @@ def measured_timer(*, threads: int = 1, warmup: int = 3, runs: int = 15, stat: s
         runs: timed runs.
         stat: ``"min"`` (default: other jobs on a shared machine only ever add time, so the
             fastest run is the steadiest estimate) or ``"median"``.
-        clock: ``"wall"`` (``prunekit.measure.measure_latency``) or ``"cpu"``: the CPU
-            time of the calling thread, which with ``threads=1`` is the latency on an idle
-            core even while other jobs share the machine (time spent descheduled is not
-            counted).
+        clock: ``"wall"`` or ``"cpu"``: the CPU time of the calling thread, which with
+            ``threads=1`` is the latency on an idle core even while other jobs share the
+            machine (time spent descheduled is not counted).
+        runtime: ``"eager"``, ``"torchscript"`` or ``"onnxruntime"``: the module is timed
+            as :func:`prunekit.measure.runtimes.compiled` prepares it (each call of the
+            timer prepares it again: exports and traces are not cached).
     """
+    from ..measure.runtimes import RUNTIMES, compiled
 
     if stat not in ("min", "median"):
         raise ConfigError(f"stat must be 'min' or 'median', got {stat!r}")
@@ -98,30 +101,39 @@ def measured_timer(*, threads: int = 1, warmup: int = 3, runs: int = 15, stat: s
         raise ConfigError(f"clock must be 'wall' or 'cpu', got {clock!r}")
     if clock == "cpu" and threads != 1:
         raise ConfigError("clock='cpu' counts one thread's CPU time: use threads=1")
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
     pick = min if stat == "min" else (lambda xs: float(np.median(xs)))
 
     def timer(module: nn.Module, inputs: Any) -> float:
+        if runtime != "eager":
+            run = compiled(module, inputs, runtime, threads=threads)
+            return pick(call_times(run, warmup=warmup, runs=runs, clock=clock))
         if clock == "cpu":
             return pick(_cpu_times(module, inputs, warmup=warmup, runs=runs))
         stats = measure_latency(module, inputs, threads=threads, warmup=warmup, runs=runs)
         return float(stats.min_ms if stat == "min" else stats.median_ms)
 
-    timer.__qualname__ = f"measured(threads={threads},warmup={warmup},runs={runs},{stat},{clock})"
+    timer.__qualname__ = (f"measured(threads={threads},warmup={warmup},runs={runs},{stat},"
+                          f"{clock}{'' if runtime == 'eager' else ',' + runtime})")
     return timer
 
 
-def thread_times(fn: Callable[[], Any], *, warmup: int, runs: int) -> list[float]:
-    """Milliseconds of the calling thread's CPU time per call of ``fn`` (after ``warmup``
-    calls): what an idle core takes, even while other jobs share the machine."""
+def call_times(fn: Callable[[], Any], *, warmup: int, runs: int, clock: str = "cpu"
+               ) -> list[float]:
+    """Milliseconds per call of ``fn`` (after ``warmup`` calls): the calling thread's CPU
+    time (``clock="cpu"``: what an idle core takes, even while other jobs share the
+    machine) or wall-clock time (``"wall"``)."""
     import time
 
+    now = time.thread_time if clock == "cpu" else time.perf_counter
     for _ in range(warmup):
         fn()
     out = []
     for _ in range(runs):
-        start = time.thread_time()
+        start = now()
         fn()
-        out.append((time.thread_time() - start) * 1e3)
+        out.append((now() - start) * 1e3)
     return out
 
 
@@ -131,7 +143,7 @@ def _cpu_times(module: nn.Module, inputs: Any, *, warmup: int, runs: int) -> lis
     torch.set_num_threads(1)
     try:
         with _eval_mode(module), torch.inference_mode():
-            return thread_times(lambda: run_model(module, inputs), warmup=warmup, runs=runs)
+            return call_times(lambda: run_model(module, inputs), warmup=warmup, runs=runs)
     finally:
         torch.set_num_threads(before)
 
@@ -257,9 +269,9 @@ class LatencyTable:
         return len({(layer.signature(), *pair) for layer in self.layers
                     for pair in self._grid_pairs(layer)})
 
-    def network_ms(self, model: nn.Module) -> float:
-        """The timer on a whole network at this table's batch size."""
-        return float(self.timer(model, self._inputs()))
+    def network_ms(self, model: nn.Module, timer: Timer | None = None) -> float:
+        """This table's timer (or ``timer``) on a whole network at this table's batch size."""
+        return float((timer or self.timer)(model, self._inputs()))
 
     # -- recording ------------------------------------------------------------------------------
     def _inputs(self) -> Any:

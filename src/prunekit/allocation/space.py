@@ -193,7 +193,7 @@ class ChannelSpace(_Space):
                                                cache_dir=cache_dir,
                                                build=self.build_counts,
                                                network_key=self.fingerprint())
-        self.latency_options = {"batch_size": batch_size}
+        self.latency_options = {"batch_size": batch_size, "threads": threads, "clock": clock}
         self._dense = self._cost_of({}, latency=True)
 
     def check_metrics(self, metrics: Iterable[str]) -> None:

@@ -722,7 +722,10 @@ class AllocateConfig(_Section):
     split (``data.val_fraction``), never on the test split; with ``finetune_steps`` each
     candidate is first trained that many steps on the training split (the finetune
     section's learning rate), which ranks deep cuts far better than the score right after
-    the cut (:func:`prunekit.allocation.score_after_training`).
+    the cut (:func:`prunekit.allocation.score_after_training`); ``runtime`` (eager,
+    torchscript, onnxruntime) is where a latency budget holds: each chosen cut and the dense
+    network are measured whole in it (``measure`` searches at most, default 2, or 4 for a
+    runtime other than eager).
     """
 
     kind: str = "greedy"
@@ -738,7 +741,8 @@ class AllocateConfig(_Section):
     spread: Float = Field(1.0, gt=0, le=4)
     block_depth: Int = Field(1, ge=1)
     finetune_steps: Int = Field(0, ge=0)
-    measure: Int = Field(2, ge=0)
+    measure: Int | None = Field(None, ge=0)
+    runtime: Literal["eager", "torchscript", "onnxruntime"] = "eager"
 
     @field_validator("kind")
     @classmethod

@@ -612,7 +612,7 @@ def allocate_for(model: nn.Module, job: Job) -> Any:
         ignore=ignore, grid=a.grid or DEFAULT_GRID, round_to=a.round_to,
         batch_size=a.batch_size, threads=a.threads, clock=a.clock, seed=ctx.recipe.seed,
         population=a.population, generations=a.generations, genes=a.genes,
-        spread=a.spread, block_depth=a.block_depth, measure=a.measure,
+        spread=a.spread, block_depth=a.block_depth, measure=a.measure, runtime=a.runtime,
         history_path=ctx.out / "allocation.json", progress=ctx.say)
 
 

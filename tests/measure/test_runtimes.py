@@ -1,0 +1,70 @@
+"""A network prepared as each runtime serves it: the same outputs as PyTorch, the model left
+as it was, and clear errors for what a runtime cannot take."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from torch import nn
+
+from prunekit.allocation.latency import measured_timer
+from prunekit.errors import ConfigError
+from prunekit.measure.runtimes import RUNTIMES, compiled
+
+_ONNX = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+
+
+def convnet() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=8),
+                        nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(16, 4))
+    for m in net.modules():  # batch norm that is not the identity, so folding it matters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+    return net.train()  # compiled() must run it in eval mode without changing the model
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_each_runtime_gives_the_eval_outputs_and_leaves_the_model(runtime):
+    if runtime == "onnxruntime" and _ONNX:
+        pytest.skip(f"needs {_ONNX}: pip install onnx onnxscript onnxruntime")
+    net, x = convnet(), torch.randn(2, 3, 16, 16)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        expected = net.eval()(x)
+    net.train()
+    run = compiled(net, x, runtime)
+    out = run()
+    out = torch.as_tensor(out[0] if isinstance(out, list) else out)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    assert net.training and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+@pytest.mark.skipif(bool(_ONNX), reason=f"needs {_ONNX}: pip install onnx onnxscript onnxruntime")
+def test_the_timer_times_a_network_in_onnxruntime():
+    timer = measured_timer(clock="cpu", runs=2, warmup=1, runtime="onnxruntime")
+    assert timer(convnet(), torch.randn(1, 3, 16, 16)) > 0
+    assert "onnxruntime" in timer.__qualname__
+
+
+class DataDependent(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 if x.sum() > 0 else x  # torch.fx cannot follow this
+
+
+def test_what_a_runtime_cannot_take_is_a_clear_error():
+    with pytest.raises(ConfigError, match="unknown runtime 'tensorrt'; valid: eager, "):
+        compiled(convnet(), torch.randn(1, 3, 8, 8), "tensorrt")
+    with pytest.raises(ConfigError, match="threads must be a whole number >= 1"):
+        compiled(convnet(), torch.randn(1, 3, 8, 8), "eager", threads=0)
+    with pytest.raises(ConfigError, match="torch.fx, which cannot follow DataDependent.*"
+                                          "use runtime='onnxruntime' or 'eager'"):
+        compiled(DataDependent(), torch.randn(1, 3), "torchscript")
+    with pytest.raises(ConfigError, match="unknown runtime 'tvm'"):
+        measured_timer(runtime="tvm")
