@@ -389,3 +389,18 @@ def test_fit_to_measured_interpolates_when_the_runtime_is_not_proportional_to_th
     assert 0.95 <= measure(cut) <= 1.02 and checks[-1]["chosen"]
     assert len(checks) <= 4
     assert [c["predicted_ms"] for c in checks][:1] == [2.0]
+
+
+def test_bad_evolutionary_options_are_refused_before_any_timing(tmp_path):
+    from prunekit.allocation import allocate
+    from prunekit.errors import ConfigError
+
+    timer = FakeTimer()
+    model, x = SmallNet().eval(), torch.randn(1, 3, 16, 16)
+    for bad, message in [({"genes": "bits"}, "unknown genes 'bits'"),
+                         ({"spread": 9}, "spread must be in"),
+                         ({"population": 1}, "population must be >= 2")]:
+        with pytest.raises(ConfigError, match=message):
+            allocate(model, x, kind="evolutionary", budget={"latency_ratio": 0.5},
+                     evaluate=lambda m: 0.0, timer=timer, cache_dir=tmp_path, **bad)
+    assert timer.layer_calls == timer.network_calls == 0

@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..structured import apply, plan, trace
 from .budget import Budget
 from .latency import default_cache_dir, measured_timer
-from .search import NEEDS_EVALUATE, STRATEGIES, SearchContext
+from .search import NEEDS_EVALUATE, STRATEGIES, SearchContext, evolutionary_options
 from .space import ChannelSpace, MaskSpace, mask_layers
 
 DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
@@ -204,15 +204,17 @@ def allocate(
         raise ConfigError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
     if not isinstance(model, nn.Module):
         raise ConfigError(f"allocate needs an nn.Module, got {type(model).__name__}")
+    options = {"population": population, "generations": generations, "genes": genes,
+               "spread": spread, "block_depth": block_depth}
+    if kind == "evolutionary":
+        evolutionary_options(options)  # refused before a latency table is measured
     cache = _cache_dir(cache_dir)
     space = _space(model, example_inputs, granularity, criterion, ignore, round_to, plan_options)
     if "latency_ms" in spec.metrics and granularity == "channel":
         space.use_latency(batch_size=batch_size, threads=threads, timer=timer, clock=clock,
                           cache_dir=cache, grid=grid_)
     space.check_metrics(spec.metrics)
-    options = {"population": population, "generations": generations, "genes": genes,
-               "spread": spread, "block_depth": block_depth,
-               "cache_dir": cache, "cache_key": cache_key, "progress": progress}
+    options |= {"cache_dir": cache, "cache_key": cache_key, "progress": progress}
     ctx = SearchContext(space, spec, grid_, evaluate, seed, options)
     latency: dict[str, Any] = {}
     if "latency_ms" in spec.metrics and space.granularity == "channel":

@@ -375,18 +375,7 @@ def evolutionary(ctx: SearchContext) -> Result:
         raise ConfigError("kind='evolutionary' needs pymoo: pip install pymoo") from None
     choices = list(ctx.space.round_to_choices)
     n, top = ctx.units, len(ctx.grid) - 1
-    pop = int(ctx.options.get("population", 16))
-    gens = int(ctx.options.get("generations", 10))
-    genes = ctx.options.get("genes") or "shape"
-    spread = float(ctx.options.get("spread", 1.0))
-    if pop < 2 or gens < 1:
-        raise ConfigError(f"population must be >= 2 and generations >= 1, got {pop}, {gens}")
-    if genes not in GENES:
-        raise ConfigError(f"unknown genes {genes!r} for kind='evolutionary'; valid: "
-                          f"{', '.join(GENES)}")
-    if not 0 < spread <= 4:
-        raise ConfigError(f"spread must be in (0, 4] (log2 of how far a unit's share may move "
-                          f"from uniform), got {spread}")
+    pop, gens, genes, spread = evolutionary_options(ctx.options)
     shaped = genes == "shape"
     evaluations: list[dict[str, Any]] = []
 
@@ -461,6 +450,24 @@ def evolutionary(ctx: SearchContext) -> Result:
         ratios, rt = decode(result.X)
     return ratios, rt, [{"genes": genes, "generations": generations,
                          "evaluations": evaluations}]
+
+
+def evolutionary_options(options: dict[str, Any]) -> tuple[int, int, str, float]:
+    """``population``, ``generations``, ``genes`` and ``spread`` from ``options``, checked
+    (``allocate`` checks them before it builds a latency table)."""
+    pop = int(options.get("population", 16))
+    gens = int(options.get("generations", 10))
+    genes = options.get("genes") or "shape"
+    spread = float(options.get("spread", 1.0))
+    if pop < 2 or gens < 1:
+        raise ConfigError(f"population must be >= 2 and generations >= 1, got {pop}, {gens}")
+    if genes not in GENES:
+        raise ConfigError(f"unknown genes {genes!r} for kind='evolutionary'; valid: "
+                          f"{', '.join(GENES)}")
+    if not 0 < spread <= 4:
+        raise ConfigError(f"spread must be in (0, 4] (log2 of how far a unit's share may move "
+                          f"from uniform), got {spread}")
+    return pop, gens, genes, spread
 
 
 def shape_ratios(ctx: SearchContext, genes: Sequence[float], round_to: int,
