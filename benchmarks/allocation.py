@@ -34,6 +34,7 @@ import json
 import random
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -75,21 +76,25 @@ def build(name: str) -> tuple[nn.Module, torch.Tensor]:
 
 
 def timed(nets: dict, x, args) -> dict[str, tuple[float, float]]:
-    """Per network, (fastest run, median of the per-round medians) in ms, over ``args.rounds``
-    rounds that interleave the networks, so slow spells of a shared machine hit all of them.
-    With ``--clock cpu`` the times are the thread's CPU time (one thread)."""
-    from prunekit.allocation.latency import _cpu_times
-    from prunekit.measure import measure_latency
+    """Per network, (fastest run, median of the per-round medians) in ms, eager PyTorch with
+    ``args.threads`` threads (:func:`interleaved`)."""
+    from prunekit.measure.runtimes import compiled
 
-    stats: dict = {key: [] for key in nets}
+    return interleaved({key: compiled(net, x, "eager", threads=args.threads)
+                        for key, net in nets.items()}, args)
+
+
+def interleaved(fns: dict[str, Callable], args) -> dict[str, tuple[float, float]]:
+    """Per call ``fn()``, (fastest run, median of the per-round medians) in ms, over
+    ``args.rounds`` rounds that interleave the calls, so slow spells of a shared machine hit
+    all of them. With ``--clock cpu`` the times are the thread's CPU time (one thread)."""
+    from prunekit.allocation.latency import call_times
+
+    stats: dict = {key: [] for key in fns}
     for _ in range(args.rounds):
-        for key, net in nets.items():
-            if args.clock == "cpu":
-                times = _cpu_times(net, x, warmup=3, runs=args.runs)
-                stats[key].append((min(times), statistics.median(times)))
-            else:
-                s = measure_latency(net, x, threads=args.threads, warmup=3, runs=args.runs)
-                stats[key].append((s.min_ms, s.median_ms))
+        for key, fn in fns.items():
+            times = call_times(fn, warmup=3, runs=args.runs, clock=args.clock)
+            stats[key].append((min(times), statistics.median(times)))
     return {k: (min(a for a, _ in v), statistics.median(b for _, b in v))
             for k, v in stats.items()}
 

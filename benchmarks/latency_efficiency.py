@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,10 +48,9 @@ import torch
 from _common import write_section
 from torch import nn
 
-from allocation import SEARCH_GRID, build, emit, provenance, timed
+from allocation import SEARCH_GRID, build, emit, interleaved, provenance, timed
 from prunekit._io import write_json
 from prunekit.allocation import allocate, apply_allocation
-from prunekit.allocation.latency import call_times
 from prunekit.allocation.search import NEEDS_EVALUATE
 from prunekit.errors import ConfigError
 from prunekit.measure import count_macs
@@ -134,22 +132,11 @@ def runner(setup: str, model: nn.Module, x: torch.Tensor) -> Callable:
     return run
 
 
-def cpu_timed(fns: dict[str, Callable], args) -> dict[str, tuple[float, float]]:
-    """Like ``allocation.timed`` for any callables: (fastest, median of round medians) ms."""
-    stats: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
-    for _ in range(args.rounds):
-        for key, fn in fns.items():
-            times = call_times(fn, warmup=3, runs=args.runs)
-            stats[key].append((min(times), statistics.median(times)))
-    return {k: (min(a for a, _ in v), statistics.median(b for _, b in v))
-            for k, v in stats.items()}
-
-
 def measure(nets: dict[str, nn.Module], x: torch.Tensor, setup: str, args) -> dict:
     """Every network of ``nets`` (dense among them) timed in one setup, interleaved."""
     if setup == "eager":
         return timed(nets, x, args)
-    return cpu_timed({key: runner(setup, net, x) for key, net in nets.items()}, args)
+    return interleaved({key: runner(setup, net, x) for key, net in nets.items()}, args)
 
 
 def rows(args) -> None:

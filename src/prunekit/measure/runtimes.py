@@ -58,12 +58,14 @@ def compiled(model: nn.Module, inputs: Any, runtime: str = "eager", *,
 
     def run() -> Any:
         before = torch.get_num_threads()
-        torch.set_num_threads(threads)
+        if before != threads:
+            torch.set_num_threads(threads)
         try:
             with torch.inference_mode():
                 return run_model(net, inputs)
         finally:
-            torch.set_num_threads(before)
+            if before != threads:
+                torch.set_num_threads(before)
 
     return run
 
