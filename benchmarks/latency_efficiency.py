@@ -196,6 +196,18 @@ def report(args) -> None:
              "measured ms (dense) | measured x dense | speed-up | MACs x dense | "
              "latency efficiency |", "|---|---|---|---|---|---|---|---|---|---|"]
     order = {s: i for i, s in enumerate(SETUPS)}
+    held = [k for k in latest if k[3] == (k[2].partition("@")[2] or "eager")]
+    summary = ["**Each budget held where it is measured** (the method's runtime, after `@`, "
+               "is the one timed; the rows below are all of them):", "",
+               "| network | budget (x dense) | runtime | method | measured x dense | "
+               "MACs x dense | latency efficiency |", "|---|---|---|---|---|---|---|"]
+    for key in sorted(held, key=lambda k: (k[0], -k[1], order[k[3]], k[2])):
+        r = latest[key]
+        summary.append(
+            f"| {r['model']} | {r['fraction']:.3g} | {SETUP_NAMES[r['setup']]} | "
+            f"{r['method']} ({r['round_to']}) | {r['measured_ms'] / r['measured_dense_ms']:.3f} | "
+            f"{r['macs_ratio']:.3f} | {r['efficiency']:.2f} ({r['efficiency_median']:.2f}) |")
+    lines[4:4] = [*summary, "", "All rows:", ""]
     for key in sorted(latest, key=lambda k: (k[0], -k[1], k[2], order[k[3]])):
         r = latest[key]
         lines.append(
