@@ -84,6 +84,16 @@ def timed(nets: dict, x, args) -> dict[str, tuple[float, float]]:
                         for key, net in nets.items()}, args)
 
 
+def timed_in(nets: dict, x, args) -> dict[str, tuple[float, float]]:
+    """:func:`timed`, or in ``args.timed_in`` (TorchScript, onnxruntime) when it is not eager."""
+    from prunekit.measure.runtimes import compiled
+
+    if args.timed_in == "eager":
+        return timed(nets, x, args)
+    return interleaved({key: compiled(net, x, args.timed_in, threads=args.threads)
+                        for key, net in nets.items()}, args)
+
+
 def interleaved(fns: dict[str, Callable], args) -> dict[str, tuple[float, float]]:
     """Per call ``fn()``, (fastest run, median of the per-round medians) in ms, over
     ``args.rounds`` rounds that interleave the calls, so slow spells of a shared machine hit
@@ -319,9 +329,11 @@ def accuracy_rows(args) -> None:
     evaluate = held_out if not args.search_steps else score_after_training(
         held_out, TensorBatches(splits["train"], batch_size=64, seed=0), steps=args.search_steps)
 
-    def search(kind: str, fraction: float, batch: int, seed: int) -> dict:
-        """The pruned copy (before fine-tuning) and what its search reports."""
+    def search(spec: str, fraction: float, batch: int, seed: int) -> dict:
+        """The pruned copy (before fine-tuning) and what its search reports; ``kind@runtime``
+        holds the latency budget in that runtime (``allocate(runtime=...)``)."""
         start = time.perf_counter()
+        kind, _, runtime = spec.partition("@")
         if kind == "tp":
             space = latency_space(base, x, batch, args)
             model, ratio, predicted = tp_cut(base, x, space, fraction, max(args.grid))
@@ -336,7 +348,7 @@ def accuracy_rows(args) -> None:
                          cache_key=f"fmnist-holdout-{args.train}-{args.holdout}"
                                    + (f"-ft{args.search_finetune}" if args.search_finetune else ""),
                          population=args.population, generations=args.generations, seed=seed,
-                         genes=args.genes)
+                         genes=args.genes, runtime=runtime or "eager")
         model = copy.deepcopy(base)
         apply_allocation(model, alloc, x)
         return {"model": model, "quality": alloc.quality, "predicted": alloc.predicted,
@@ -351,7 +363,7 @@ def accuracy_rows(args) -> None:
                 found: dict = {}
                 for seed in args.seeds:
                     # only the evolutionary search draws random numbers: the others cut once
-                    search_seed = seed if kind in SEEDED_KINDS else 0
+                    search_seed = seed if kind.partition("@")[0] in SEEDED_KINDS else 0
                     if search_seed not in found:
                         try:
                             found[search_seed] = search(kind, fraction, batch, search_seed)
@@ -375,8 +387,8 @@ def accuracy_rows(args) -> None:
                                  cut, model))
             # every fine-tuned cut of the block timed in one interleaved session with the
             # dense network, so a busy spell of a shared machine hits all kinds alike
-            measured = timed({"dense": base, **{i: m for i, (_, _, m) in enumerate(done)}},
-                             xb, args)
+            measured = timed_in({"dense": base, **{i: m for i, (_, _, m) in enumerate(done)}},
+                                xb, args)
             for i, (row, cut, model) in enumerate(done):
                 emit({**row, **cost_fields(cut, {"pruned": measured[i], "dense": measured["dense"]},
                                            count_macs(model, x).dense),
@@ -403,6 +415,7 @@ def setup_fields(args) -> dict:
             "genes": args.genes, "holdout": args.holdout,
             "calib": args.calib, "test_n": args.test, "epochs": args.epochs,
             "threads": args.threads, "clock": args.clock, "rounds": args.rounds,
+            "timed_in": args.timed_in,
             "round_to_choices": list(args.round_to),
             **({"input_size": args.input_size} if args.model in PRETRAINED else {})}
 
@@ -579,12 +592,17 @@ def kind_label(r: dict) -> str:
     return label
 
 
+def timed_label(runtime: str) -> str:
+    """How the network column says a block was timed outside eager PyTorch."""
+    return "" if runtime == "eager" else f", timed in {runtime}"
+
+
 def config_of(r: dict) -> tuple:
     """What must match for two rows to be seeds of one measurement."""
     grid = f"{r.get('grid_max', 0.8)}" + (f" ({len(r['grid'])} values)" if "grid" in r else "")
     return (r["model"], r["batch"], r["fraction"], r["train"], r["epochs"],
             r["finetune_epochs"], grid, r.get("clock", "wall"), r.get("search_steps") or 0,
-            "rounds" in r)
+            "rounds" in r, r.get("timed_in", "eager"))
 
 
 def accuracy_report(acc: list[dict], args) -> list[str]:
@@ -639,7 +657,8 @@ def accuracy_table(acc: list[dict], args, title: str) -> list[str]:
             eff = [s * r["macs_ratio"] for s, r in zip(speed, rs, strict=True)]
             delta = [r["test"] - uniform[r["seed"]] for r in rs if r["seed"] in uniform]
             lines.append(
-                f"| {NAMES.get(key[0], key[0])} | {key[1]} | {key[2]:.3g} | {key[6]} | {key[5]} | "
+                f"| {NAMES.get(key[0], key[0])}{timed_label(key[10])} | {key[1]} | "
+                f"{key[2]:.3g} | {key[6]} | {key[5]} | "
                 f"{kind} | {','.join(str(r['seed']) for r in rs)} | "
                 f"{statistics.mean(r['predicted_ms'] for r in rs):.3f} "
                 f"({statistics.mean(r['predicted_dense_ms'] for r in rs):.3f}) | "
@@ -817,6 +836,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--population", type=int, default=10)
     ap.add_argument("--generations", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--timed-in", choices=["eager", "torchscript", "onnxruntime"],
+                    default="eager", help="runtime the accuracy part times every cut in; a "
+                    "kind written kind@runtime holds its budget there (allocate(runtime=))")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="cpu",
                     help="cpu: thread CPU time (threads=1), steady on a shared machine")
     ap.add_argument("--runs", type=int, default=15)
