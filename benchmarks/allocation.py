@@ -78,7 +78,7 @@ def build(name: str) -> tuple[nn.Module, torch.Tensor]:
 def timed(nets: dict, x, args) -> dict[str, tuple[float, float]]:
     """Per network, (fastest run, median of the per-round medians) in ms, eager PyTorch with
     ``args.threads`` threads (:func:`interleaved`)."""
-    from prunekit.measure.runtimes import compiled
+    from prunekit.export.runtimes import compiled
 
     return interleaved({key: compiled(net, x, "eager", threads=args.threads)
                         for key, net in nets.items()}, args)
@@ -86,7 +86,7 @@ def timed(nets: dict, x, args) -> dict[str, tuple[float, float]]:
 
 def timed_in(nets: dict, x, args) -> dict[str, tuple[float, float]]:
     """:func:`timed`, or in ``args.timed_in`` (TorchScript, onnxruntime) when it is not eager."""
-    from prunekit.measure.runtimes import compiled
+    from prunekit.export.runtimes import compiled
 
     if args.timed_in == "eager":
         return timed(nets, x, args)

@@ -53,8 +53,8 @@ from prunekit._io import write_json
 from prunekit.allocation import allocate, apply_allocation
 from prunekit.allocation.search import NEEDS_EVALUATE
 from prunekit.errors import ConfigError
+from prunekit.export.runtimes import compiled
 from prunekit.measure import count_macs
-from prunekit.measure.runtimes import compiled
 
 SETUPS = ("eager", "cl", "fold", "jit", "jit-cl", "ort")
 SETUP_NAMES = {"eager": "eager PyTorch", "cl": "eager, channels_last", "fold": "BN folded, eager",

@@ -160,7 +160,7 @@ def allocate(
         tolerance: relative excess over a latency limit that a measurement may show (timing
             noise); 0.02 is 2%.
         runtime: where the latency budget holds: ``"eager"`` (PyTorch as it is),
-            ``"torchscript"`` or ``"onnxruntime"`` (:func:`prunekit.measure.runtimes.compiled`).
+            ``"torchscript"`` or ``"onnxruntime"`` (:func:`prunekit.export.runtimes.compiled`).
             The per-layer table is measured in eager PyTorch and ranks where to cut; the
             budget (ms, or the fraction of the dense network's latency) is then held by
             measuring the dense network and each chosen cut whole in ``runtime``.
@@ -185,7 +185,7 @@ def allocate(
     if kind in NEEDS_EVALUATE and evaluate is None:
         raise ConfigError(f"kind={kind!r} measures quality: pass evaluate=fn(model) -> score on a "
                           "held-out split, or use kind='uniform', 'global' or 'lamp'")
-    from ..measure.runtimes import RUNTIMES
+    from ..export.runtimes import RUNTIMES
 
     if runtime not in RUNTIMES:
         raise ConfigError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")

@@ -90,10 +90,10 @@ def measured_timer(*, threads: int = 1, warmup: int = 3, runs: int = 15, stat: s
             ``threads=1`` is the latency on an idle core even while other jobs share the
             machine (time spent descheduled is not counted).
         runtime: ``"eager"``, ``"torchscript"`` or ``"onnxruntime"``: the module is timed
-            as :func:`prunekit.measure.runtimes.compiled` prepares it (each call of the
+            as :func:`prunekit.export.runtimes.compiled` prepares it (each call of the
             timer prepares it again: exports and traces are not cached).
     """
-    from ..measure.runtimes import RUNTIMES, compiled
+    from ..export.runtimes import RUNTIMES, compiled
 
     if stat not in ("min", "median"):
         raise ConfigError(f"stat must be 'min' or 'median', got {stat!r}")

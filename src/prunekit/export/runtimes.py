@@ -97,7 +97,7 @@ def _torchscript(net: nn.Module, inputs: Any) -> tuple[Any, Any]:
 
 
 def _onnxruntime(model: nn.Module, inputs: Any, threads: int) -> Callable[[], Any]:
-    from ..export.onnx import _eval, _export_bytes, _exportable, _feed, _session, _split_inputs
+    from .onnx import _eval, _export_bytes, _exportable, _feed, _session, _split_inputs
 
     args, kwargs = _split_inputs(inputs)
     net = _exportable(model)

@@ -11,7 +11,7 @@ from torch import nn
 
 from prunekit.allocation.latency import measured_timer
 from prunekit.errors import ConfigError
-from prunekit.measure.runtimes import RUNTIMES, compiled
+from prunekit.export.runtimes import RUNTIMES, compiled
 
 _ONNX = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
 
