@@ -341,6 +341,15 @@ def test_a_budget_in_another_runtime_is_held_by_measuring_whole_networks_in_it(
     assert runtime_timer(pruned, x) == pytest.approx(chosen["measured_ms"], rel=1e-6)
     assert alloc.latency["measured_ms"] == chosen["measured_ms"]
 
+    # a budget in the runtime's milliseconds: the first search aims at its share of dense
+    in_ms = allocate(model, x, kind="uniform", budget={"latency_ms": 0.6 * dense},
+                     grid=[0.1 * i for i in range(1, 10)], cache_dir=tmp_path,
+                     timer=FakeTimer(), clock="cpu", runtime="onnxruntime")
+    first_ms = in_ms.latency["checks"][0]
+    assert first_ms["allowed_ms"] == pytest.approx(0.6 * dense, rel=1e-6)
+    assert first_ms["limit_ms"] == pytest.approx(first["limit_ms"], rel=1e-5)
+    assert in_ms.ratios == alloc.ratios
+
 
 @pytest.mark.parametrize(("options", "message"), [
     ({"runtime": "tensorrt"}, "unknown runtime 'tensorrt'"),

@@ -329,8 +329,9 @@ def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float
 
     dense_ms = network_ms(space.model) if key == "latency_ratio" or runtime != "eager" else None
     allowed = spec.to_dict()[key] * dense_ms if key == "latency_ratio" else bound
+    start = bound  # in the table's ms: the budget's own limit in eager PyTorch
     if runtime != "eager":  # the table's ms and the runtime's differ: start at the same share
-        bound = allowed * ctx.dense["latency_ms"] / dense_ms
+        start = allowed * ctx.dense["latency_ms"] / dense_ms
     others = {k: v for k, v in spec.to_dict().items() if k != key}
 
     def search(limit: float) -> tuple:
@@ -344,7 +345,7 @@ def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float
         return network_ms(space.build(cut[1], cut[2]))
 
     (run, ratios, rt, history), checks = fit_to_measured(
-        search, measure, limit=bound, attempts=attempts, tolerance=tolerance, allowed=allowed,
+        search, measure, limit=start, attempts=attempts, tolerance=tolerance, allowed=allowed,
         predict=predict)
     for check in checks:
         if dense_ms is not None:
