@@ -413,3 +413,64 @@ def test_bad_evolutionary_options_are_refused_before_any_timing(tmp_path):
             allocate(model, x, kind="evolutionary", budget={"latency_ratio": 0.5},
                      evaluate=lambda m: 0.0, timer=timer, cache_dir=tmp_path, **bad)
     assert timer.layer_calls == timer.network_calls == 0
+
+
+class LeanRuntimeTimer(FakeTimer):
+    """A stand-in for a runtime without eager PyTorch's fixed cost: the layers alone."""
+
+    __qualname__ = "LeanRuntimeTimer"
+
+    def __call__(self, module: nn.Module, inputs: torch.Tensor) -> float:
+        return super().__call__(module, inputs) - REST_MS
+
+
+def test_a_share_only_the_runtime_can_reach_starts_from_the_deepest_cut(tmp_path, monkeypatch):
+    import importlib
+    import warnings
+
+    from prunekit.allocation import allocate
+
+    allocate_module = importlib.import_module("prunekit.allocation.allocate")
+    lean = LeanRuntimeTimer()
+    monkeypatch.setattr(allocate_module, "measured_timer", lambda **_: lean)
+    torch.manual_seed(0)
+    model, x = SmallNet().eval(), torch.randn(1, 3, 16, 16)
+    grid = [0.25, 0.5, 0.75]
+    space = ChannelSpace(model, x)
+    space.use_latency(timer=FakeTimer(), cache_dir=tmp_path, grid=grid)
+    table_floor = space.cost([0.75] * len(space.units), 1)["latency_ms"] / \
+        space.dense_cost()["latency_ms"]
+    runtime_floor = lean(space.build([0.75] * len(space.units), 1), x) / lean(model, x)
+    share = (table_floor + runtime_floor) / 2  # below the table's reach, within the runtime's
+    assert runtime_floor < share < table_floor
+    with pytest.raises(Exception, match="cannot be met"):  # eager: out of the table's reach
+        allocate(model, x, kind="uniform", budget={"latency_ratio": share}, grid=grid,
+                 cache_dir=tmp_path, timer=FakeTimer())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the budget is met: no warning
+        alloc = allocate(model, x, kind="uniform", budget={"latency_ratio": share}, grid=grid,
+                         cache_dir=tmp_path, timer=FakeTimer(), runtime="onnxruntime")
+    assert alloc.latency["met"]
+    assert alloc.latency["measured_ms"] <= share * lean(model, x) * 1.02
+
+
+def test_a_budget_no_cut_meets_as_measured_is_returned_with_a_warning(tmp_path, monkeypatch):
+    import importlib
+
+    from prunekit.allocation import allocate
+
+    class Overhead(LeanRuntimeTimer):  # a runtime with 10 ms per network no cut removes
+        __qualname__ = "Overhead"
+
+        def __call__(self, module, inputs):
+            return super().__call__(module, inputs) + 10.0
+
+    allocate_module = importlib.import_module("prunekit.allocation.allocate")
+    monkeypatch.setattr(allocate_module, "measured_timer", lambda **_: Overhead())
+    model, x = SmallNet().eval(), torch.randn(1, 3, 16, 16)
+    with pytest.warns(UserWarning, match="no cut met the latency budget.*loosen the budget"):
+        alloc = allocate(model, x, kind="uniform", budget={"latency_ms": 5.0},
+                         grid=[0.25, 0.5, 0.75], cache_dir=tmp_path, timer=FakeTimer(),
+                         runtime="onnxruntime")
+    assert not alloc.latency["met"]
+    assert alloc.latency["measured_ms"] > 10.0

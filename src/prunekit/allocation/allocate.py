@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
@@ -45,9 +46,11 @@ class Allocation:
         predicted: the same costs predicted for the allocation.
         quality: held-out quality of the pruned copy (before any fine-tuning), if evaluated.
         history: what the strategy did (scans, greedy steps, generations, evaluations).
-        latency: how latency was measured (batch_size, threads, clock), when it was, and
-            the cut as measured whole (``measured_ms``, ``measured_dense_ms``, ``checks``:
-            every measurement, and the tightened limit of each search after the first).
+        latency: how latency was measured (batch_size, threads, clock, runtime), when it
+            was, and the cut as measured whole (``measured_ms``, ``measured_dense_ms``,
+            ``met``: whether it is within the budget and its tolerance, ``checks``: every
+            measurement, and the limit of each search). When no cut meets the budget as
+            measured, the fastest is returned with ``met`` False and a warning.
     """
 
     kind: str
@@ -224,6 +227,14 @@ def allocate(
             strategy, ctx, int(measure), float(tolerance), runtime)
         chosen = next(c for c in latency["checks"] if c["chosen"])
         latency.update({k: chosen[k] for k in ("measured_ms", "measured_dense_ms") if k in chosen})
+        latency["met"] = chosen["measured_ms"] <= chosen["allowed_ms"] * (1 + tolerance)
+        if not latency["met"]:
+            warnings.warn(
+                f"prunekit: no cut met the latency budget {spec.to_dict()} as measured in "
+                f"{runtime}: the fastest measured {chosen['measured_ms']:.4g} ms against "
+                f"{chosen['allowed_ms']:.4g} ms allowed (alloc.latency['checks'] has every "
+                "search); loosen the budget, allow larger ratios (grid), or raise measure",
+                stacklevel=2)
     else:
         ratios, rt, history = strategy(ctx)
     alloc = Allocation(kind, space.granularity, space.ratios_dict(ratios), rt, space.criterion,
@@ -338,6 +349,20 @@ def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float
         run = ctx if limit == bound else ctx.under(Budget.parse({**others, "latency_ms": limit}))
         return (run, *strategy(run))
 
+    def search_or_deepest(limit: float) -> tuple:
+        """The first search in another runtime may ask for a share of the table's dense
+        time that only the runtime can reach (it loses eager PyTorch's fixed costs): then
+        start from the deepest cut the grid allows and let the measurements move it."""
+        try:
+            return search(limit)
+        except ConfigError:
+            if runtime == "eager" or limit != start:
+                raise
+            cap = max(ctx.grid)
+            deepest = min(space.cost([cap] * ctx.units, rt)["latency_ms"]
+                          for rt in space.round_to_choices)
+            return search(deepest * (1 + 1e-6))
+
     def predict(cut: tuple) -> float:
         return space.cost(cut[1], cut[2])["latency_ms"]
 
@@ -345,8 +370,8 @@ def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float
         return network_ms(space.build(cut[1], cut[2]))
 
     (run, ratios, rt, history), checks = fit_to_measured(
-        search, measure, limit=start, attempts=attempts, tolerance=tolerance, allowed=allowed,
-        predict=predict)
+        search_or_deepest, measure, limit=start, attempts=attempts, tolerance=tolerance,
+        allowed=allowed, predict=predict)
     for check in checks:
         if dense_ms is not None:
             check["measured_dense_ms"] = round(dense_ms, 6)
