@@ -582,14 +582,15 @@ def spread(values: list[float], scale: float = 1.0, digits: int = 4) -> str:
 
 def kind_label(r: dict) -> str:
     """The kind as the report names it; a search scored after a short fine-tuning says so."""
-    label = KIND_NAMES.get(r["kind"], r["kind"])
-    if r["kind"] == "evolutionary" and r.get("genes", "grid") == "grid":
+    kind, _, runtime = r["kind"].partition("@")
+    label = KIND_NAMES.get(kind, kind)
+    if kind == "evolutionary" and r.get("genes", "grid") == "grid":
         label += " (grid genes)"
-    if r.get("search_steps") and r["kind"] in NEEDS_EVALUATE:
+    if r.get("search_steps") and kind in NEEDS_EVALUATE:
         label += f", scored after {r['search_steps']} training steps"
     if r.get("search_finetune"):
         label += f", scored after one epoch on {r['search_finetune']} images"
-    return label
+    return label + (f", budget held in {runtime}" if runtime else "")
 
 
 def timed_label(runtime: str) -> str:
@@ -634,7 +635,9 @@ def accuracy_table(acc: list[dict], args, title: str) -> list[str]:
              "in one interleaved session, earlier rows each cut with the dense network right "
              "after its fine-tuning); latency efficiency: speed-up / "
              "MAC reduction = speed-up x (MACs x dense). Δ vs uniform: test accuracy after "
-             "fine-tuning minus uniform's with the same fine-tuning seed, in points. "
+             "fine-tuning minus uniform's with the same fine-tuning seed, in points (for a "
+             "kind whose budget is held in another runtime, the uniform cut held there; for "
+             "that uniform cut, the one held in eager PyTorch). "
              "Held-out acc. the search saw: after the cut and batch-norm recalibration, and, "
              "for kinds marked 'scored after N training steps' (and uniform, global and "
              "Torch-Pruning in the same blocks), after those steps too.", "",
@@ -648,13 +651,20 @@ def accuracy_table(acc: list[dict], args, title: str) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(cells, key=lambda k: (k[0], k[5], k[1], -k[2], k[6])):
         kinds = cells[key]
-        uniform = {r["seed"]: r["test"] for r in kinds.get("uniform", [])}
-        for kind, rs in sorted(kinds.items(), key=lambda kv: (KIND_ORDER.index(kv[1][0]["kind"])
-                                                             if kv[1][0]["kind"] in KIND_ORDER
-                                                             else 99, kv[0])):
+        def base(rows: list[dict]) -> str:
+            return rows[0]["kind"].partition("@")[0]
+
+        for kind, rs in sorted(kinds.items(), key=lambda kv: (
+                KIND_ORDER.index(base(kv[1])) if base(kv[1]) in KIND_ORDER else 99, kv[0])):
             rs = sorted(rs, key=lambda r: r["seed"])
             speed = [r["measured_dense_ms"] / r["measured_ms"] for r in rs]
             eff = [s * r["macs_ratio"] for s, r in zip(speed, rs, strict=True)]
+            # against the uniform cut whose budget is held in the same runtime
+            runtime = rs[0]["kind"].partition("@")[2]
+            # (a uniform cut held in another runtime: against the one held in eager PyTorch)
+            same = "uniform" + (f", budget held in {runtime}"
+                                if runtime and base(rs) != "uniform" else "")
+            uniform = {r["seed"]: r["test"] for r in kinds.get(same, [])}
             delta = [r["test"] - uniform[r["seed"]] for r in rs if r["seed"] in uniform]
             lines.append(
                 f"| {NAMES.get(key[0], key[0])}{timed_label(key[10])} | {key[1]} | "
