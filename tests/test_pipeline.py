@@ -536,3 +536,5 @@ def test_a_latency_budget_held_in_onnxruntime_from_a_recipe(tmp_path, monkeypatc
     assert saved["latency"]["runtime"] == "onnxruntime"
     checks = saved["latency"]["checks"]
     assert 1 <= len(checks) <= 2 and all(c["measured_dense_ms"] > 0 for c in checks)
+    report = (tmp_path / "report.md").read_text()
+    assert "Built and measured whole in onnxruntime at batch 1" in report

@@ -324,6 +324,15 @@ def _allocation_section(a: Mapping[str, Any]) -> str:
             f"{a['steps']} search steps in `allocation.json`"
             + (f"; held-out quality of the cut before fine-tuning {a['quality']:.4f}."
                if a.get("quality") is not None else "."))
+    lat = a.get("latency") or {}
+    if "measured_ms" in lat:
+        dense = lat.get("measured_dense_ms")
+        head += (f" Built and measured whole in {lat.get('runtime', 'eager')} at batch "
+                 f"{lat['batch_size']}: {lat['measured_ms']:.4g} ms"
+                 + (f" ({lat['measured_ms'] / dense:.3f} of dense {dense:.4g} ms)" if dense
+                    else "")
+                 + ("; the budget is met as measured." if lat.get("met", True) else
+                    "; **no cut met the budget as measured**: this is the fastest found."))
     rows = [[name, f"{ratio:.2f}"] for name, ratio in a["ratios"].items()]
     return "\n\n".join([head,
                          _table([["cost", "dense", "predicted"], ["---", "---:", "---:"], *costs]),

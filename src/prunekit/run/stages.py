@@ -639,7 +639,8 @@ def _allocation_summary(allocation: Any) -> dict[str, Any]:
     return {"kind": allocation.kind, "budget": allocation.budget, "ratios": allocation.ratios,
             "round_to": allocation.round_to, "predicted": allocation.predicted,
             "dense": allocation.dense, "quality": allocation.quality,
-            "steps": len(allocation.history)}
+            "steps": len(allocation.history),
+            "latency": {k: v for k, v in allocation.latency.items() if k != "checks"}}
 
 
 @RUNNERS.register("gradual")
