@@ -66,5 +66,7 @@ def test_what_a_runtime_cannot_take_is_a_clear_error():
     with pytest.raises(ConfigError, match="torch.fx, which cannot follow DataDependent.*"
                                           "use runtime='onnxruntime' or 'eager'"):
         compiled(DataDependent(), torch.randn(1, 3), "torchscript")
+    with pytest.raises(ConfigError, match="for keyword inputs .* use runtime='onnxruntime'"):
+        compiled(convnet(), {"x": torch.randn(1, 3, 8, 8)}, "torchscript")
     with pytest.raises(ConfigError, match="unknown runtime 'tvm'"):
         measured_timer(runtime="tvm")

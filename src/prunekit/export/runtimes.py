@@ -73,6 +73,11 @@ def compiled(model: nn.Module, inputs: Any, runtime: str = "eager", *,
 def _torchscript(net: nn.Module, inputs: Any) -> tuple[Any, Any]:
     from torch.fx.experimental.optimization import fuse
 
+    if isinstance(inputs, dict):
+        raise ConfigError("runtime='torchscript' takes a tensor or a tuple of positional "
+                          "tensors; for keyword inputs (a Hugging Face model) use "
+                          "runtime='onnxruntime'")
+
     try:
         net = fuse(net)
     except Exception as e:  # fx raises many types; the user needs the reason
