@@ -729,7 +729,10 @@ def latency_report(lat: list[dict]) -> list[str]:
              f"`{lat[0].get('clock', 'wall')}`)", "",
              "Freshly initialized (no weights could be trained here), so no accuracy; the kinds "
              "that need no held-out quality, each cut to the budget as the table predicts it, "
-             "then measured against the dense network.", "",
+             "then measured against the dense network. The rows here were made with the first "
+             "latency table, before cuts were held to their budget as measured; the section "
+             "'Latency efficiency at 224x224, batch 1' measures the same networks with the "
+             "current code.", "",
              "| network | input | batch | budget (x dense) | kind | predicted ms (dense) | "
              "measured ms, fastest (dense) | speed-up | MACs x dense | latency efficiency | "
              "search s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
