@@ -75,22 +75,13 @@ def build(name: str) -> tuple[nn.Module, torch.Tensor]:
     return model.eval(), torch.zeros(1, *shape)
 
 
-def timed(nets: dict, x, args) -> dict[str, tuple[float, float]]:
-    """Per network, (fastest run, median of the per-round medians) in ms, eager PyTorch with
-    ``args.threads`` threads (:func:`interleaved`)."""
+def timed(nets: dict, x, args, runtime: str = "eager") -> dict[str, tuple[float, float]]:
+    """Per network, (fastest run, median of the per-round medians) in ms, in ``runtime``
+    (eager PyTorch, TorchScript, onnxruntime) with ``args.threads`` threads
+    (:func:`interleaved`)."""
     from prunekit.export.runtimes import compiled
 
-    return interleaved({key: compiled(net, x, "eager", threads=args.threads)
-                        for key, net in nets.items()}, args)
-
-
-def timed_in(nets: dict, x, args) -> dict[str, tuple[float, float]]:
-    """:func:`timed`, or in ``args.timed_in`` (TorchScript, onnxruntime) when it is not eager."""
-    from prunekit.export.runtimes import compiled
-
-    if args.timed_in == "eager":
-        return timed(nets, x, args)
-    return interleaved({key: compiled(net, x, args.timed_in, threads=args.threads)
+    return interleaved({key: compiled(net, x, runtime, threads=args.threads)
                         for key, net in nets.items()}, args)
 
 
@@ -387,8 +378,8 @@ def accuracy_rows(args) -> None:
                                  cut, model))
             # every fine-tuned cut of the block timed in one interleaved session with the
             # dense network, so a busy spell of a shared machine hits all kinds alike
-            measured = timed_in({"dense": base, **{i: m for i, (_, _, m) in enumerate(done)}},
-                                xb, args)
+            measured = timed({"dense": base, **{i: m for i, (_, _, m) in enumerate(done)}},
+                             xb, args, args.timed_in)
             for i, (row, cut, model) in enumerate(done):
                 emit({**row, **cost_fields(cut, {"pruned": measured[i], "dense": measured["dense"]},
                                            count_macs(model, x).dense),

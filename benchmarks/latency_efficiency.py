@@ -53,7 +53,6 @@ from prunekit._io import write_json
 from prunekit.allocation import allocate, apply_allocation
 from prunekit.allocation.search import NEEDS_EVALUATE
 from prunekit.errors import ConfigError
-from prunekit.export.runtimes import compiled
 from prunekit.measure import count_macs
 
 SETUPS = ("eager", "cl", "fold", "jit", "jit-cl", "ort")
@@ -109,11 +108,8 @@ def cut(base: nn.Module, x: torch.Tensor, spec: str, fraction: float, args) -> d
 
 # --- deployment-style runners: () -> output, built once per network and setup -----------------
 def runner(setup: str, model: nn.Module, x: torch.Tensor) -> Callable:
-    """``jit-cl`` and ``ort`` are the library's runtimes; ``cl``, ``fold`` and ``jit`` take
-    them apart (channels_last alone, batch norm folded alone, TorchScript without
-    channels_last)."""
-    if setup in ("jit-cl", "ort"):
-        return compiled(model, x, "torchscript" if setup == "jit-cl" else "onnxruntime")
+    """The setups that take the library's runtimes apart (``RUNTIME_OF`` names the others):
+    channels_last alone, batch norm folded alone, TorchScript without channels_last."""
     from torch.fx.experimental.optimization import fuse
 
     net = fuse(copy.deepcopy(model).eval()) if setup in ("fold", "jit") else \
@@ -134,8 +130,8 @@ def runner(setup: str, model: nn.Module, x: torch.Tensor) -> Callable:
 
 def measure(nets: dict[str, nn.Module], x: torch.Tensor, setup: str, args) -> dict:
     """Every network of ``nets`` (dense among them) timed in one setup, interleaved."""
-    if setup == "eager":
-        return timed(nets, x, args)
+    if setup in RUNTIME_OF:
+        return timed(nets, x, args, RUNTIME_OF[setup])
     return interleaved({key: runner(setup, net, x) for key, net in nets.items()}, args)
 
 

@@ -53,6 +53,22 @@ def test_the_timer_times_a_network_in_onnxruntime():
     assert "onnxruntime" in timer.__qualname__
 
 
+def test_the_timer_prepares_the_network_in_the_runtime_it_names(monkeypatch):
+    """What a runtime timer times is the network as that runtime prepares it, not eager."""
+    import prunekit.export.runtimes as runtimes
+
+    asked, real = [], runtimes.compiled
+
+    def spy(model, inputs, runtime="eager", **kw):
+        asked.append(runtime)
+        return real(model, inputs, runtime, **kw)
+
+    monkeypatch.setattr(runtimes, "compiled", spy)
+    measured_timer(clock="cpu", runs=1, warmup=0, runtime="torchscript")(
+        convnet(), torch.randn(1, 3, 16, 16))
+    assert asked == ["torchscript"]
+
+
 class DataDependent(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * 2 if x.sum() > 0 else x  # torch.fx cannot follow this

@@ -156,10 +156,11 @@ def allocate(
         block_depth: hierarchical blocks are units grouped by this many name parts.
         measure: for a latency budget, the chosen cut is built and measured whole (with the
             dense network for ``latency_ratio``); while it measures more than ``tolerance``
-            over its budget or more than 5% under it, the search runs again under a limit
-            scaled by budget / measured, at most ``measure`` more times; the cut kept meets
-            the budget as measured and uses most of it. 0 trusts the table's prediction.
-            Default: 2, or 4 for a ``runtime`` other than eager.
+            over its budget or more than 5% under it, the search runs again, at most
+            ``measure`` more times, under a limit :func:`fit_to_measured` derives from the
+            cuts measured so far; the cut kept meets the budget as measured and uses most of
+            it. 0 trusts the table's prediction. Default: 2, or 4 for a ``runtime`` other
+            than eager.
         tolerance: relative excess over a latency limit that a measurement may show (timing
             noise); 0.02 is 2%.
         runtime: where the latency budget holds: ``"eager"`` (PyTorch as it is),
@@ -227,7 +228,7 @@ def allocate(
             strategy, ctx, int(measure), float(tolerance), runtime)
         chosen = next(c for c in latency["checks"] if c["chosen"])
         latency.update({k: chosen[k] for k in ("measured_ms", "measured_dense_ms") if k in chosen})
-        latency["met"] = chosen["measured_ms"] <= chosen["allowed_ms"] * (1 + tolerance)
+        latency["met"] = chosen["met"]
         if not latency["met"]:
             warnings.warn(
                 f"prunekit: no cut met the latency budget {spec.to_dict()} as measured in "
@@ -268,7 +269,8 @@ def fit_to_measured(search: Callable[[float], Cut], measure: Callable[[Cut], flo
     proportional to the table's: onnxruntime loses most of eager PyTorch's fixed costs).
     Returns the cut that meets the budget as measured and uses most of it (else the fastest
     one) and one check per search: ``search``, ``limit_ms``, ``measured_ms``,
-    ``allowed_ms``, ``chosen`` (and ``predicted_ms`` with ``predict``)."""
+    ``allowed_ms``, ``met`` (within ``tolerance`` of ``allowed``), ``chosen`` (and
+    ``predicted_ms`` with ``predict``)."""
     target = allowed * (1 + (tolerance - UNUSED) / 2)
     tried: list[tuple[float, Cut]] = []
     points: list[tuple[float, float]] = []  # (predicted, measured)
@@ -278,13 +280,13 @@ def fit_to_measured(search: Callable[[float], Cut], measure: Callable[[Cut], flo
         measured = measure(cut)
         tried.append((measured, cut))
         check = {"search": attempt, "limit_ms": round(limit, 6),
-                 "measured_ms": round(measured, 6), "allowed_ms": round(allowed, 6)}
+                 "measured_ms": round(measured, 6), "allowed_ms": round(allowed, 6),
+                 "met": measured <= allowed * (1 + tolerance)}
         if predict is not None:
             points.append((predict(cut), measured))
             check["predicted_ms"] = round(points[-1][0], 6)
         checks.append(check)
-        if allowed * (1 - UNUSED) <= measured <= allowed * (1 + tolerance) \
-                or attempt == attempts:
+        if (check["met"] and measured >= allowed * (1 - UNUSED)) or attempt == attempts:
             break
         limit = _next_limit(points, limit * target / measured, target)
         try:
@@ -292,7 +294,7 @@ def fit_to_measured(search: Callable[[float], Cut], measure: Callable[[Cut], flo
         except ConfigError as e:  # nothing meets the new limit as predicted
             check["searched_again"] = f"no cut meets {limit:.4g} ms as predicted: {e}"
             break
-    met = [t for t in tried if t[0] <= allowed * (1 + tolerance)]
+    met = [t for t, c in zip(tried, checks, strict=True) if c["met"]]
     best = max(met, key=lambda t: t[0]) if met else min(tried, key=lambda t: t[0])
     for check, t in zip(checks, tried, strict=True):
         check["chosen"] = t is best

@@ -352,7 +352,7 @@ class LatencyTable:
             self._grids[sig] = (sorted(set(old[0]) | set(ins)), sorted(set(old[1]) | set(outs)))
         for layer in self.layers:
             for cin, cout in self._grid_pairs(layer):
-                if f"{layer.signature()}|{cin}|{cout}" not in self.entries:
+                if _key(layer.signature(), cin, cout) not in self.entries:
                     self._measure(layer, cin, cout)
         self._save_cache()
 
@@ -366,7 +366,7 @@ class LatencyTable:
     def _measure(self, layer: _Layer, cin: int, cout: int) -> float:
         """Time ``layer`` alone at these widths and keep the entry."""
         module, x = layer.build(cin, cout)
-        key = f"{layer.signature()}|{cin}|{cout}"
+        key = _key(layer.signature(), cin, cout)
         self.entries[key] = float(self.timer(module, x))
         self.measured += 1
         return self.entries[key]
@@ -384,16 +384,16 @@ class LatencyTable:
 
     def _lookup(self, layer: _Layer, cin: int, cout: int) -> float:
         sig = layer.signature()
-        key = f"{sig}|{cin}|{cout}"
+        key = _key(sig, cin, cout)
         if key in self.entries:
             return self.entries[key]
         if self.on_demand:
             return self._measure(layer, cin, cout)
         ins, outs = self._grids[sig]
         if _diagonal(layer):
-            return interp(outs, cout, lambda o: self.entries[f"{sig}|{o}|{o}"])
+            return interp(outs, cout, lambda o: self.entries[_key(sig, o, o)])
         return interp(ins, cin, lambda i: interp(outs, cout,
-                                                   lambda o: self.entries[f"{sig}|{i}|{o}"]))
+                                                   lambda o: self.entries[_key(sig, i, o)]))
 
     def _calibrate(self, build: Callable[[Counts], nn.Module] | None) -> list[tuple[float, float]]:
         """The rest (``latency - layers``) measured on the dense network and, with a builder,
@@ -450,6 +450,11 @@ def _follows_output(m: nn.Module) -> bool:
     """Whether a layer's input width always equals its output width (norms, depthwise)."""
     return isinstance(m, _NORM) or (isinstance(m, _CONV) and m.groups > 1
                                     and m.groups == m.in_channels == m.out_channels)
+
+
+def _key(signature: str, cin: int, cout: int) -> str:
+    """A layer entry's name in the table (and its cache): the layer's signature and widths."""
+    return f"{signature}|{cin}|{cout}"
 
 
 def _diagonal(layer: _Layer) -> bool:
