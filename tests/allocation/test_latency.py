@@ -294,67 +294,84 @@ def test_the_rest_is_interpolated_between_calibration_cuts_and_held_beyond(space
     assert table.rest_ms(0.01) == 1.0 and table.rest_ms(1.2) == 2.5  # no extrapolation
 
 
-class RuntimeTimer(FakeTimer):
-    """A stand-in for another runtime: it runs the layers at 40% of the eager cost but keeps
-    a fixed 0.6 ms per network, so its fraction of dense differs from the table's."""
+class FoldingTimer(FakeTimer):
+    """A stand-in for a runtime that folds batch norm into the convolutions: layers cost
+    40% of the fake eager cost, norms nothing, and a whole network 0.6 ms more."""
 
-    __qualname__ = "RuntimeTimer"
+    __qualname__ = "FoldingTimer"
 
     def __call__(self, module: nn.Module, inputs: torch.Tensor) -> float:
-        return 0.4 * (super().__call__(module, inputs) - REST_MS) + 0.6
+        super().__call__(module, inputs)  # counts the call
+        module, inputs = copy.deepcopy(module).to("meta"), inputs.to("meta")
+        costs = []
+        hooks = [m.register_forward_hook(lambda m, a, o: costs.append(layer_cost(m, a[0], o)))
+                 for m in module.modules() if not isinstance(m, nn.BatchNorm2d)]
+        try:
+            with torch.no_grad():
+                module.eval()(inputs)
+        finally:
+            for h in hooks:
+                h.remove()
+        return 0.4 * sum(costs) + (0.6 if any(True for _ in module.children()) else 0.0)
 
 
-def test_a_budget_in_another_runtime_is_held_by_measuring_whole_networks_in_it(
-        tmp_path, monkeypatch):
-    import importlib
-
+def test_a_budget_in_another_runtime_is_held_in_it_for_layers_and_networks(tmp_path):
+    """The table, the dense network and every cut are timed in the runtime: its layers, not
+    eager PyTorch's, decide where to cut, and the budget is its milliseconds."""
     from prunekit.allocation import allocate, apply_allocation
 
-    allocate_module = importlib.import_module("prunekit.allocation.allocate")
-    asked, runtime_timer = [], RuntimeTimer()
-
-    def fake_measured_timer(**options):
-        asked.append(options)
-        return runtime_timer
-
-    monkeypatch.setattr(allocate_module, "measured_timer", fake_measured_timer)
     torch.manual_seed(0)
     model, x = SmallNet().eval(), torch.randn(1, 3, 16, 16)
+    timer = FoldingTimer()
+    space = ChannelSpace(model, x)
+    space.use_latency(timer=timer, cache_dir=tmp_path, grid=GRID, runtime="onnxruntime")
+    table = space.tables[1]
+    assert table.layers and not any(isinstance(layer.module, nn.BatchNorm2d)
+                                    for layer in table.layers)  # folded: no entry
+    assert space.dense_cost()["latency_ms"] == pytest.approx(timer(model, x), rel=1e-9)
+    ratios = [0.5, 0.0, 0.75][:len(space.units)] + [0.25] * (len(space.units) - 3)
+    assert space.cost(ratios, 1)["latency_ms"] == pytest.approx(
+        timer(space.build(ratios, 1), x), rel=1e-6)
+
     alloc = allocate(model, x, kind="uniform", budget={"latency_ratio": 0.6},
                      grid=[0.1 * i for i in range(1, 10)], cache_dir=tmp_path,
-                     timer=FakeTimer(), clock="cpu", runtime="onnxruntime")
-    assert asked == [{"threads": 1, "clock": "cpu", "runtime": "onnxruntime"}]
-    dense = runtime_timer(model, x)
+                     timer=timer, clock="cpu", runtime="onnxruntime")
+    dense = timer(model, x)
     first, *_ = checks = alloc.latency["checks"]
     assert alloc.latency["runtime"] == "onnxruntime"
+    assert alloc.dense["latency_ms"] == pytest.approx(dense, rel=1e-9)
     assert all(c["measured_dense_ms"] == pytest.approx(dense, rel=1e-6) for c in checks)
     assert first["allowed_ms"] == pytest.approx(0.6 * dense, rel=1e-6)
-    # the first search gets the budget as a share of the table's dense prediction
-    assert first["limit_ms"] == pytest.approx(0.6 * alloc.dense["latency_ms"], rel=1e-5)
-    # the fixed cost makes that share too fast in the eager table: the runtime measures it
-    # over budget, so the search runs again and keeps a cut the runtime measures within it
-    assert first["measured_ms"] > first["allowed_ms"] and not first["chosen"]
+    assert first["limit_ms"] == pytest.approx(0.6 * dense, rel=1e-5)  # the same units
     chosen = next(c for c in checks if c["chosen"])
-    assert chosen["measured_ms"] <= chosen["allowed_ms"] * 1.02
+    assert alloc.latency["met"] and chosen["measured_ms"] <= chosen["allowed_ms"] * 1.02
     pruned = copy.deepcopy(model)
     apply_allocation(pruned, alloc, x)
-    assert runtime_timer(pruned, x) == pytest.approx(chosen["measured_ms"], rel=1e-6)
+    assert timer(pruned, x) == pytest.approx(chosen["measured_ms"], rel=1e-6)
     assert alloc.latency["measured_ms"] == chosen["measured_ms"]
 
-    # a budget in the runtime's milliseconds: the first search aims at its share of dense
     in_ms = allocate(model, x, kind="uniform", budget={"latency_ms": 0.6 * dense},
                      grid=[0.1 * i for i in range(1, 10)], cache_dir=tmp_path,
-                     timer=FakeTimer(), clock="cpu", runtime="onnxruntime")
-    first_ms = in_ms.latency["checks"][0]
-    assert first_ms["allowed_ms"] == pytest.approx(0.6 * dense, rel=1e-6)
-    assert first_ms["limit_ms"] == pytest.approx(first["limit_ms"], rel=1e-5)
+                     timer=timer, clock="cpu", runtime="onnxruntime")
+    assert in_ms.latency["checks"][0]["limit_ms"] == pytest.approx(0.6 * dense, rel=1e-6)
     assert in_ms.ratios == alloc.ratios
+
+
+def test_each_runtime_keeps_its_own_table(tmp_path):
+    """One cache folder, two runtimes: entries measured in one are never read in the other."""
+    torch.manual_seed(0)
+    model, x = SmallNet().eval(), torch.randn(1, 3, 16, 16)
+    eager, folding = FakeTimer(), FoldingTimer()
+    ChannelSpace(model, x).use_latency(timer=eager, cache_dir=tmp_path, grid=GRID)
+    ChannelSpace(model, x).use_latency(timer=folding, cache_dir=tmp_path, grid=GRID,
+                                       runtime="onnxruntime")
+    assert eager.layer_calls > 0 and folding.layer_calls > 0
+    assert len(list((tmp_path / "latency").glob("*.json"))) == 2
 
 
 @pytest.mark.parametrize(("options", "message"), [
     ({"runtime": "tensorrt"}, "unknown runtime 'tensorrt'"),
     ({"runtime": "onnxruntime", "budget": {"macs_ratio": 0.5}}, "has none: add latency_ms"),
-    ({"runtime": "torchscript", "measure": 0}, "measure must be at least 1"),
 ])
 def test_bad_runtime_options_are_clear_errors(tmp_path, options, message):
     from prunekit.allocation import allocate
@@ -415,62 +432,27 @@ def test_bad_evolutionary_options_are_refused_before_any_timing(tmp_path):
     assert timer.layer_calls == timer.network_calls == 0
 
 
-class LeanRuntimeTimer(FakeTimer):
-    """A stand-in for a runtime without eager PyTorch's fixed cost: the layers alone."""
-
-    __qualname__ = "LeanRuntimeTimer"
-
-    def __call__(self, module: nn.Module, inputs: torch.Tensor) -> float:
-        return super().__call__(module, inputs) - REST_MS
-
-
-def test_a_share_only_the_runtime_can_reach_starts_from_the_deepest_cut(tmp_path, monkeypatch):
-    import importlib
-    import warnings
-
+def test_a_budget_no_cut_meets_as_measured_is_returned_with_a_warning(tmp_path):
     from prunekit.allocation import allocate
 
-    allocate_module = importlib.import_module("prunekit.allocation.allocate")
-    lean = LeanRuntimeTimer()
-    monkeypatch.setattr(allocate_module, "measured_timer", lambda **_: lean)
-    torch.manual_seed(0)
-    model, x = SmallNet().eval(), torch.randn(1, 3, 16, 16)
-    grid = [0.25, 0.5, 0.75]
-    space = ChannelSpace(model, x)
-    space.use_latency(timer=FakeTimer(), cache_dir=tmp_path, grid=grid)
-    table_floor = space.cost([0.75] * len(space.units), 1)["latency_ms"] / \
-        space.dense_cost()["latency_ms"]
-    runtime_floor = lean(space.build([0.75] * len(space.units), 1), x) / lean(model, x)
-    share = (table_floor + runtime_floor) / 2  # below the table's reach, within the runtime's
-    assert runtime_floor < share < table_floor
-    with pytest.raises(Exception, match="cannot be met"):  # eager: out of the table's reach
-        allocate(model, x, kind="uniform", budget={"latency_ratio": share}, grid=grid,
-                 cache_dir=tmp_path, timer=FakeTimer())
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the budget is met: no warning
-        alloc = allocate(model, x, kind="uniform", budget={"latency_ratio": share}, grid=grid,
-                         cache_dir=tmp_path, timer=FakeTimer(), runtime="onnxruntime")
-    assert alloc.latency["met"]
-    assert alloc.latency["measured_ms"] <= share * lean(model, x) * 1.02
-
-
-def test_a_budget_no_cut_meets_as_measured_is_returned_with_a_warning(tmp_path, monkeypatch):
-    import importlib
-
-    from prunekit.allocation import allocate
-
-    class Overhead(LeanRuntimeTimer):  # a runtime with 10 ms per network no cut removes
-        __qualname__ = "Overhead"
+    class Slowing(FakeTimer):  # 10 ms more per network once the table is calibrated
+        __qualname__ = "Slowing"
+        slow = False
 
         def __call__(self, module, inputs):
-            return super().__call__(module, inputs) + 10.0
+            whole = any(True for _ in module.children())
+            return super().__call__(module, inputs) + (10.0 if self.slow and whole else 0.0)
 
-    allocate_module = importlib.import_module("prunekit.allocation.allocate")
-    monkeypatch.setattr(allocate_module, "measured_timer", lambda **_: Overhead())
+    timer = Slowing()
     model, x = SmallNet().eval(), torch.randn(1, 3, 16, 16)
+    space = ChannelSpace(model, x)
+    space.use_latency(timer=timer, cache_dir=tmp_path, grid=[0.25, 0.5, 0.75],
+                      runtime="onnxruntime")
+    budget = 0.7 * space.dense_cost()["latency_ms"]
+    timer.slow = True  # the table is calibrated (and cached on disk); then networks slow down
     with pytest.warns(UserWarning, match="no cut met the latency budget.*loosen the budget"):
-        alloc = allocate(model, x, kind="uniform", budget={"latency_ms": 5.0},
-                         grid=[0.25, 0.5, 0.75], cache_dir=tmp_path, timer=FakeTimer(),
+        alloc = allocate(model, x, kind="uniform", budget={"latency_ms": budget},
+                         grid=[0.25, 0.5, 0.75], cache_dir=tmp_path, timer=timer,
                          runtime="onnxruntime")
     assert not alloc.latency["met"]
     assert alloc.latency["measured_ms"] > 10.0

@@ -46,6 +46,47 @@ def test_each_runtime_gives_the_eval_outputs_and_leaves_the_model(runtime):
     assert net.training and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
+LAYERS = [
+    (lambda: nn.Conv2d(8, 16, 3, stride=2, padding=1), (1, 8, 20, 20)),
+    (lambda: nn.Conv2d(16, 16, 3, padding=2, dilation=2, groups=16, bias=False), (2, 16, 9, 9)),
+    (lambda: nn.Conv2d(4, 6, (3, 1), padding=(1, 0), groups=2), (1, 4, 7, 7)),
+    (lambda: nn.Conv1d(4, 6, 5, padding=2), (1, 4, 30)),
+    (lambda: nn.Conv3d(2, 4, 3), (1, 2, 6, 6, 6)),
+    (lambda: nn.Linear(10, 7), (3, 10)),
+    (lambda: nn.Linear(10, 7, bias=False), (2, 5, 10)),
+]
+
+
+@pytest.mark.skipif(bool(_ONNX), reason=f"needs {_ONNX}: pip install onnx onnxscript onnxruntime")
+@pytest.mark.parametrize(("make", "shape"), LAYERS)
+def test_a_lone_layer_is_written_as_one_onnx_node_with_the_same_outputs(make, shape, monkeypatch):
+    """The latency table times thousands of lone layers in onnxruntime: they are written as a
+    one-node graph, not exported, and compute what PyTorch does."""
+    from prunekit.export import onnx as onnx_module
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("a lone layer must not go through torch.onnx.export")
+
+    monkeypatch.setattr(onnx_module, "_export_bytes", no_export)
+    torch.manual_seed(0)
+    layer, x = make().eval(), torch.randn(shape)
+    out = compiled(layer, x, "onnxruntime")()[0]
+    torch.testing.assert_close(torch.as_tensor(out), layer(x).detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(bool(_ONNX), reason=f"needs {_ONNX}: pip install onnx onnxscript onnxruntime")
+@pytest.mark.parametrize("make", [lambda: nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"),
+                                  lambda: nn.Conv2d(3, 4, 3, padding="same")])
+def test_a_layer_one_node_cannot_express_is_exported(make):
+    torch.manual_seed(0)
+    layer, x = make().eval(), torch.randn(1, 3, 9, 9)
+    from prunekit.export.runtimes import _layer_graph
+
+    assert _layer_graph(layer, x) is None
+    out = compiled(layer, x, "onnxruntime")()[0]
+    torch.testing.assert_close(torch.as_tensor(out), layer(x).detach(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.skipif(bool(_ONNX), reason=f"needs {_ONNX}: pip install onnx onnxscript onnxruntime")
 def test_the_timer_times_a_network_in_onnxruntime():
     timer = measured_timer(clock="cpu", runs=2, warmup=1, runtime="onnxruntime")

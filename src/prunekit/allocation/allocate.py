@@ -22,7 +22,7 @@ from .._io import write_json
 from ..errors import ConfigError
 from ..structured import apply, plan, trace
 from .budget import Budget
-from .latency import default_cache_dir, measured_timer
+from .latency import default_cache_dir
 from .search import NEEDS_EVALUATE, STRATEGIES, SearchContext, evolutionary_options
 from .space import ChannelSpace, MaskSpace, mask_layers
 
@@ -106,7 +106,7 @@ def allocate(
     genes: str = "shape",
     spread: float = 1.0,
     block_depth: int = 1,
-    measure: int | None = None,
+    measure: int = 2,
     tolerance: float = 0.02,
     runtime: str = "eager",
     cache_dir: str | os.PathLike[str] | None = "default",
@@ -159,20 +159,19 @@ def allocate(
             over its budget or more than 5% under it, the search runs again, at most
             ``measure`` more times, under a limit :func:`fit_to_measured` derives from the
             cuts measured so far; the cut kept meets the budget as measured and uses most of
-            it. 0 trusts the table's prediction. Default: 2, or 4 for a ``runtime`` other
-            than eager.
+            it. 0 trusts the table's prediction.
         tolerance: relative excess over a latency limit that a measurement may show (timing
             noise); 0.02 is 2%.
         runtime: where the latency budget holds: ``"eager"`` (PyTorch as it is),
             ``"torchscript"`` or ``"onnxruntime"`` (:func:`prunekit.export.runtimes.compiled`).
-            The per-layer table is measured in eager PyTorch and ranks where to cut; the
-            budget (ms, or the fraction of the dense network's latency) is then held by
-            measuring the dense network and each chosen cut whole in ``runtime``.
+            The per-layer table, the dense network and each chosen cut are all timed
+            in it, so the search ranks layers by what they cost there.
         cache_dir: folder for the latency table and sensitivity scans; ``"default"`` is
             ``$PRUNEKIT_CACHE`` or ``~/.cache/prunekit``; ``None`` caches nothing.
         cache_key: names the held-out split for the scan cache.
         history_path: where to write the allocation with its history (JSON).
-        timer: ``timer(module, inputs) -> ms`` instead of measuring (tests).
+        timer: ``timer(module, inputs) -> ms`` instead of measuring (tests): it stands
+            for ``runtime``, for layers and whole networks alike.
         plan_options: more keywords for ``pk.plan`` (``data``, ``loss_fn`` for taylor).
         progress: called with one line per step (scan rows, generations).
 
@@ -197,10 +196,6 @@ def allocate(
         raise ConfigError(f"runtime={runtime!r} says where a latency budget holds; the budget "
                           f"{spec.to_dict()} has none: add latency_ms or latency_ratio, or drop "
                           "runtime")
-    measure = (2 if runtime == "eager" else 4) if measure is None else measure
-    if runtime != "eager" and measure == 0:
-        raise ConfigError(f"runtime={runtime!r} is held by measuring cuts whole in it: "
-                          "measure must be at least 1")
     if int(measure) != measure or measure < 0 or not 0 <= tolerance < 1:
         raise ConfigError(f"measure must be a whole number >= 0 and tolerance in [0, 1), got "
                           f"{measure!r}, {tolerance!r}")
@@ -216,7 +211,7 @@ def allocate(
     space = _space(model, example_inputs, granularity, criterion, ignore, round_to, plan_options)
     if "latency_ms" in spec.metrics and granularity == "channel":
         space.use_latency(batch_size=batch_size, threads=threads, timer=timer, clock=clock,
-                          cache_dir=cache, grid=grid_)
+                          cache_dir=cache, grid=grid_, runtime=runtime)
     space.check_metrics(spec.metrics)
     options |= {"cache_dir": cache, "cache_key": cache_key, "progress": progress}
     ctx = SearchContext(space, spec, grid_, evaluate, seed, options)
@@ -225,7 +220,7 @@ def allocate(
         latency = {"batch_size": batch_size, "threads": threads, "clock": clock,
                    "runtime": runtime}
         ctx, ratios, rt, history, latency["checks"] = _measured(
-            strategy, ctx, int(measure), float(tolerance), runtime)
+            strategy, ctx, int(measure), float(tolerance))
         chosen = next(c for c in latency["checks"] if c["chosen"])
         latency.update({k: chosen[k] for k in ("measured_ms", "measured_dense_ms") if k in chosen})
         latency["met"] = chosen["met"]
@@ -317,62 +312,34 @@ def _next_limit(points: list[tuple[float, float]], scaled: float, target: float)
     return predicted * target / measured
 
 
-def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float,
-              runtime: str = "eager") -> tuple:
+def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float) -> tuple:
     """``strategy`` run under the budget's latency limit, then held to it as measured
     (:func:`fit_to_measured`; the table predicts parts, and the whole network can cost
     more, or less, than its parts). The searches after the first run under a latency limit
-    in ms; the budget's other limits stay.
-
-    With a ``runtime`` other than eager, whole networks are measured in it; the first
-    search's limit is the budget scaled by the table's dense prediction over the runtime's
-    dense measurement.
+    in ms; the budget's other limits stay. Whole networks are timed with the table's timer,
+    in its runtime.
 
     Returns the context of the chosen search, its ratios, round_to, history and the checks."""
     space, spec = ctx.space, ctx.budget
     table = space.tables[space.latency_options["batch_size"]]
     key, (_, bound) = next((k, v) for k, v in spec.limits(ctx.dense).items()
                            if v[0] == "latency_ms")
-    timer = None if runtime == "eager" else measured_timer(
-        threads=space.latency_options["threads"], clock=space.latency_options["clock"],
-        runtime=runtime)
-
-    def network_ms(model: nn.Module) -> float:
-        return table.network_ms(model, timer)
-
-    dense_ms = network_ms(space.model) if key == "latency_ratio" or runtime != "eager" else None
+    dense_ms = table.network_ms(space.model) if key == "latency_ratio" else None
     allowed = spec.to_dict()[key] * dense_ms if key == "latency_ratio" else bound
-    start = bound  # in the table's ms: the budget's own limit in eager PyTorch
-    if runtime != "eager":  # the table's ms and the runtime's differ: start at the same share
-        start = allowed * ctx.dense["latency_ms"] / dense_ms
     others = {k: v for k, v in spec.to_dict().items() if k != key}
 
     def search(limit: float) -> tuple:
         run = ctx if limit == bound else ctx.under(Budget.parse({**others, "latency_ms": limit}))
         return (run, *strategy(run))
 
-    def search_or_deepest(limit: float) -> tuple:
-        """The first search in another runtime may ask for a share of the table's dense
-        time that only the runtime can reach (it loses eager PyTorch's fixed costs): then
-        start from the deepest cut the grid allows and let the measurements move it."""
-        try:
-            return search(limit)
-        except ConfigError:
-            if runtime == "eager" or limit != start:
-                raise
-            cap = max(ctx.grid)
-            deepest = min(space.cost([cap] * ctx.units, rt)["latency_ms"]
-                          for rt in space.round_to_choices)
-            return search(deepest * (1 + 1e-6))
-
     def predict(cut: tuple) -> float:
         return space.cost(cut[1], cut[2])["latency_ms"]
 
     def measure(cut: tuple) -> float:
-        return network_ms(space.build(cut[1], cut[2]))
+        return table.network_ms(space.build(cut[1], cut[2]))
 
     (run, ratios, rt, history), checks = fit_to_measured(
-        search_or_deepest, measure, limit=start, attempts=attempts, tolerance=tolerance,
+        search, measure, limit=bound, attempts=attempts, tolerance=tolerance,
         allowed=allowed, predict=predict)
     for check in checks:
         if dense_ms is not None:

@@ -12,9 +12,12 @@ How it works:
    batch-norm layer, its input shape; the traced graph says which group of
    channels each layer's input and output width belongs to.
 2. Each such layer is rebuilt alone at every (input width, output width) pair the
-   search can produce and timed (``prunekit.measure.measure_latency``, median).
-   Entries are keyed by the layer's configuration, so identical layers are timed
-   once, and cached on disk per machine, torch version and thread count.
+   search can produce and timed in the runtime the budget holds in: eager PyTorch
+   (``prunekit.measure.measure_latency``), frozen TorchScript or onnxruntime
+   (:func:`prunekit.export.runtimes.compiled`; batch norm is not timed there, since
+   both fold it into the convolution before it). Entries are keyed by the layer's
+   configuration, so identical layers are timed once, and cached on disk per machine,
+   runtime (and its version), torch version and thread count.
 3. A network's prediction is the sum of its layers' entries (bilinear interpolation
    between measured widths) plus the time the table does not see (activations,
    pooling, additions, Python), interpolated by the kept fraction of activations
@@ -68,12 +71,23 @@ def default_cache_dir() -> Path:
     return Path(base) / "prunekit"
 
 
-def machine_key(threads: int) -> dict[str, str]:
-    """What a latency entry depends on besides the layer: CPU, torch version, threads."""
+FOLDS_NORMS = ("torchscript", "onnxruntime")  # runtimes that fold batch norm into convs
+
+
+def machine_key(threads: int, runtime: str = "eager") -> dict[str, str]:
+    """What a latency entry depends on besides the layer: CPU, torch version, threads,
+    and the runtime (with onnxruntime's version)."""
     cpu = cpu_name()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    return {"cpu": cpu, "arch": platform.machine(), "torch": torch.__version__,
-            "threads": str(threads), "device": device}
+    key = {"cpu": cpu, "arch": platform.machine(), "torch": torch.__version__,
+           "threads": str(threads), "device": device}
+    if runtime != "eager":
+        key["runtime"] = runtime
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        key["onnxruntime"] = onnxruntime.__version__
+    return key
 
 
 def measured_timer(*, threads: int = 1, warmup: int = 3, runs: int = 15, stat: str = "min",
@@ -195,8 +209,11 @@ class LatencyTable:
         graph: from ``pk.trace`` on the dense model (its example inputs give the shapes).
         widths: group id -> candidate kept widths (the dense width is always added).
         batch_size: batch the latency is for (the example inputs are resized to it).
-        timer: ``timer(module, inputs) -> ms``; by default the median of
-            ``measure_latency`` with ``threads`` threads. Tests pass a deterministic one.
+        runtime: where layers and networks are timed: ``"eager"``, ``"torchscript"`` or
+            ``"onnxruntime"`` (:func:`measured_timer`); the latter two fold batch norm
+            into the convolutions, so norms get no entry there.
+        timer: ``timer(module, inputs) -> ms``; by default :func:`measured_timer` in
+            ``runtime`` with ``threads`` threads. Tests pass a deterministic one.
         threads: intra-op threads of the default timer (part of the cache key).
         clock: ``"wall"`` or ``"cpu"`` (thread CPU time, ``threads=1``) for the default timer.
         cache_dir: folder of the on-disk cache (one JSON file per machine, torch
@@ -213,11 +230,15 @@ class LatencyTable:
                  batch_size: int = 1, timer: Timer | None = None, threads: int = 1,
                  clock: str = "wall", cache_dir: str | os.PathLike[str] | None = None,
                  build: Callable[[Counts], nn.Module] | None = None,
-                 network_key: str | None = None) -> None:
+                 network_key: str | None = None, runtime: str = "eager") -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.graph, self.batch_size = graph, batch_size
-        self.timer = timer or measured_timer(threads=threads, clock=clock)
+        from ..export.runtimes import RUNTIMES
+
+        if runtime not in RUNTIMES:
+            raise ConfigError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
+        self.graph, self.batch_size, self.runtime = graph, batch_size, runtime
+        self.timer = timer or measured_timer(threads=threads, clock=clock, runtime=runtime)
         self.threads = threads
         self.widths = {int(g): sorted({int(w) for w in ws} | {graph.groups[g].size})
                        for g, ws in widths.items()}
@@ -288,8 +309,10 @@ class LatencyTable:
         finally:
             for h in hooks:
                 h.remove()
+        folded = _NORM if self.runtime in FOLDS_NORMS else ()
         return [layer for name, (i, o) in shapes.items()
-                if (layer := self._layer(name, model.get_submodule(name), i, o)) is not None]
+                if not isinstance(module := model.get_submodule(name), folded)
+                and (layer := self._layer(name, module, i, o)) is not None]
 
     @staticmethod
     def _hook(name: str, shapes: dict) -> Callable:
@@ -399,7 +422,9 @@ class LatencyTable:
         """The rest (``latency - layers``) measured on the dense network and, with a builder,
         on uniform cuts keeping 75, 50, 30, 15 and 5% of every width: ``(activation
         fraction, rest ms)`` points, by fraction. Deep cuts are measured, not extrapolated:
-        a network's fixed per-operator cost weighs most there."""
+        a network's fixed per-operator cost weighs most there. The rest may be negative:
+        each layer timed alone pays a call's fixed cost (an onnxruntime session run) that
+        the network pays once."""
         points: list[tuple[Counts, nn.Module]] = [({}, self.graph.model)]
         if build is not None:
             for q in CALIBRATION:
@@ -411,11 +436,12 @@ class LatencyTable:
         by_fraction: dict[float, list[float]] = {}
         for f, r in rows:
             by_fraction.setdefault(round(f, 9), []).append(r)
-        return sorted((f, max(0.0, float(np.mean(r)))) for f, r in by_fraction.items())
+        return sorted((f, float(np.mean(r))) for f, r in by_fraction.items())
 
     # -- cache ------------------------------------------------------------------------------
     def _cache_file(self, folder: Path) -> Path:
-        key = {**machine_key(self.threads), "timer": getattr(self.timer, "__qualname__", "")}
+        key = {**machine_key(self.threads, self.runtime),
+               "timer": getattr(self.timer, "__qualname__", "")}
         digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         self._cache_meta = key
         return folder / "latency" / f"{digest}.json"

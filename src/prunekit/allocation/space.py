@@ -181,9 +181,9 @@ class ChannelSpace(_Space):
     # -- costs --------------------------------------------------------------------------------
     def use_latency(self, *, batch_size: int = 1, threads: int = 1, timer: Any = None,
                     clock: str = "wall", cache_dir: Any = None,
-                    grid: Sequence[float] = ()) -> None:
+                    grid: Sequence[float] = (), runtime: str = "eager") -> None:
         """Build the latency table for ``batch_size`` (widths of every grid ratio and
-        ``round_to`` choice)."""
+        ``round_to`` choice), timed in ``runtime``."""
 
         ratios = sorted(set(grid) | {0.0})
         widths = {g.id: sorted({keep_count(g.size, r, rt) for r in ratios
@@ -192,8 +192,10 @@ class ChannelSpace(_Space):
                                                timer=timer, threads=threads, clock=clock,
                                                cache_dir=cache_dir,
                                                build=self.build_counts,
-                                               network_key=self.fingerprint())
-        self.latency_options = {"batch_size": batch_size, "threads": threads, "clock": clock}
+                                               network_key=self.fingerprint(),
+                                               runtime=runtime)
+        self.latency_options = {"batch_size": batch_size, "threads": threads, "clock": clock,
+                                "runtime": runtime}
         self._dense = self._cost_of({}, latency=True)
 
     def check_metrics(self, metrics: Iterable[str]) -> None:

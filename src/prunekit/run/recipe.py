@@ -723,9 +723,9 @@ class AllocateConfig(_Section):
     candidate is first trained that many steps on the training split (the finetune
     section's learning rate), which ranks deep cuts far better than the score right after
     the cut (:func:`prunekit.allocation.score_after_training`); ``runtime`` (eager,
-    torchscript, onnxruntime) is where a latency budget holds: each chosen cut and the dense
-    network are measured whole in it (``measure`` searches at most, default 2, or 4 for a
-    runtime other than eager).
+    torchscript, onnxruntime) is where a latency budget holds: the per-layer table, the dense
+    network and each chosen cut are timed in it (``measure``: searches after the first, at
+    most, while the cut measured whole misses the budget; default 2).
     """
 
     kind: str = "greedy"
@@ -741,7 +741,7 @@ class AllocateConfig(_Section):
     spread: Float = Field(1.0, gt=0, le=4)
     block_depth: Int = Field(1, ge=1)
     finetune_steps: Int = Field(0, ge=0)
-    measure: Int | None = Field(None, ge=0)
+    measure: Int = Field(2, ge=0)
     runtime: Literal["eager", "torchscript", "onnxruntime"] = "eager"
 
     @field_validator("kind")
