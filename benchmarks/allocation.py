@@ -115,7 +115,7 @@ def table_rows(args) -> None:
         start = time.perf_counter()
         space = ChannelSpace(model, x)
         space.use_latency(batch_size=1, threads=args.threads, clock=args.clock,
-                          cache_dir=args.cache, grid=grid)
+                          cache_dir=args.cache, grid=grid, runtime=args.timed_in)
         seconds = time.perf_counter() - start
         rng = random.Random(0)
         configs = {"dense": [0.0] * len(space.units), "uniform-0.5": [0.5] * len(space.units),
@@ -125,7 +125,7 @@ def table_rows(args) -> None:
         for i in range(2):
             configs[f"deep-{i}"] = [rng.choice(DEEP_CHOICES) for _ in space.units]
         nets = {key: space.build(r) if key != "dense" else model for key, r in configs.items()}
-        measured = timed(nets, x, args)
+        measured = timed(nets, x, args, args.timed_in)
         for key, ratios in configs.items():
             fastest, median = measured[key]
             predicted = space.cost(ratios)["latency_ms"]
@@ -135,7 +135,7 @@ def table_rows(args) -> None:
                   "measured_median_ms": round(median, 4),
                   "error_pct": round(100 * (predicted - fastest) / fastest, 2),
                   "error_median_pct": round(100 * (predicted - median) / median, 2),
-                  "threads": args.threads, "clock": args.clock}, args)
+                  "threads": args.threads, "clock": args.clock, "runtime": args.timed_in}, args)
 
 
 # --- part 2: allocation kinds at the same latency budget --------------------------------------
@@ -748,8 +748,8 @@ def tp_version() -> str:
 
 def report(args) -> None:
     rows = [json.loads(line) for line in Path(args.rows).read_text().splitlines() if line.strip()]
-    # a rerun replaces the earlier row of the same network, configuration and clock
-    table = list({(r["net"], r["config"], r.get("clock", "wall")): r
+    # a rerun replaces the earlier row of the same network, configuration, clock and runtime
+    table = list({(r["net"], r["config"], r.get("clock", "wall"), r.get("runtime", "eager")): r
                   for r in rows if r["part"] == "table"}.values())
     nets = list(TABLE_NETS)
     table.sort(key=lambda r: (nets.index(r["net"]) if r["net"] in nets else 99,
@@ -762,9 +762,13 @@ def report(args) -> None:
              "`cpu`: the CPU time of the inference thread, i.e. what an idle core takes even "
              "while other jobs share the machine. Clock `wall`: wall-clock. 'measured' is the "
              "fastest run (table entries too); the median column shows the spread.", ""]
-    for clock in dict.fromkeys(r.get("clock", "wall") for r in table):
-        part = [r for r in table if r.get("clock", "wall") == clock]
-        lines += [f"### How well the table predicts measured latency (clock `{clock}`)", "",
+    for clock, runtime in dict.fromkeys((r.get("clock", "wall"), r.get("runtime", "eager"))
+                                        for r in table):
+        part = [r for r in table if (r.get("clock", "wall"), r.get("runtime", "eager"))
+                == (clock, runtime)]
+        where = "" if runtime == "eager" else f", layers and networks timed in {runtime}"
+        lines += [f"### How well the table predicts measured latency (clock `{clock}`{where})",
+                  "",
                   "| network | groups | table entries | config | predicted ms | measured ms "
                   "(fastest) | error % | measured median ms | error vs median % |",
                   "|---|---|---|---|---|---|---|---|---|"]
@@ -841,8 +845,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--generations", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--timed-in", choices=["eager", "torchscript", "onnxruntime"],
-                    default="eager", help="runtime the accuracy part times every cut in; a "
-                    "kind written kind@runtime holds its budget there (allocate(runtime=))")
+                    default="eager", help="runtime the table part times layers and networks "
+                    "in, and the accuracy part every cut; a kind written kind@runtime holds "
+                    "its budget there (allocate(runtime=))")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="cpu",
                     help="cpu: thread CPU time (threads=1), steady on a shared machine")
     ap.add_argument("--runs", type=int, default=15)

@@ -137,7 +137,9 @@ def test_identical_layers_are_timed_once(tmp_path):
 
     bare = LatencyTable(sp.graph, widths=sp.tables[1].widths, timer=FakeTimer())
     assert bare.grid_entries() == len(bare.entries) == sp.tables[1].grid_entries()
-    assert sp.tables[1].grid_entries() < len(sp.tables[1].entries)
+    # the calibration cuts keep multiples of 4, as every candidate width does: on the grid
+    assert sp.tables[1].align == {g: 4 for g in sp.tables[1].widths}
+    assert sp.tables[1].grid_entries() == len(sp.tables[1].entries)
 
 
 @pytest.mark.slow
@@ -224,19 +226,30 @@ def test_uniform_meets_a_latency_budget_as_built(tmp_path):
     assert timer(pruned, x) <= 0.7 * dense + 1e-9
 
 
-def test_the_fitted_rest_does_not_depend_on_the_candidate_widths(tmp_path):
-    """The rest is fitted once per network and batch size on fixed uniform cuts, so a
-    ``latency_ratio`` is the same milliseconds whatever grid or round_to a search uses."""
+def test_the_dense_rest_is_fitted_once_and_the_cuts_once_per_width_alignment(tmp_path):
+    """The dense point of the rest is measured once per network and batch size, so a
+    ``latency_ratio`` is the same milliseconds whatever grid or round_to a search uses; the
+    calibration cuts keep widths on the candidates' alignment (a runtime may be slow off
+    multiples of 8 or 16) and are measured again only for another alignment."""
+    from prunekit.allocation.latency import CALIBRATION
+
     torch.manual_seed(0)
     model, x = SmallNet().eval(), torch.randn(1, 3, 16, 16)
     first = ChannelSpace(model, x)
     first.use_latency(timer=FakeTimer(), cache_dir=tmp_path, grid=[0.0, 0.5])
+    same = FakeTimer()  # more round_to choices, widths on the same alignment
+    ChannelSpace(model, x, round_to_choices=(1, 2)).use_latency(timer=same, cache_dir=tmp_path,
+                                                                 grid=[0.0, 0.5])
+    assert same.network_calls == 0  # the fit is read back, not refitted
     again = FakeTimer()
-    other = ChannelSpace(model, x, round_to_choices=(4, 8))
+    other = ChannelSpace(model, x, round_to_choices=(1, 2))
     other.use_latency(timer=again, cache_dir=tmp_path, grid=[0.2, 0.4, 0.6, 0.8])
-    assert again.network_calls == 0  # the fit is read back, not refitted
-    assert other.tables[1].rest == first.tables[1].rest
+    table = other.tables[1]
+    assert 0 < again.network_calls <= len(CALIBRATION)  # the cuts; the dense network is not
     assert other.dense_cost()["latency_ms"] == first.dense_cost()["latency_ms"]
+    for counts in table._calibration_counts():
+        assert all(w % table.align[g] == 0 or w == other.graph.groups[g].size
+                   for g, w in counts.items())
 
 
 class SlowWidthTimer(FakeTimer):
@@ -456,3 +469,42 @@ def test_a_budget_no_cut_meets_as_measured_is_returned_with_a_warning(tmp_path):
                          runtime="onnxruntime")
     assert not alloc.latency["met"]
     assert alloc.latency["measured_ms"] > 10.0
+
+
+def test_a_machine_that_slows_down_while_allocate_runs_does_not_move_a_share_budget(tmp_path):
+    """Every whole network is timed 4% slower than the one before (a machine warming up,
+    another job starting). Each cut is timed between two timings of the dense network, so
+    its share of dense stays what it is: the same cut as on a steady machine, measured at
+    the same share. Timed against a dense network measured once, at the start, the cuts
+    would look ever slower and the search would cut deeper."""
+    from prunekit.allocation import allocate
+
+    class Drifting(FakeTimer):
+        __qualname__ = "Drifting"
+        drift, on = 1.0, False
+
+        def __call__(self, module, inputs):
+            ms = super().__call__(module, inputs)
+            if self.on and any(True for _ in module.children()):
+                self.drift *= 1.04
+                ms *= self.drift
+            return ms
+
+    torch.manual_seed(0)
+    model, x = SmallNet().eval(), torch.randn(1, 3, 16, 16)
+    steady, drifting = FakeTimer(), Drifting()
+    space = ChannelSpace(model, x)
+    space.use_latency(timer=drifting, cache_dir=tmp_path, grid=[0.25, 0.5, 0.75])
+    drifting.on = True  # once the table is on disk: allocate reads it, then measures
+    options = dict(kind="uniform", budget={"latency_ratio": 0.6}, grid=[0.25, 0.5, 0.75],
+                   cache_dir=tmp_path)
+    expected = allocate(model, x, timer=steady, **options)  # a separate table (other timer)
+    alloc = allocate(model, x, timer=drifting, **options)
+    assert drifting.drift > 1.08  # large against the budget's 2% tolerance
+    assert alloc.ratios == pytest.approx(expected.ratios, abs=0.02)
+    for check, steady_check in zip(alloc.latency["checks"], expected.latency["checks"],
+                                   strict=True):
+        share = check["measured_ms"] / check["measured_dense_ms"]
+        assert share == pytest.approx(steady_check["measured_ms"]
+                                      / steady_check["measured_dense_ms"], rel=0.01)
+    assert alloc.latency["met"]

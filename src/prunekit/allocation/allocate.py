@@ -317,16 +317,18 @@ def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float
     (:func:`fit_to_measured`; the table predicts parts, and the whole network can cost
     more, or less, than its parts). The searches after the first run under a latency limit
     in ms; the budget's other limits stay. Whole networks are timed with the table's timer,
-    in its runtime.
+    in its runtime; for ``latency_ratio`` each cut is timed between two timings of the
+    dense network (dense, cut, cut, dense: a machine that speeds up or slows down while
+    ``allocate`` runs moves both alike) and judged by its share of their mean.
 
     Returns the context of the chosen search, its ratios, round_to, history and the checks."""
     space, spec = ctx.space, ctx.budget
     table = space.tables[space.latency_options["batch_size"]]
     key, (_, bound) = next((k, v) for k, v in spec.limits(ctx.dense).items()
                            if v[0] == "latency_ms")
-    dense_ms = table.network_ms(space.model) if key == "latency_ratio" else None
-    allowed = spec.to_dict()[key] * dense_ms if key == "latency_ratio" else bound
+    share = spec.to_dict()[key] if key == "latency_ratio" else None
     others = {k: v for k, v in spec.to_dict().items() if k != key}
+    timings: list[tuple[float, float | None]] = []  # (cut ms, dense ms) per measurement
 
     def search(limit: float) -> tuple:
         run = ctx if limit == bound else ctx.under(Budget.parse({**others, "latency_ms": limit}))
@@ -336,14 +338,24 @@ def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float
         return space.cost(cut[1], cut[2])["latency_ms"]
 
     def measure(cut: tuple) -> float:
-        return table.network_ms(space.build(cut[1], cut[2]))
+        """The cut's ms (absolute budget) or its share of the dense network's ms."""
+        pruned = space.build(cut[1], cut[2])
+        if share is None:
+            timings.append((table.network_ms(pruned), None))
+            return timings[-1][0]
+        dense = table.network_ms(space.model)
+        ms = (table.network_ms(pruned) + table.network_ms(pruned)) / 2
+        dense = (dense + table.network_ms(space.model)) / 2
+        timings.append((ms, dense))
+        return ms / dense
 
     (run, ratios, rt, history), checks = fit_to_measured(
         search, measure, limit=bound, attempts=attempts, tolerance=tolerance,
-        allowed=allowed, predict=predict)
-    for check in checks:
-        if dense_ms is not None:
-            check["measured_dense_ms"] = round(dense_ms, 6)
+        allowed=bound if share is None else share, predict=predict)
+    for check, (ms, dense) in zip(checks, timings, strict=True):
+        if dense is not None:  # fit_to_measured judged shares: report milliseconds
+            check.update(measured_ms=round(ms, 6), measured_dense_ms=round(dense, 6),
+                         allowed_ms=round(share * dense, 6))
     return run, ratios, rt, history, checks
 
 

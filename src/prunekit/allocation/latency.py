@@ -34,6 +34,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import math
 import os
 import platform
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -242,24 +243,14 @@ class LatencyTable:
         self.threads = threads
         self.widths = {int(g): sorted({int(w) for w in ws} | {graph.groups[g].size})
                        for g, ws in widths.items()}
+        self.align = {g: math.gcd(*ws) for g, ws in self.widths.items()}
         self.cache_path = None if cache_dir is None else self._cache_file(Path(cache_dir))
         self.entries: dict[str, float] = self._load_cache()
         self.layers = self._record_layers()
         self.measured = 0
         self.on_demand = False
         self._measure_all()
-        # the rest is measured at fixed uniform widths, so it holds for any candidate widths:
-        # once per network and batch size, and a latency_ratio is the same milliseconds
-        # whatever grid or round_to a search uses
-        key = None if network_key is None else f"{network_key}|n{batch_size}|uniform-rest"
-        cached = self.fits.get(key) if key is not None else None
-        if cached is not None:
-            self.rest = [tuple(p) for p in cached["rest"]]
-        else:
-            self.rest = self._calibrate(build)
-            if key is not None:
-                self.fits[key] = {"rest": [list(p) for p in self.rest]}
-                self._save_cache(force=True)
+        self.rest = self._fit_rest(build, network_key)
 
     # -- public ---------------------------------------------------------------------------------
     def predict(self, counts: Counts) -> float:
@@ -418,25 +409,64 @@ class LatencyTable:
         return interp(ins, cin, lambda i: interp(outs, cout,
                                                    lambda o: self.entries[_key(sig, i, o)]))
 
-    def _calibrate(self, build: Callable[[Counts], nn.Module] | None) -> list[tuple[float, float]]:
-        """The rest (``latency - layers``) measured on the dense network and, with a builder,
-        on uniform cuts keeping 75, 50, 30, 15 and 5% of every width: ``(activation
-        fraction, rest ms)`` points, by fraction. Deep cuts are measured, not extrapolated:
-        a network's fixed per-operator cost weighs most there. The rest may be negative:
-        each layer timed alone pays a call's fixed cost (an onnxruntime session run) that
-        the network pays once."""
-        points: list[tuple[Counts, nn.Module]] = [({}, self.graph.model)]
-        if build is not None:
-            for q in CALIBRATION:
-                counts = {g: max(1, round(q * self.graph.groups[g].size)) for g in self.widths}
-                points.append((counts, build(counts)))
-        with self.exact():  # the uniform widths are measured, whatever the grid
-            rows = [(self.activation_fraction(c), self.network_ms(m) - self.layers_ms(c))
-                    for c, m in points]
+    def _fit_rest(self, build: Callable[[Counts], nn.Module] | None,
+                  network_key: str | None) -> list[tuple[float, float]]:
+        """The rest (``latency - layers``) as ``(activation fraction, rest ms)`` points, by
+        fraction: measured on the dense network and, with a builder, on uniform cuts keeping
+        75, 50, 30, 15 and 5% of every width. Deep cuts are measured, not extrapolated: a
+        network's fixed per-operator cost weighs most there. The rest may be negative: each
+        layer timed alone pays a call's fixed cost (an onnxruntime session run, a layout
+        reorder around it) that the network pays once.
+
+        With a cache and ``network_key``, the dense point is kept per network and batch size
+        (a ``latency_ratio`` is the same milliseconds whatever grid or ``round_to`` a search
+        uses), the cuts per width alignment: each cut's widths are multiples of what all
+        candidate widths of a group share, since runtimes run some widths (not multiples of
+        8 or 16) far slower than others, and the cuts should be the widths searched."""
+        base = None if network_key is None else f"{network_key}|n{self.batch_size}"
+        cuts = self._calibration_counts()
+        aligned = hashlib.sha1(json.dumps(sorted(self.align.items())).encode()).hexdigest()[:12]
+        keys = {} if base is None else {"dense": f"{base}|dense-rest",
+                                        "cuts": f"{base}|uniform-rest|a{aligned}"}
+        fitted: dict[str, list[list[float]]] = {}
+        for part, points in (("dense", [{}]), ("cuts", cuts if build is not None else [])):
+            stored = self.fits.get(keys[part]) if keys else None
+            if stored is not None:
+                fitted[part] = stored["rest"]
+                continue
+            fitted[part] = self._rests(points, build)
+            if keys:
+                self.fits[keys[part]] = {"rest": fitted[part]}
+                self._save_cache(force=True)
         by_fraction: dict[float, list[float]] = {}
-        for f, r in rows:
+        for f, r in fitted["dense"] + fitted["cuts"]:
             by_fraction.setdefault(round(f, 9), []).append(r)
         return sorted((f, float(np.mean(r))) for f, r in by_fraction.items())
+
+    def _calibration_counts(self) -> list[dict[int, int]]:
+        """Uniform cuts keeping each of ``CALIBRATION`` of every width, rounded to the group's
+        alignment (the greatest common divisor of its candidate widths); no cut twice."""
+        out: list[dict[int, int]] = []
+        for q in CALIBRATION:
+            counts = {}
+            for g, align in self.align.items():
+                size = self.graph.groups[g].size
+                counts[g] = min(size, max(align, round(q * size / align) * align))
+            if counts not in out:
+                out.append(counts)
+        return out
+
+    def _rests(self, points: Sequence[Counts], build: Callable[[Counts], nn.Module] | None
+               ) -> list[list[float]]:
+        """``[activation fraction, whole network - its layers]`` for each of ``points``
+        (``{}`` is the dense network), the widths measured exactly."""
+        rows = []
+        with self.exact():  # the calibration widths are measured, whatever the grid
+            for counts in points:
+                model = self.graph.model if not counts else build(counts)
+                rows.append([self.activation_fraction(counts),
+                             self.network_ms(model) - self.layers_ms(counts)])
+        return rows
 
     # -- cache ------------------------------------------------------------------------------
     def _cache_file(self, folder: Path) -> Path:
