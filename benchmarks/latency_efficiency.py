@@ -4,10 +4,10 @@ Latency efficiency = speed-up / MAC reduction = (dense ms / pruned ms) x (pruned
 MACs), i.e. the pruned network's MACs per second over the dense one's. For torchvision's
 resnet18 and mobilenet_v2 (3x224x224, freshly initialized with seed 0, as
 ``benchmarks/allocation.py --part latency`` builds them) each method cuts to a latency budget
-of a fraction of dense latency: the per-layer latency table (eager PyTorch, CPU clock) ranks
-where to cut, and ``allocate`` measures each chosen cut whole (with dense) in eager PyTorch,
-or in the runtime a method names after ``@`` (``uniform:16@ort``: the budget holds in
-onnxruntime), and searches again until it meets the budget. Then dense and pruned are
+of a fraction of dense latency, in eager PyTorch or in the runtime a method names after ``@``
+(``uniform:16@ort``: the budget holds in onnxruntime): the per-layer latency table, timed in
+that runtime (CPU clock), ranks where to cut, and ``allocate`` measures each chosen cut whole
+(between two timings of dense) there and searches again until it meets the budget. Then dense and pruned are
 measured the same way, interleaved, in each setup:
 
 - ``eager``: the module as it is (``benchmarks/allocation.py``'s ``timed``).
@@ -186,7 +186,7 @@ def report(args) -> None:
              "the MACs it keeps (no data). Budget: the fraction of the dense latency, as "
              "`allocate` measures the cut and dense whole in eager PyTorch, or in the runtime "
              "after `@` (`@ort`: onnxruntime, `@jit-cl`: TorchScript); 'predicted' is the "
-             "eager table's prediction. Efficiency: speed-up x (MACs x dense), from the "
+             "prediction of the table timed in that runtime. Efficiency: speed-up x (MACs x dense), from the "
              "fastest runs (from the median runs in brackets).", "",
              "| network | budget (x dense) | method | measured as | predicted ms (dense) | "
              "measured ms (dense) | measured x dense | speed-up | MACs x dense | "

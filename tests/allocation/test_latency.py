@@ -508,3 +508,57 @@ def test_a_machine_that_slows_down_while_allocate_runs_does_not_move_a_share_bud
         assert share == pytest.approx(steady_check["measured_ms"]
                                       / steady_check["measured_dense_ms"], rel=0.01)
     assert alloc.latency["met"]
+
+
+def test_an_evolutionary_search_held_to_a_measured_budget_runs_once_and_rescales_its_winner(
+        tmp_path):
+    """Whole networks measure 12% over what the table predicts, so the first cut misses a
+    budget in ms and the limit moves: the winning shape is rescaled to it (one bisection),
+    not searched again (a whole genetic run)."""
+    from prunekit.allocation import allocate
+    from prunekit.allocation.budget import Budget
+    from prunekit.allocation.search import SearchContext, shape_ratios
+
+    class Heavier(FakeTimer):
+        __qualname__ = "Heavier"
+        on = False
+
+        def __call__(self, module, inputs):
+            ms = super().__call__(module, inputs)
+            return ms * 1.12 if self.on and any(True for _ in module.children()) else ms
+
+    torch.manual_seed(0)
+    model, x = SmallNet().eval(), torch.randn(1, 3, 16, 16)
+    timer = Heavier()
+    space = ChannelSpace(model, x)
+    grid = [0.2, 0.4, 0.6, 0.8]
+    space.use_latency(timer=timer, cache_dir=tmp_path, grid=grid)
+    timer.on = True
+    scored = []
+
+    def evaluate(m):
+        scored.append(1)
+        return -sum(p.numel() for p in m.parameters()) * 1e-6 + random.Random(len(scored)).random()
+
+    budget = {"latency_ms": 0.6 * space.dense_cost()["latency_ms"]}
+    options = dict(kind="evolutionary", budget=budget, grid=grid, cache_dir=tmp_path,
+                   timer=timer, population=6, generations=3)
+    with pytest.warns(UserWarning, match="no cut met the latency budget"):  # 12% over
+        trusted = allocate(model, x, evaluate=evaluate, measure=0, **options)
+    one_search = len(scored)
+    scored.clear()
+    alloc = allocate(model, x, evaluate=evaluate, **options)
+    checks = alloc.latency["checks"]
+    assert len(checks) >= 2 and checks[1]["limit_ms"] < checks[0]["limit_ms"]
+    assert len(scored) <= one_search + len(checks)  # one genetic run, then rescaling
+    refits = [h for h in alloc.history if "refit" in h]
+    assert len(refits) == len(checks) - 1
+    assert any("generations" in h for h in alloc.history)  # the genetic run's history stays
+    winner = refits[-1]["winner"]
+    assert winner == next(h["winner"] for h in trusted.history if "winner" in h)
+    chosen = next(c for c in checks if c["chosen"])
+    ctx = SearchContext(space, Budget.parse({"latency_ms": chosen["limit_ms"]}),
+                        [0.0, *grid])
+    expected = shape_ratios(ctx, winner["shape"], winner["round_to"], winner["spread"])
+    assert list(alloc.ratios.values()) == pytest.approx(expected, abs=1e-6)
+    assert alloc.latency["met"]

@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..structured import apply, plan, trace
 from .budget import Budget
 from .latency import default_cache_dir
-from .search import NEEDS_EVALUATE, STRATEGIES, SearchContext, evolutionary_options
+from .search import NEEDS_EVALUATE, STRATEGIES, SearchContext, evolutionary_options, refit
 from .space import ChannelSpace, MaskSpace, mask_layers
 
 DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
@@ -158,8 +158,9 @@ def allocate(
             dense network for ``latency_ratio``); while it measures more than ``tolerance``
             over its budget or more than 5% under it, the search runs again, at most
             ``measure`` more times, under a limit :func:`fit_to_measured` derives from the
-            cuts measured so far; the cut kept meets the budget as measured and uses most of
-            it. 0 trusts the table's prediction.
+            cuts measured so far (an evolutionary search with ``genes="shape"`` is not run
+            again: its winning shape is rescaled to the new limit); the cut kept meets the
+            budget as measured and uses most of it. 0 trusts the table's prediction.
         tolerance: relative excess over a latency limit that a measurement may show (timing
             noise); 0.02 is 2%.
         runtime: where the latency budget holds: ``"eager"`` (PyTorch as it is),
@@ -330,9 +331,16 @@ def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float
     others = {k: v for k, v in spec.to_dict().items() if k != key}
     timings: list[tuple[float, float | None]] = []  # (cut ms, dense ms) per measurement
 
+    first: list[dict[str, Any]] = []  # the first search's history
+
     def search(limit: float) -> tuple:
         run = ctx if limit == bound else ctx.under(Budget.parse({**others, "latency_ms": limit}))
-        return (run, *strategy(run))
+        found = refit(run, first) if first else None  # the evolutionary shape: rescaled
+        if found is not None:
+            return run, found[0], found[1], [*first, *found[2]]
+        found = strategy(run)
+        first[:] = first or found[2]
+        return (run, *found)
 
     def predict(cut: tuple) -> float:
         return space.cost(cut[1], cut[2])["latency_ms"]

@@ -448,8 +448,29 @@ def evolutionary(ctx: SearchContext) -> Result:
         raise _impossible(ctx)
     with ctx.exact():  # the winner's scale, against measured (not interpolated) widths
         ratios, rt = decode(result.X)
+    winner = {"shape": [round(float(v), 9) for v in result.X[:n]], "round_to": rt,
+              "spread": spread} if shaped else None
     return ratios, rt, [{"genes": genes, "generations": generations,
-                         "evaluations": evaluations}]
+                         "evaluations": evaluations, "winner": winner}]
+
+
+def refit(ctx: SearchContext, history: list[dict[str, Any]]) -> Result | None:
+    """A search's result fitted to ``ctx``'s budget without searching again, where its
+    history allows: the evolutionary search's winning shape (``genes="shape"``) at the
+    scale that spends the new budget. ``None`` for every other search (run it again).
+
+    The shape is what the genetic search chose; the scale only follows the budget, so when
+    the measured check moves the limit a few percent, rescaling costs one bisection where a
+    new search costs a whole genetic run."""
+    winner = next((h.get("winner") for h in history if h.get("winner")), None)
+    if winner is None:
+        return None
+    with ctx.exact():
+        ratios = shape_ratios(ctx, winner["shape"], winner["round_to"], winner["spread"])
+    if ctx.violation(ratios, winner["round_to"]) > 0:
+        raise _impossible(ctx)
+    return ratios, winner["round_to"], [{"refit": "the winning shape, rescaled",
+                                         "winner": winner}]
 
 
 def evolutionary_options(options: dict[str, Any]) -> tuple[int, int, str, float]:
