@@ -757,7 +757,8 @@ def report(args) -> None:
                                   r["config"].split("-")[0]), r["config"]))
     acc = [r for r in rows if r["part"] == "accuracy"]
     lat = [r for r in rows if r["part"] == "latency"]
-    lines = [provenance(rows), "", "One intra-op thread; "
+    shown = table + [r for r in rows if r["part"] != "table"]  # reruns replace table rows
+    lines = [provenance(shown), "", "One intra-op thread; "
              f"{args.runs} timed runs x {args.rounds} interleaved rounds per network. Clock "
              "`cpu`: the CPU time of the inference thread, i.e. what an idle core takes even "
              "while other jobs share the machine. Clock `wall`: wall-clock. 'measured' is the "
@@ -800,7 +801,7 @@ def report(args) -> None:
     write_section(args.docs, "allocation-bench", "\n".join(lines), title="# Allocation\n")
     from prunekit._io import write_json
 
-    write_json(args.json, {"rows": rows})
+    write_json(args.json, {"rows": shown})
 
 
 def parse_args() -> argparse.Namespace:

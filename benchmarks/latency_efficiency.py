@@ -7,8 +7,8 @@ resnet18 and mobilenet_v2 (3x224x224, freshly initialized with seed 0, as
 of a fraction of dense latency, in eager PyTorch or in the runtime a method names after ``@``
 (``uniform:16@ort``: the budget holds in onnxruntime): the per-layer latency table, timed in
 that runtime (CPU clock), ranks where to cut, and ``allocate`` measures each chosen cut whole
-(between two timings of dense) there and searches again until it meets the budget. Then dense and pruned are
-measured the same way, interleaved, in each setup:
+(between two timings of dense) there and searches again until it meets the budget. Then dense
+and pruned are measured the same way, interleaved, in each setup:
 
 - ``eager``: the module as it is (``benchmarks/allocation.py``'s ``timed``).
 - ``cl``: eager, weights and input in channels_last.
@@ -176,9 +176,17 @@ def report(args) -> None:
     """The rows as a table per network (the latest row of each network, budget, method and
     setup), with machine and versions."""
     rows_ = [json.loads(line) for line in Path(args.rows).read_text().splitlines() if line]
-    latest = {(r["model"], r["fraction"], r["method"], r["setup"]): r
-              for r in rows_ if r["part"] == "latency-efficiency"}
-    lines = [provenance([r for r in rows_ if r["part"] == "latency-efficiency"]), "",
+    latest: dict[tuple, dict] = {}
+    unreachable: dict[tuple, dict] = {}  # a rerun replaces rows of the same method and budget
+    for r in rows_:
+        method = (r["model"], r["fraction"], r["method"])
+        if r["part"] == "latency-efficiency":
+            latest[(*method, r["setup"])] = r
+            unreachable.pop(method, None)
+        elif r["part"] == "unreachable":
+            unreachable[method] = r
+            latest = {k: v for k, v in latest.items() if k[:3] != method}
+    lines = [provenance(list(latest.values())), "",
              "Batch 1, one thread, CPU clock (the inference thread's CPU time); dense and every "
              f"cut interleaved, {args.rounds} rounds x {args.runs} runs; freshly initialized "
              "networks (seed 0), 3x224x224. Method: allocation kind and the `round_to` choices "
@@ -186,8 +194,8 @@ def report(args) -> None:
              "the MACs it keeps (no data). Budget: the fraction of the dense latency, as "
              "`allocate` measures the cut and dense whole in eager PyTorch, or in the runtime "
              "after `@` (`@ort`: onnxruntime, `@jit-cl`: TorchScript); 'predicted' is the "
-             "prediction of the table timed in that runtime. Efficiency: speed-up x (MACs x dense), from the "
-             "fastest runs (from the median runs in brackets).", "",
+             "prediction of the table timed in that runtime. Efficiency: speed-up x (MACs x "
+             "dense), from the fastest runs (from the median runs in brackets).", "",
              "| network | budget (x dense) | method | measured as | predicted ms (dense) | "
              "measured ms (dense) | measured x dense | speed-up | MACs x dense | "
              "latency efficiency |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -212,11 +220,11 @@ def report(args) -> None:
             f" | {r['measured_ms']:.2f} ({r['measured_dense_ms']:.2f}) | "
             f"{r['measured_ms'] / r['measured_dense_ms']:.3f} | {r['speedup']:.2f} | "
             f"{r['macs_ratio']:.3f} | {r['efficiency']:.2f} ({r['efficiency_median']:.2f}) |")
-    for r in (r for r in rows_ if r["part"] == "unreachable"):
+    for r in unreachable.values():
         lines += ["", f"Not in the table: {r['model']}, {r['fraction']:.3g} x dense, "
                   f"{r['method']}: {r['error']}"]
     write_section(args.docs, "latency-efficiency", "\n".join(lines), title="# Allocation\n")
-    write_json(args.json, {"rows": rows_})
+    write_json(args.json, {"rows": [*latest.values(), *unreachable.values()]})
 
 
 def parse_args() -> argparse.Namespace:

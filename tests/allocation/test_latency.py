@@ -65,10 +65,17 @@ class FakeTimer:
         self.network_calls = 0
 
     def __call__(self, module: nn.Module, inputs: torch.Tensor) -> float:
+        costs, network = self.costs(module, inputs)
+        return sum(costs) + (REST_MS if network else 0.0)
+
+    def costs(self, module: nn.Module, inputs: torch.Tensor, skip: tuple = ()
+              ) -> tuple[list[float], bool]:
+        """Each layer's fake cost over one forward pass (layers of the ``skip`` types left
+        out) and whether ``module`` is a whole network; counts the call."""
         module, inputs = copy.deepcopy(module).to("meta"), inputs.to("meta")  # shapes only
         total = []
         hooks = [m.register_forward_hook(lambda m, a, o: total.append(layer_cost(m, a[0], o)))
-                 for m in module.modules()]
+                 for m in module.modules() if not isinstance(m, skip)]
         try:
             with torch.no_grad():
                 module.eval()(inputs)
@@ -78,7 +85,7 @@ class FakeTimer:
         network = any(True for _ in module.children())
         self.layer_calls += not network
         self.network_calls += network
-        return sum(total) + (REST_MS if network else 0.0)
+        return total, network
 
 
 @pytest.fixture(scope="module")
@@ -314,18 +321,8 @@ class FoldingTimer(FakeTimer):
     __qualname__ = "FoldingTimer"
 
     def __call__(self, module: nn.Module, inputs: torch.Tensor) -> float:
-        super().__call__(module, inputs)  # counts the call
-        module, inputs = copy.deepcopy(module).to("meta"), inputs.to("meta")
-        costs = []
-        hooks = [m.register_forward_hook(lambda m, a, o: costs.append(layer_cost(m, a[0], o)))
-                 for m in module.modules() if not isinstance(m, nn.BatchNorm2d)]
-        try:
-            with torch.no_grad():
-                module.eval()(inputs)
-        finally:
-            for h in hooks:
-                h.remove()
-        return 0.4 * sum(costs) + (0.6 if any(True for _ in module.children()) else 0.0)
+        costs, network = self.costs(module, inputs, skip=(nn.BatchNorm2d,))
+        return 0.4 * sum(costs) + (0.6 if network else 0.0)
 
 
 def test_a_budget_in_another_runtime_is_held_in_it_for_layers_and_networks(tmp_path):
