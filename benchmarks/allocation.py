@@ -360,8 +360,8 @@ def accuracy_rows(args) -> None:
                             found[search_seed] = search(kind, fraction, batch, search_seed)
                         except ConfigError as e:  # an unreachable budget: said in the report
                             emit({"part": "unreachable", "model": args.model, "kind": kind,
-                                  "fraction": fraction, "batch": batch,
-                                  "grid_max": max(args.grid), "error": str(e)}, args)
+                                  "fraction": fraction, "batch": batch, **setup_fields(args),
+                                  "error": str(e)}, args)
                             break
                     cut = found[search_seed]
                     model = copy.deepcopy(cut["model"])
@@ -704,6 +704,26 @@ def accuracy_table(acc: list[dict], args, title: str) -> list[str]:
     return lines
 
 
+def current_accuracy(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The accuracy rows and the unreachable budgets, in file order, where a later row of a
+    block (``config_of``) and kind replaces what an earlier run said of it: a cut that is now
+    unreachable drops the earlier seeds' rows, and the reverse. (Unreachable rows written
+    before they carried their block's setup drop nothing.)"""
+    acc: list[dict] = []
+    unreachable: dict[tuple, dict] = {}
+    for r in rows:
+        if r["part"] == "accuracy":
+            acc.append(r)
+            unreachable.pop((config_of(r), r["kind"]), None)
+        elif r["part"] == "unreachable" and "train" in r:
+            what = (config_of(r), r["kind"])
+            acc = [a for a in acc if (config_of(a), a["kind"]) != what]
+            unreachable[what] = r
+        elif r["part"] == "unreachable":
+            unreachable[(id(r),)] = r
+    return acc, list(unreachable.values())
+
+
 def provenance(rows: list[dict]) -> str:
     """Which machine and library versions made the rows of each part."""
     parts = []
@@ -755,7 +775,7 @@ def report(args) -> None:
     table.sort(key=lambda r: (nets.index(r["net"]) if r["net"] in nets else 99,
                               ("dense", "uniform", "random", "deep").index(
                                   r["config"].split("-")[0]), r["config"]))
-    acc = [r for r in rows if r["part"] == "accuracy"]
+    acc, unreachable = current_accuracy(rows)
     lat = [r for r in rows if r["part"] == "latency"]
     shown = table + [r for r in rows if r["part"] != "table"]  # reruns replace table rows
     lines = [provenance(shown), "", "One intra-op thread; "
@@ -789,7 +809,7 @@ def report(args) -> None:
         lines.append("")
     if acc:
         lines += accuracy_report(acc, args)
-    for r in (r for r in rows if r["part"] == "unreachable"):
+    for r in unreachable:
         lines += ["", f"Not in the table: {NAMES.get(r['model'], r['model'])}, batch "
                   f"{r['batch']}, {r['fraction']:.3g} x dense, largest ratio {r['grid_max']}, "
                   f"{KIND_NAMES.get(r['kind'], r['kind'])}: {r['error']}"]

@@ -330,7 +330,6 @@ def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float
     share = spec.to_dict()[key] if key == "latency_ratio" else None
     others = {k: v for k, v in spec.to_dict().items() if k != key}
     timings: list[tuple[float, float | None]] = []  # (cut ms, dense ms) per measurement
-
     first: list[dict[str, Any]] = []  # the first search's history
 
     def search(limit: float) -> tuple:
@@ -339,7 +338,8 @@ def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float
         if found is not None:
             return run, found[0], found[1], [*first, *found[2]]
         found = strategy(run)
-        first[:] = first or found[2]
+        if not first:
+            first.extend(found[2])
         return (run, *found)
 
     def predict(cut: tuple) -> float:

@@ -85,9 +85,9 @@ def machine_key(threads: int, runtime: str = "eager") -> dict[str, str]:
     if runtime != "eager":
         key["runtime"] = runtime
     if runtime == "onnxruntime":
-        import onnxruntime
+        from ..export.onnx import _import
 
-        key["onnxruntime"] = onnxruntime.__version__
+        key["onnxruntime"] = _import("onnxruntime", "onnxruntime").__version__
     return key
 
 
