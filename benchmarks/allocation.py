@@ -266,7 +266,8 @@ def tp_cut(base: nn.Module, x: torch.Tensor, space: ChannelSpace, fraction: floa
         model, predicted = cut(ratio)
         return model, ratio, predicted
 
-    # held to the budget as measured, as allocate(measure=2) holds prunekit's kinds
+    # held to the budget as measured with allocate's loop (fit_to_measured), but with dense
+    # timed once and the limit scaled, not interpolated: allocate's measure() is not shared
     table = space.tables[space.latency_options["batch_size"]]
     chosen, _ = fit_to_measured(search, lambda made: table.network_ms(made[0]),
                                 limit=fraction * space.dense_cost()["latency_ms"],
@@ -615,10 +616,9 @@ def accuracy_report(acc: list[dict], args) -> list[str]:
 def accuracy_table(acc: list[dict], args, title: str) -> list[str]:
     """One line per (model, batch, budget, kind) over its seeds; the difference to uniform is
     paired by fine-tuning seed."""
-    latest = {(config_of(r), kind_label(r), r["seed"]): r for r in acc}  # a rerun replaces
     cells: dict[tuple, dict[str, list[dict]]] = {}
-    for (config, label, _), r in latest.items():
-        cells.setdefault(config, {}).setdefault(label, []).append(r)
+    for r in acc:  # one row per block, kind and seed (current_accuracy)
+        cells.setdefault(config_of(r), {}).setdefault(kind_label(r), []).append(r)
     lines = [f"### {title} (Fashion-MNIST, clock `{acc[0].get('clock', 'wall')}`)", "",
              "Mean ± sample standard deviation (min–max) over the seeds. Speed-up: dense over "
              "pruned measured latency (fastest run, interleaved; rows made with "
@@ -705,10 +705,11 @@ def accuracy_table(acc: list[dict], args, title: str) -> list[str]:
 
 
 def current_accuracy(rows: list[dict]) -> tuple[list[dict], list[dict]]:
-    """The accuracy rows and the unreachable budgets, in file order, where a later row of a
-    block (``config_of``) and kind replaces what an earlier run said of it: a cut that is now
-    unreachable drops the earlier seeds' rows, and the reverse. (Unreachable rows written
-    before they carried their block's setup drop nothing.)"""
+    """The accuracy rows (one per block, kind and seed) and the unreachable budgets, where a
+    later row of a block (``config_of``) and kind replaces what an earlier run said of it: a
+    rerun's seed replaces the earlier one, a cut that is now unreachable drops the earlier
+    seeds' rows, and the reverse. (Unreachable rows written before they carried their
+    block's setup drop nothing.)"""
     acc: list[dict] = []
     unreachable: dict[tuple, dict] = {}
     for r in rows:
@@ -721,7 +722,8 @@ def current_accuracy(rows: list[dict]) -> tuple[list[dict], list[dict]]:
             unreachable[what] = r
         elif r["part"] == "unreachable":
             unreachable[(id(r),)] = r
-    return acc, list(unreachable.values())
+    latest = {(config_of(r), kind_label(r), r["seed"]): r for r in acc}
+    return list(latest.values()), list(unreachable.values())
 
 
 def provenance(rows: list[dict]) -> str:
@@ -777,7 +779,8 @@ def report(args) -> None:
                                   r["config"].split("-")[0]), r["config"]))
     acc, unreachable = current_accuracy(rows)
     lat = [r for r in rows if r["part"] == "latency"]
-    shown = table + [r for r in rows if r["part"] != "table"]  # reruns replace table rows
+    shown = [*table, *acc, *unreachable,  # the rows the report shows: reruns replace
+             *(r for r in rows if r["part"] not in ("table", "accuracy", "unreachable"))]
     lines = [provenance(shown), "", "One intra-op thread; "
              f"{args.runs} timed runs x {args.rounds} interleaved rounds per network. Clock "
              "`cpu`: the CPU time of the inference thread, i.e. what an idle core takes even "

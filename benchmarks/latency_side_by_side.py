@@ -11,8 +11,10 @@ in. Which rows: those of ``--nets`` whose method names the runtime after ``@``.
     .venv/bin/python benchmarks/latency_side_by_side.py runs/le-before.json \\
         docs/data/latency_efficiency.json --labels eager-table runtime-table
 
-Prints one line per cut: the share of dense it measures, the MACs it keeps, the latency
-efficiency (MACs kept / share of dense time).
+Prints, for each row file, network and runtime, where ``allocate``'s first search landed
+(its measured share of dense over the budget, from the rows' checks) and how many searches
+an allocation took; then one line per cut: the share of dense it measures, the MACs it
+keeps, the latency efficiency (MACs kept / share of dense time).
 """
 
 from __future__ import annotations
@@ -37,6 +39,22 @@ def rows_of(path: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def searches(label: str, rows: list[dict], nets: list[str]) -> None:
+    """Where the first search of each runtime-held method landed, and the searches taken."""
+    for net in nets:
+        for setup, runtime in SETUPS.items():
+            held = [r for r in rows if r["model"] == net and r["setup"] == setup
+                    and r["method"].endswith("@" + setup) and r.get("checks")]
+            if not held:
+                continue
+            first = [r["checks"][0]["measured_ms"] / r["checks"][0]["measured_dense_ms"]
+                     / r["fraction"] for r in held]
+            taken = sum(len(r["checks"]) for r in held) / len(held)
+            print(f"{label} | {net} | {runtime} | first search at {min(first):.2f}-"
+                  f"{max(first):.2f} of the budget | {taken:.1f} searches per allocation",
+                  flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("first")
@@ -49,6 +67,8 @@ def main() -> None:
     timing = argparse.Namespace(threads=1, rounds=args.rounds, runs=args.runs, clock="cpu")
     sets = {label: [r for r in rows_of(path) if r.get("part") == "latency-efficiency"]
             for label, path in zip(args.labels, (args.first, args.second), strict=True)}
+    for label, rows in sets.items():
+        searches(label, rows, args.nets)
     for net in args.nets:
         base, x = build(net)
         dense_macs = count_macs(base, x).dense

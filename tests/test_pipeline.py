@@ -538,3 +538,6 @@ def test_a_latency_budget_held_in_onnxruntime_from_a_recipe(tmp_path, monkeypatc
     assert 1 <= len(checks) <= 2 and all(c["measured_dense_ms"] > 0 for c in checks)
     report = (tmp_path / "report.md").read_text()
     assert "Built and measured whole in onnxruntime at batch 1" in report
+    # the per-layer table was timed in onnxruntime too, not in eager PyTorch
+    tables = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "latency").glob("*.json")]
+    assert [t.get("runtime") for t in tables] == ["onnxruntime"] and tables[0]["entries"]

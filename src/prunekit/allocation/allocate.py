@@ -261,8 +261,8 @@ def fit_to_measured(search: Callable[[float], Cut], measure: Callable[[Cut], flo
     that finds nothing under the new limit ends it), aiming at the middle of that window:
     under the limit scaled by target / measured, or, with ``predict(cut)`` (a cut's
     predicted ms), under the prediction interpolated between the two cuts measured closest
-    below and above the target once there are both (the runtime's ms need not be
-    proportional to the table's: onnxruntime loses most of eager PyTorch's fixed costs).
+    below and above the target once there are both (a whole network's ms need not be
+    proportional to the table's prediction: fixed costs stay as the layers shrink).
     Returns the cut that meets the budget as measured and uses most of it (else the fastest
     one) and one check per search: ``search``, ``limit_ms``, ``measured_ms``,
     ``allowed_ms``, ``met`` (within ``tolerance`` of ``allowed``), ``chosen`` (and
@@ -351,9 +351,9 @@ def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float
         if share is None:
             timings.append((table.network_ms(pruned), None))
             return timings[-1][0]
-        dense = table.network_ms(space.model)
+        before = table.network_ms(space.model)
         ms = (table.network_ms(pruned) + table.network_ms(pruned)) / 2
-        dense = (dense + table.network_ms(space.model)) / 2
+        dense = (before + table.network_ms(space.model)) / 2
         timings.append((ms, dense))
         return ms / dense
 

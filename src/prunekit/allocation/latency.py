@@ -101,9 +101,10 @@ def measured_timer(*, threads: int = 1, warmup: int = 3, runs: int = 15, stat: s
         runs: timed runs.
         stat: ``"min"`` (default: other jobs on a shared machine only ever add time, so the
             fastest run is the steadiest estimate) or ``"median"``.
-        clock: ``"wall"`` or ``"cpu"``: the CPU time of the calling thread, which with
-            ``threads=1`` is the latency on an idle core even while other jobs share the
-            machine (time spent descheduled is not counted).
+        clock: ``"wall"`` (eager PyTorch: ``prunekit.measure.measure_latency``) or
+            ``"cpu"``: the CPU time of the calling thread, which with ``threads=1`` is the
+            latency on an idle core even while other jobs share the machine (time spent
+            descheduled is not counted).
         runtime: ``"eager"``, ``"torchscript"`` or ``"onnxruntime"``: the module is timed
             as :func:`prunekit.export.runtimes.compiled` prepares it (each call of the
             timer prepares it again: exports and traces are not cached).
@@ -121,11 +122,9 @@ def measured_timer(*, threads: int = 1, warmup: int = 3, runs: int = 15, stat: s
     pick = min if stat == "min" else (lambda xs: float(np.median(xs)))
 
     def timer(module: nn.Module, inputs: Any) -> float:
-        if runtime != "eager":
+        if runtime != "eager" or clock == "cpu":
             run = compiled(module, inputs, runtime, threads=threads)
             return pick(call_times(run, warmup=warmup, runs=runs, clock=clock))
-        if clock == "cpu":
-            return pick(_cpu_times(module, inputs, warmup=warmup, runs=runs))
         stats = measure_latency(module, inputs, threads=threads, warmup=warmup, runs=runs)
         return float(stats.min_ms if stat == "min" else stats.median_ms)
 
@@ -150,17 +149,6 @@ def call_times(fn: Callable[[], Any], *, warmup: int, runs: int, clock: str = "c
         fn()
         out.append((now() - start) * 1e3)
     return out
-
-
-def _cpu_times(module: nn.Module, inputs: Any, *, warmup: int, runs: int) -> list[float]:
-    """Milliseconds of the calling thread's CPU time per forward pass (one intra-op thread)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with _eval_mode(module), torch.inference_mode():
-            return call_times(lambda: run_model(module, inputs), warmup=warmup, runs=runs)
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclass
@@ -281,9 +269,9 @@ class LatencyTable:
         return len({(layer.signature(), *pair) for layer in self.layers
                     for pair in self._grid_pairs(layer)})
 
-    def network_ms(self, model: nn.Module, timer: Timer | None = None) -> float:
-        """This table's timer (or ``timer``) on a whole network at this table's batch size."""
-        return float((timer or self.timer)(model, self._inputs()))
+    def network_ms(self, model: nn.Module) -> float:
+        """This table's timer on a whole network at this table's batch size."""
+        return float(self.timer(model, self._inputs()))
 
     # -- recording ------------------------------------------------------------------------------
     def _inputs(self) -> Any:

@@ -194,8 +194,7 @@ class ChannelSpace(_Space):
                                                build=self.build_counts,
                                                network_key=self.fingerprint(),
                                                runtime=runtime)
-        self.latency_options = {"batch_size": batch_size, "threads": threads, "clock": clock,
-                                "runtime": runtime}
+        self.latency_options = {"batch_size": batch_size}
         self._dense = self._cost_of({}, latency=True)
 
     def check_metrics(self, metrics: Iterable[str]) -> None:

@@ -123,13 +123,16 @@ def _layer_graph(layer: nn.Module, inputs: Any) -> bytes | None:
     and ``Add``), written directly: what the exporter would emit for it, in milliseconds
     instead of the half second ``torch.onnx.export`` takes, so a latency table can time
     thousands of layers in onnxruntime. ``None`` for anything else (it is exported)."""
-    exact = type(layer) in (*_CONVS, nn.Linear)
-    if not exact or not isinstance(inputs, torch.Tensor) or inputs.dtype != torch.float32:
+    if type(layer) not in (*_CONVS, nn.Linear) or not isinstance(inputs, torch.Tensor) \
+            or inputs.dtype != torch.float32:
         return None
     if type(layer) in _CONVS and (layer.padding_mode != "zeros"
                                   or isinstance(layer.padding, str)):
         return None
-    from onnx import TensorProto, helper, numpy_helper
+    from .onnx import _import
+
+    onnx = _import("onnx", "onnx")
+    helper, numpy_helper, TensorProto = onnx.helper, onnx.numpy_helper, onnx.TensorProto
 
     def constant(t: torch.Tensor, name: str) -> Any:
         return numpy_helper.from_array(t.detach().cpu().float().numpy(), name)
