@@ -617,7 +617,7 @@ def accuracy_table(acc: list[dict], args, title: str) -> list[str]:
     """One line per (model, batch, budget, kind) over its seeds; the difference to uniform is
     paired by fine-tuning seed."""
     cells: dict[tuple, dict[str, list[dict]]] = {}
-    for r in acc:  # one row per block, kind and seed (current_accuracy)
+    for r in latest_seeds(acc):
         cells.setdefault(config_of(r), {}).setdefault(kind_label(r), []).append(r)
     lines = [f"### {title} (Fashion-MNIST, clock `{acc[0].get('clock', 'wall')}`)", "",
              "Mean ± sample standard deviation (min–max) over the seeds. Speed-up: dense over "
@@ -722,8 +722,12 @@ def current_accuracy(rows: list[dict]) -> tuple[list[dict], list[dict]]:
             unreachable[what] = r
         elif r["part"] == "unreachable":
             unreachable[(id(r),)] = r
-    latest = {(config_of(r), kind_label(r), r["seed"]): r for r in acc}
-    return list(latest.values()), list(unreachable.values())
+    return latest_seeds(acc), list(unreachable.values())
+
+
+def latest_seeds(acc: list[dict]) -> list[dict]:
+    """One row per block, kind and seed: a rerun's row replaces the earlier one."""
+    return list({(config_of(r), kind_label(r), r["seed"]): r for r in acc}.values())
 
 
 def provenance(rows: list[dict]) -> str:
