@@ -43,7 +43,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from prunekit.allocation import allocate, apply_allocation, score_after_training
-from prunekit.allocation.allocate import fit_to_measured
+from prunekit.allocation.allocate import fit_to_measured, paired_ms
 from prunekit.allocation.search import NEEDS_EVALUATE
 from prunekit.allocation.space import ChannelSpace
 from prunekit.errors import ConfigError
@@ -266,12 +266,16 @@ def tp_cut(base: nn.Module, x: torch.Tensor, space: ChannelSpace, fraction: floa
         model, predicted = cut(ratio)
         return model, ratio, predicted
 
-    # held to the budget as measured with allocate's loop (fit_to_measured), but with dense
-    # timed once and the limit scaled, not interpolated: allocate's measure() is not shared
+    def share(made: tuple[nn.Module, float, dict[str, float]]) -> float:
+        ms, dense = paired_ms(table.network_ms, made[0], base)
+        return ms / dense
+
+    # held to the budget as measured as allocate holds prunekit's kinds: each cut's share of
+    # dense timed paired, the next limit interpolated between the predictions of cuts measured
     table = space.tables[space.latency_options["batch_size"]]
-    chosen, _ = fit_to_measured(search, lambda made: table.network_ms(made[0]),
-                                limit=fraction * space.dense_cost()["latency_ms"],
-                                allowed=fraction * table.network_ms(base))
+    chosen, _ = fit_to_measured(search, share, limit=fraction * space.dense_cost()["latency_ms"],
+                                allowed=fraction, attempts=2,
+                                predict=lambda made: made[2]["latency_ms"])
     return chosen
 
 
@@ -286,11 +290,13 @@ def tp_ratios(model: nn.Module, space: ChannelSpace) -> list[float]:
     return out
 
 
-def latency_space(base: nn.Module, x: torch.Tensor, batch: int, args) -> ChannelSpace:
-    """The channel space ``allocate`` builds for a latency budget, with its cached table."""
+def latency_space(base: nn.Module, x: torch.Tensor, batch: int, args,
+                  runtime: str = "eager") -> ChannelSpace:
+    """The channel space ``allocate`` builds for a latency budget in ``runtime``, with its
+    cached table."""
     space = ChannelSpace(base, x, criterion="l2", round_to_choices=tuple(args.round_to))
     space.use_latency(batch_size=batch, threads=args.threads, clock=args.clock,
-                      cache_dir=args.cache, grid=sorted({0.0, *args.grid}))
+                      cache_dir=args.cache, grid=sorted({0.0, *args.grid}), runtime=runtime)
     return space
 
 
@@ -327,7 +333,7 @@ def accuracy_rows(args) -> None:
         start = time.perf_counter()
         kind, _, runtime = spec.partition("@")
         if kind == "tp":
-            space = latency_space(base, x, batch, args)
+            space = latency_space(base, x, batch, args, runtime or "eager")
             model, ratio, predicted = tp_cut(base, x, space, fraction, max(args.grid))
             return {"model": model, "quality": evaluate(copy.deepcopy(model)),
                     "predicted": predicted, "dense": space.dense_cost(), "round_to": 1,

@@ -507,6 +507,26 @@ def test_a_machine_that_slows_down_while_allocate_runs_does_not_move_a_share_bud
     assert alloc.latency["met"]
 
 
+def test_paired_ms_cancels_a_steady_drift():
+    """A machine 5% slower at every call: timed dense, pruned, pruned, dense, the two means
+    keep the steady ratio exactly; timing dense once first would show the pruned network
+    7.5% slower than it is."""
+    from prunekit.allocation import paired_ms
+
+    dense, pruned = nn.Linear(4, 4), nn.Linear(4, 2)
+    steady = {dense: 2.0, pruned: 1.0}
+    calls: list[nn.Module] = []
+
+    def drifting(model: nn.Module) -> float:
+        calls.append(model)
+        return steady[model] * (1 + 0.05 * (len(calls) - 1))
+
+    ms, dense_ms = paired_ms(drifting, pruned, dense)
+    assert calls == [dense, pruned, pruned, dense]
+    assert ms / dense_ms == pytest.approx(0.5)
+    assert ms == pytest.approx(1.0 * (1.05 + 1.10) / 2)
+
+
 def test_an_evolutionary_search_held_to_a_measured_budget_runs_once_and_rescales_its_winner(
         tmp_path):
     """Whole networks measure 12% over what the table predicts, so the first cut misses a

@@ -44,6 +44,39 @@ def test_tp_cut_meets_the_budget_as_the_table_predicts_it(tmp_path, monkeypatch)
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())  # a copy
 
 
+class Drifting:
+    """``weight_timer``, each whole network (once ``on``) ``drift`` times slower than the last."""
+
+    def __init__(self, drift: float) -> None:
+        self.drift, self.factor, self.on = drift, 1.0, False
+
+    def __call__(self, module: nn.Module, inputs: torch.Tensor) -> float:
+        ms = weight_timer(module, inputs)
+        if self.on and any(True for _ in module.children()):
+            self.factor *= self.drift
+            ms *= self.factor
+        return ms
+
+
+def test_tp_cut_is_held_to_its_share_as_allocate_holds_prunekit_kinds(tmp_path, monkeypatch):
+    """Each Torch-Pruning cut is timed paired with the dense network (allocate's measure):
+    a machine that slows down 4% per network call picks the cut a steady one picks."""
+    pytest.importorskip("torch_pruning")
+    base, x = allocation.build("vgg-small")
+    monkeypatch.setattr(allocation, "COARSE", 4)
+    cuts, timers = [], []
+    for drift in (1.0, 1.04):
+        timer = Drifting(drift)
+        space = ChannelSpace(base, x, criterion="l2", round_to_choices=(1,))
+        space.use_latency(timer=timer, cache_dir=tmp_path / str(drift), grid=[0.0, 0.5, 0.8])
+        timer.on = True  # the table is built: from here only whole networks are timed
+        cuts.append(allocation.tp_cut(base, x, space, 0.5, 0.8, steps=4))
+        timers.append(timer)
+    assert timers[1].factor > 1.1  # the drift was large against the 2% tolerance
+    assert cuts[1][1] == pytest.approx(cuts[0][1], abs=0.01)
+    assert cuts[1][2]["latency_ms"] == pytest.approx(cuts[0][2]["latency_ms"], rel=0.02)
+
+
 def row(kind: str, seed: int, test: float, **extra) -> dict:
     return {"part": "accuracy", "model": "resnet20", "kind": kind, "fraction": 0.5, "batch": 1,
             "seed": seed, "dense_test": 0.9, "search_holdout": 0.5, "cut_test": 0.4,

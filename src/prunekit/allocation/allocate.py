@@ -313,14 +313,25 @@ def _next_limit(points: list[tuple[float, float]], scaled: float, target: float)
     return predicted * target / measured
 
 
+def paired_ms(time_ms: Callable[[nn.Module], float], pruned: nn.Module,
+              dense: nn.Module) -> tuple[float, float]:
+    """``(pruned ms, dense ms)``, timed in the order dense, pruned, pruned, dense and each the
+    mean of its two timings: a machine that speeds up or slows down meanwhile moves both
+    alike, so their ratio (a cut's share of dense, what a ``latency_ratio`` budget judges)
+    keeps only the timing noise. ``time_ms(model)`` times one network, e.g.
+    :meth:`LatencyTable.network_ms`."""
+    before = time_ms(dense)
+    ms = (time_ms(pruned) + time_ms(pruned)) / 2
+    return ms, (before + time_ms(dense)) / 2
+
+
 def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float) -> tuple:
     """``strategy`` run under the budget's latency limit, then held to it as measured
     (:func:`fit_to_measured`; the table predicts parts, and the whole network can cost
     more, or less, than its parts). The searches after the first run under a latency limit
     in ms; the budget's other limits stay. Whole networks are timed with the table's timer,
-    in its runtime; for ``latency_ratio`` each cut is timed between two timings of the
-    dense network (dense, cut, cut, dense: a machine that speeds up or slows down while
-    ``allocate`` runs moves both alike) and judged by its share of their mean.
+    in its runtime; for ``latency_ratio`` each cut is judged by its share of the dense
+    network's ms, timed paired (:func:`paired_ms`).
 
     Returns the context of the chosen search, its ratios, round_to, history and the checks."""
     space, spec = ctx.space, ctx.budget
@@ -351,11 +362,8 @@ def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float
         if share is None:
             timings.append((table.network_ms(pruned), None))
             return timings[-1][0]
-        before = table.network_ms(space.model)
-        ms = (table.network_ms(pruned) + table.network_ms(pruned)) / 2
-        dense = (before + table.network_ms(space.model)) / 2
-        timings.append((ms, dense))
-        return ms / dense
+        timings.append(paired_ms(table.network_ms, pruned, space.model))
+        return timings[-1][0] / timings[-1][1]
 
     (run, ratios, rt, history), checks = fit_to_measured(
         search, measure, limit=bound, attempts=attempts, tolerance=tolerance,
