@@ -88,9 +88,19 @@ def test_a_layer_one_node_cannot_express_is_exported(make):
 
 
 @pytest.mark.skipif(bool(_ONNX), reason=f"needs {_ONNX}: pip install onnx onnxscript onnxruntime")
-def test_the_timer_times_a_network_in_onnxruntime():
-    timer = measured_timer(clock="cpu", runs=2, warmup=1, runtime="onnxruntime")
+def test_the_timer_times_a_network_in_onnxruntime(monkeypatch):
+    """Every run the timer times (and its warm-up) is an onnxruntime session's run."""
+    ort = pytest.importorskip("onnxruntime")
+    sessions, real = [], ort.InferenceSession.run
+
+    def counted(self, *args, **kwargs):
+        sessions.append(id(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", counted)
+    timer = measured_timer(clock="cpu", runs=3, warmup=2, runtime="onnxruntime")
     assert timer(convnet(), torch.randn(1, 3, 16, 16)) > 0
+    assert len(sessions) == 5 and len(set(sessions)) == 1
     assert "onnxruntime" in timer.__qualname__
 
 
