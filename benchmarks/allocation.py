@@ -43,7 +43,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from prunekit.allocation import allocate, apply_allocation, score_after_training
-from prunekit.allocation.allocate import fit_to_measured, paired_ms
+from prunekit.allocation.allocate import fit_share_to_measured
 from prunekit.allocation.search import NEEDS_EVALUATE
 from prunekit.allocation.space import ChannelSpace
 from prunekit.errors import ConfigError
@@ -230,13 +230,15 @@ def baseline(args, splits) -> nn.Module:
 
 
 def tp_cut(base: nn.Module, x: torch.Tensor, space: ChannelSpace, fraction: float,
-           max_ratio: float, *, steps: int = 12) -> tuple[nn.Module, float, dict[str, float]]:
+           max_ratio: float, *, steps: int = 12
+           ) -> tuple[nn.Module, float, dict[str, float], list[dict]]:
     """Torch-Pruning (DepGraph's ``MetaPruner``, group L2 magnitude, one uniform ratio, the
     classifier's outputs kept) at the smallest ratio whose pruned widths the benchmark's own
     latency table predicts within ``fraction`` of the dense latency (a coarse scan of
     ``[0, max_ratio]``, then ``steps`` halvings).
 
-    Returns the pruned copy, its ratio and its predicted costs."""
+    Returns the pruned copy, its ratio, its predicted costs and the measured checks (as
+    ``Allocation.latency["checks"]``)."""
 
     def cut(ratio: float) -> tuple[nn.Module, dict[str, float]]:
         import torch_pruning as tp
@@ -266,17 +268,14 @@ def tp_cut(base: nn.Module, x: torch.Tensor, space: ChannelSpace, fraction: floa
         model, predicted = cut(ratio)
         return model, ratio, predicted
 
-    def share(made: tuple[nn.Module, float, dict[str, float]]) -> float:
-        ms, dense = paired_ms(table.network_ms, made[0], base)
-        return ms / dense
-
     # held to the budget as measured as allocate holds prunekit's kinds: each cut's share of
     # dense timed paired, the next limit interpolated between the predictions of cuts measured
     table = space.tables[space.latency_options["batch_size"]]
-    chosen, _ = fit_to_measured(search, share, limit=fraction * space.dense_cost()["latency_ms"],
-                                allowed=fraction, attempts=2,
-                                predict=lambda made: made[2]["latency_ms"])
-    return chosen
+    chosen, checks = fit_share_to_measured(
+        search, lambda made: made[0], table.network_ms, base, share=fraction,
+        limit=fraction * space.dense_cost()["latency_ms"], attempts=2,
+        predict=lambda made: made[2]["latency_ms"])
+    return (*chosen, checks)
 
 
 def tp_ratios(model: nn.Module, space: ChannelSpace) -> list[float]:
@@ -334,8 +333,8 @@ def accuracy_rows(args) -> None:
         kind, _, runtime = spec.partition("@")
         if kind == "tp":
             space = latency_space(base, x, batch, args, runtime or "eager")
-            model, ratio, predicted = tp_cut(base, x, space, fraction, max(args.grid))
-            return {"model": model, "quality": evaluate(copy.deepcopy(model)),
+            model, ratio, predicted, checks = tp_cut(base, x, space, fraction, max(args.grid))
+            return {"model": model, "quality": evaluate(copy.deepcopy(model)), "checks": checks,
                     "predicted": predicted, "dense": space.dense_cost(), "round_to": 1,
                     "ratios": {"torch-pruning uniform": ratio},
                     "search_s": time.perf_counter() - start}
@@ -351,6 +350,7 @@ def accuracy_rows(args) -> None:
         apply_allocation(model, alloc, x)
         return {"model": model, "quality": alloc.quality, "predicted": alloc.predicted,
                 "dense": alloc.dense, "round_to": alloc.round_to, "ratios": alloc.ratios,
+                "checks": alloc.latency.get("checks", []),
                 "search_s": time.perf_counter() - start}
 
     for batch in args.batches:
@@ -380,6 +380,8 @@ def accuracy_rows(args) -> None:
                                   "fraction": fraction, "batch": batch, "seed": seed,
                                   "search_seed": search_seed, "dense_test": round(dense_test, 4),
                                   "search_holdout": cut["quality"],
+                                  # allocate's measured checks (what it saw of each search)
+                                  "checks": cut.get("checks", []),
                                   "cut_test": round(cut_test, 4),
                                   "test": round(accuracy(model, splits["test"]), 4)},
                                  cut, model))
@@ -538,7 +540,8 @@ def latency_rows(args) -> None:
                 for kind in [k for k in args.kinds if k in ("uniform", "global", "lamp", "tp")]:
                     start = time.perf_counter()
                     if kind == "tp":
-                        model, _, predicted = tp_cut(base, x, space, fraction, max(args.grid))
+                        model, _, predicted, _ = tp_cut(base, x, space, fraction,
+                                                        max(args.grid))
                     else:
                         alloc = allocate(base, x, kind=kind, budget={"latency_ratio": fraction},
                                          grid=args.grid, round_to=tuple(args.round_to),

@@ -34,7 +34,9 @@ def test_tp_cut_meets_the_budget_as_the_table_predicts_it(tmp_path, monkeypatch)
     space.use_latency(timer=weight_timer, cache_dir=tmp_path, grid=[0.0, 0.5, 0.8])
     before = {k: v.clone() for k, v in base.state_dict().items()}
     monkeypatch.setattr(allocation, "COARSE", 4)  # a short scan: the budget is met either way
-    model, ratio, predicted = allocation.tp_cut(base, x, space, 0.5, 0.8, steps=4)
+    model, ratio, predicted, checks = allocation.tp_cut(base, x, space, 0.5, 0.8, steps=4)
+    assert sum(c["chosen"] for c in checks) == 1
+    assert checks[0]["allowed_ms"] == pytest.approx(0.5 * checks[0]["measured_dense_ms"], rel=1e-4)
     assert 0 < ratio < 0.8
     assert predicted["latency_ms"] <= 0.5 * space.dense_cost()["latency_ms"]
     # the widths read back from the pruned modules are exactly what the table costed

@@ -27,6 +27,7 @@ _SEARCH = {
     "Allocation": "allocate",
     "allocate": "allocate",
     "apply_allocation": "allocate",
+    "fit_share_to_measured": "allocate",
     "fit_to_measured": "allocate",
     "paired_ms": "allocate",
     "LatencyTable": "latency",
@@ -37,8 +38,9 @@ _SEARCH = {
 }
 
 __all__ = ["Allocation", "Budget", "LatencyTable", "Rule", "SensitivityScan", "allocate",
-           "apply_allocation", "fit_to_measured", "lamp_scores", "list_kinds", "list_scopes",
-           "nm_keep", "paired_ms", "parse_pattern", "scan", "score_after_training", "select"]
+           "apply_allocation", "fit_share_to_measured", "fit_to_measured", "lamp_scores",
+           "list_kinds", "list_scopes", "nm_keep", "paired_ms", "parse_pattern", "scan",
+           "score_after_training", "select"]
 
 
 def __getattr__(name: str) -> Any:

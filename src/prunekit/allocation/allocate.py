@@ -325,6 +325,30 @@ def paired_ms(time_ms: Callable[[nn.Module], float], pruned: nn.Module,
     return ms, (before + time_ms(dense)) / 2
 
 
+def fit_share_to_measured(search: Callable[[float], Cut], build: Callable[[Cut], nn.Module],
+                          time_ms: Callable[[nn.Module], float], dense: nn.Module, *,
+                          share: float, limit: float, attempts: int = 2,
+                          tolerance: float = 0.02,
+                          predict: Callable[[Cut], float] | None = None,
+                          ) -> tuple[Cut, list[dict[str, Any]]]:
+    """:func:`fit_to_measured` for a budget that is a share of the dense network's latency
+    (``latency_ratio``): each cut, ``build(cut)``, is timed paired with ``dense``
+    (:func:`paired_ms`) and judged by its share of it. The checks report milliseconds:
+    ``measured_ms``, ``measured_dense_ms`` and ``allowed_ms`` (``share`` of that dense)."""
+    timings: list[tuple[float, float]] = []
+
+    def measure(cut: Cut) -> float:
+        timings.append(paired_ms(time_ms, build(cut), dense))
+        return timings[-1][0] / timings[-1][1]
+
+    cut, checks = fit_to_measured(search, measure, limit=limit, allowed=share,
+                                  attempts=attempts, tolerance=tolerance, predict=predict)
+    for check, (ms, dense_ms) in zip(checks, timings, strict=True):
+        check.update(measured_ms=round(ms, 6), measured_dense_ms=round(dense_ms, 6),
+                     allowed_ms=round(share * dense_ms, 6))
+    return cut, checks
+
+
 def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float) -> tuple:
     """``strategy`` run under the budget's latency limit, then held to it as measured
     (:func:`fit_to_measured`; the table predicts parts, and the whole network can cost
@@ -340,7 +364,6 @@ def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float
                            if v[0] == "latency_ms")
     share = spec.to_dict()[key] if key == "latency_ratio" else None
     others = {k: v for k, v in spec.to_dict().items() if k != key}
-    timings: list[tuple[float, float | None]] = []  # (cut ms, dense ms) per measurement
     first: list[dict[str, Any]] = []  # the first search's history
 
     def search(limit: float) -> tuple:
@@ -356,22 +379,14 @@ def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float
     def predict(cut: tuple) -> float:
         return space.cost(cut[1], cut[2])["latency_ms"]
 
-    def measure(cut: tuple) -> float:
-        """The cut's ms (absolute budget) or its share of the dense network's ms."""
-        pruned = space.build(cut[1], cut[2])
-        if share is None:
-            timings.append((table.network_ms(pruned), None))
-            return timings[-1][0]
-        timings.append(paired_ms(table.network_ms, pruned, space.model))
-        return timings[-1][0] / timings[-1][1]
-
-    (run, ratios, rt, history), checks = fit_to_measured(
-        search, measure, limit=bound, attempts=attempts, tolerance=tolerance,
-        allowed=bound if share is None else share, predict=predict)
-    for check, (ms, dense) in zip(checks, timings, strict=True):
-        if dense is not None:  # fit_to_measured judged shares: report milliseconds
-            check.update(measured_ms=round(ms, 6), measured_dense_ms=round(dense, 6),
-                         allowed_ms=round(share * dense, 6))
+    if share is None:
+        (run, ratios, rt, history), checks = fit_to_measured(
+            search, lambda cut: table.network_ms(space.build(cut[1], cut[2])), limit=bound,
+            allowed=bound, attempts=attempts, tolerance=tolerance, predict=predict)
+    else:
+        (run, ratios, rt, history), checks = fit_share_to_measured(
+            search, lambda cut: space.build(cut[1], cut[2]), table.network_ms, space.model,
+            share=share, limit=bound, attempts=attempts, tolerance=tolerance, predict=predict)
     return run, ratios, rt, history, checks
 
 
