@@ -23,7 +23,14 @@ from ..errors import ConfigError
 from ..structured import apply, plan, trace
 from .budget import Budget
 from .latency import default_cache_dir
-from .search import NEEDS_EVALUATE, STRATEGIES, SearchContext, evolutionary_options, refit
+from .search import (
+    NEEDS_EVALUATE,
+    STRATEGIES,
+    SearchContext,
+    evolutionary_options,
+    finalists,
+    refit,
+)
 from .space import ChannelSpace, MaskSpace, mask_layers
 
 DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
@@ -160,7 +167,10 @@ def allocate(
             ``measure`` more times, under a limit :func:`fit_to_measured` derives from the
             cuts measured so far (an evolutionary search with ``genes="shape"`` is not run
             again: its winning shape is rescaled to the new limit); the cut kept meets the
-            budget as measured and uses most of it. 0 trusts the table's prediction.
+            budget as measured and uses most of it. That search's winner is then held
+            against its runner-up and the uniform shape, each held to the budget the same
+            way, and the best held-out score among those that meet it is kept (the history
+            ends with ``{"finalists": [...]}``). 0 trusts the table's prediction.
         tolerance: relative excess over a latency limit that a measurement may show (timing
             noise); 0.02 is 2%.
         runtime: where the latency budget holds: ``"eager"`` (PyTorch as it is),
@@ -349,6 +359,38 @@ def fit_share_to_measured(search: Callable[[float], Cut], build: Callable[[Cut],
     return cut, checks
 
 
+def _best_finalist(ctx: SearchContext, fit: Callable, first: list[dict[str, Any]],
+                   winner: tuple, under: Callable[[float], SearchContext]) -> tuple:
+    """The evolutionary winner, already held to the measured budget (``winner``: the cut and
+    its checks), against the search's other :func:`~.search.finalists` (the runner-up shape,
+    uniform), each held to the budget as ``fit`` measures it: the one with the best held-out
+    quality among those that meet it is kept. The history ends with every finalist's
+    measured ms and quality."""
+    held = [(*winner, "winner")]
+    for shape in finalists(first, ctx.space.round_to_choices):
+        def rescaled(limit: float, shape: dict = shape) -> tuple:
+            run = under(limit)
+            found = refit(run, [{"winner": shape}])
+            return run, found[0], found[1], [*first, *found[2]]
+        try:
+            held.append((*fit(rescaled), "runner-up" if any(shape["shape"]) else "uniform"))
+        except ConfigError:  # no cut of this shape meets the budget as predicted
+            continue
+    rows = []
+    for (run, ratios, rt, _), checks, name in held:
+        chosen = next(c for c in checks if c["chosen"])
+        rows.append({"finalist": name, "round_to": rt, "met": chosen["met"],
+                     "measured_ms": chosen["measured_ms"],
+                     "quality": run.quality(ratios, rt) if chosen["met"] else None})
+    # the best quality that meets the budget; on a tie the earlier finalist (the winner first)
+    best = max(range(len(held)), key=lambda i: (rows[i]["quality"] is not None,
+                                                rows[i]["quality"] or 0.0, -i))
+    for i, row in enumerate(rows):
+        row["kept"] = i == best
+    cut, checks, _ = held[best]
+    return (*cut[:3], [*cut[3], {"finalists": rows}]), checks
+
+
 def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float) -> tuple:
     """``strategy`` run under the budget's latency limit, then held to it as measured
     (:func:`fit_to_measured`; the table predicts parts, and the whole network can cost
@@ -363,11 +405,12 @@ def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float
     key, (_, bound) = next((k, v) for k, v in spec.limits(ctx.dense).items()
                            if v[0] == "latency_ms")
     share = spec.to_dict()[key] if key == "latency_ratio" else None
-    others = {k: v for k, v in spec.to_dict().items() if k != key}
+    others_budget = {k: v for k, v in spec.to_dict().items() if k != key}
     first: list[dict[str, Any]] = []  # the first search's history
 
     def search(limit: float) -> tuple:
-        run = ctx if limit == bound else ctx.under(Budget.parse({**others, "latency_ms": limit}))
+        run = ctx if limit == bound else ctx.under(
+            Budget.parse({**others_budget, "latency_ms": limit}))
         found = refit(run, first) if first else None  # the evolutionary shape: rescaled
         if found is not None:
             return run, found[0], found[1], [*first, *found[2]]
@@ -379,14 +422,22 @@ def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float
     def predict(cut: tuple) -> float:
         return space.cost(cut[1], cut[2])["latency_ms"]
 
-    if share is None:
-        (run, ratios, rt, history), checks = fit_to_measured(
-            search, lambda cut: table.network_ms(space.build(cut[1], cut[2])), limit=bound,
-            allowed=bound, attempts=attempts, tolerance=tolerance, predict=predict)
-    else:
-        (run, ratios, rt, history), checks = fit_share_to_measured(
+    def fit(search: Callable[[float], tuple]) -> tuple[tuple, list[dict[str, Any]]]:
+        if share is None:
+            return fit_to_measured(
+                search, lambda cut: table.network_ms(space.build(cut[1], cut[2])),
+                limit=bound, allowed=bound, attempts=attempts, tolerance=tolerance,
+                predict=predict)
+        return fit_share_to_measured(
             search, lambda cut: space.build(cut[1], cut[2]), table.network_ms, space.model,
             share=share, limit=bound, attempts=attempts, tolerance=tolerance, predict=predict)
+
+    (run, ratios, rt, history), checks = fit(search)
+    if attempts > 0 and finalists(first, space.round_to_choices):
+        (run, ratios, rt, history), checks = _best_finalist(
+            ctx, fit, first, ((run, ratios, rt, history), checks),
+            lambda limit: ctx if limit == bound else ctx.under(
+                Budget.parse({**others_budget, "latency_ms": limit})))
     return run, ratios, rt, history, checks
 
 

@@ -355,7 +355,9 @@ def evolutionary(ctx: SearchContext) -> Result:
       scalar ``s`` is the smallest that meets the budget (bisection), so every candidate
       spends the whole budget, and ``g = 0`` is exactly the uniform allocation. The first
       individual is that uniform one, so with the GA's elitism the result never scores
-      below uniform on the held-out split. Ratios are continuous (``cap`` is the grid's
+      below uniform on the held-out split. (Under a latency budget ``allocate`` keeps that
+      promise as measured too: the winner, the runner-up and uniform are each held to the
+      budget as measured and rescored, see :func:`finalists`.) Ratios are continuous (``cap`` is the grid's
       largest ratio; ``spread``, default 1, lets a unit keep half to twice the uniform share).
     - ``"grid"``: integer genes pick each unit's ratio from the grid (SBX crossover and
       polynomial mutation, rounded), the budget an inequality constraint (feasible beats
@@ -406,7 +408,9 @@ def evolutionary(ctx: SearchContext) -> Result:
             out["G"] = [violation]
             evaluations.append({"ratios": [round(r, 6) for r in ratios], "round_to": rt,
                                 "violation": round(violation, 6), "quality": quality,
-                                "cost": {k: round(v, 6) for k, v in cost.items()}})
+                                "cost": {k: round(v, 6) for k, v in cost.items()},
+                                **({"shape": [round(float(v), 9) for v in x[:n]]}
+                                   if shaped else {})})
 
     generations: list[dict[str, Any]] = []
 
@@ -471,6 +475,31 @@ def refit(ctx: SearchContext, history: list[dict[str, Any]]) -> Result | None:
         raise _impossible(ctx)
     return ratios, winner["round_to"], [{"refit": "the winning shape, rescaled",
                                          "winner": winner}]
+
+
+def finalists(history: list[dict[str, Any]], round_to_choices: Sequence[int]
+              ) -> list[dict[str, Any]]:
+    """What an evolutionary search's winner is held against once the budget is measured:
+    the best other shape the search scored and the uniform shape at every ``round_to``
+    choice (each a ``winner`` record :func:`refit` rescales). The genetic search ranked them
+    at the table's prediction; a shape the table mispredicts can lose its place when each is
+    held to the budget as measured. Empty for searches without a winning shape."""
+    record = next((h for h in history if h.get("winner")), None)
+    if record is None:
+        return []
+    winner = record["winner"]
+    seen = {(tuple(winner["shape"]), winner["round_to"])}
+    scored = sorted((e for e in record["evaluations"]
+                     if e["quality"] is not None and "shape" in e), key=lambda e: -e["quality"])
+    runner_up = next(((e["shape"], e["round_to"]) for e in scored
+                      if (tuple(e["shape"]), e["round_to"]) not in seen), None)
+    uniform = [([0.0] * len(winner["shape"]), rt) for rt in round_to_choices]
+    out = []
+    for shape, rt in ([runner_up] if runner_up else []) + uniform:
+        if (tuple(shape), rt) not in seen:
+            seen.add((tuple(shape), rt))
+            out.append({"shape": list(shape), "round_to": rt, "spread": winner["spread"]})
+    return out
 
 
 def evolutionary_options(options: dict[str, Any]) -> tuple[int, int, str, float]:
