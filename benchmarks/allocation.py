@@ -230,12 +230,13 @@ def baseline(args, splits) -> nn.Module:
 
 
 def tp_cut(base: nn.Module, x: torch.Tensor, space: ChannelSpace, fraction: float,
-           max_ratio: float, *, steps: int = 12
+           max_ratio: float, *, steps: int = 12, round_to: int | None = None
            ) -> tuple[nn.Module, float, dict[str, float], list[dict]]:
     """Torch-Pruning (DepGraph's ``MetaPruner``, group L2 magnitude, one uniform ratio, the
     classifier's outputs kept) at the smallest ratio whose pruned widths the benchmark's own
     latency table predicts within ``fraction`` of the dense latency (a coarse scan of
-    ``[0, max_ratio]``, then ``steps`` halvings).
+    ``[0, max_ratio]``, then ``steps`` halvings), then held to the budget as measured;
+    ``round_to`` is ``MetaPruner``'s (kept widths a multiple of it).
 
     Returns the pruned copy, its ratio, its predicted costs and the measured checks (as
     ``Allocation.latency["checks"]``)."""
@@ -246,7 +247,8 @@ def tp_cut(base: nn.Module, x: torch.Tensor, space: ChannelSpace, fraction: floa
         model = copy.deepcopy(base)
         classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
         tp.pruner.MetaPruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                             pruning_ratio=ratio, ignored_layers=[classifier]).step()
+                             pruning_ratio=ratio, ignored_layers=[classifier],
+                             round_to=round_to).step()
         return model, space.cost(tp_ratios(model, space))
 
     def smallest(limit: float) -> float:
@@ -276,6 +278,12 @@ def tp_cut(base: nn.Module, x: torch.Tensor, space: ChannelSpace, fraction: floa
         limit=fraction * space.dense_cost()["latency_ms"], attempts=2,
         predict=lambda made: made[2]["latency_ms"])
     return (*chosen, checks)
+
+
+def tp_round_to(args) -> int | None:
+    """Torch-Pruning's ``round_to``: the finest of the round_to choices prunekit's kinds get
+    (None for 1), so its widths are aligned as theirs can be."""
+    return min(args.round_to) if min(args.round_to) > 1 else None
 
 
 def tp_ratios(model: nn.Module, space: ChannelSpace) -> list[float]:
@@ -333,9 +341,11 @@ def accuracy_rows(args) -> None:
         kind, _, runtime = spec.partition("@")
         if kind == "tp":
             space = latency_space(base, x, batch, args, runtime or "eager")
-            model, ratio, predicted, checks = tp_cut(base, x, space, fraction, max(args.grid))
+            model, ratio, predicted, checks = tp_cut(base, x, space, fraction, max(args.grid),
+                                                     round_to=tp_round_to(args))
             return {"model": model, "quality": evaluate(copy.deepcopy(model)), "checks": checks,
-                    "predicted": predicted, "dense": space.dense_cost(), "round_to": 1,
+                    "tp_round_to": tp_round_to(args), "predicted": predicted,
+                    "dense": space.dense_cost(), "round_to": tp_round_to(args) or 1,
                     "ratios": {"torch-pruning uniform": ratio},
                     "search_s": time.perf_counter() - start}
         alloc = allocate(base, x, kind=kind, budget={"latency_ratio": fraction},
@@ -351,6 +361,8 @@ def accuracy_rows(args) -> None:
         return {"model": model, "quality": alloc.quality, "predicted": alloc.predicted,
                 "dense": alloc.dense, "round_to": alloc.round_to, "ratios": alloc.ratios,
                 "checks": alloc.latency.get("checks", []),
+                "finalists": next((h["finalists"] for h in alloc.history[::-1]
+                                   if "finalists" in h), None),
                 "search_s": time.perf_counter() - start}
 
     for batch in args.batches:
@@ -382,6 +394,9 @@ def accuracy_rows(args) -> None:
                                   "search_holdout": cut["quality"],
                                   # allocate's measured checks (what it saw of each search)
                                   "checks": cut.get("checks", []),
+                                  "finalists": cut.get("finalists"),
+                                  **({"tp_round_to": cut["tp_round_to"]}
+                                     if "tp_round_to" in cut else {}),
                                   "cut_test": round(cut_test, 4),
                                   "test": round(accuracy(model, splits["test"]), 4)},
                                  cut, model))
@@ -709,7 +724,10 @@ def accuracy_table(acc: list[dict], args, title: str) -> list[str]:
               f"{tp_version()} `MetaPruner`, `GroupMagnitudeImportance(p=2)`, one uniform "
               "ratio, the classifier's outputs kept; the ratio is the smallest (a coarse "
               "scan, then bisection) whose pruned widths the same latency table predicts "
-              "within the budget."]
+              "within the budget; in rows that record `tp_round_to` (runs/*.jsonl), that "
+              "ratio is then held to the budget as measured as `allocate` holds the other "
+              "kinds (`fit_share_to_measured`), with `round_to` the finest of the kinds' "
+              "round_to choices (none when that is 1)."]
     return lines
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -44,6 +45,20 @@ def test_tp_cut_meets_the_budget_as_the_table_predicts_it(tmp_path, monkeypatch)
     assert predicted["macs"] == count_macs(model, x).dense
     assert model(x).shape == (1, 10)
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())  # a copy
+
+
+def test_tp_cut_keeps_widths_a_multiple_of_its_round_to(tmp_path, monkeypatch):
+    pytest.importorskip("torch_pruning")
+    base, x = allocation.build("vgg-small")
+    space = ChannelSpace(base, x, criterion="l2", round_to_choices=(8,))
+    space.use_latency(timer=weight_timer, cache_dir=tmp_path, grid=[0.0, 0.5, 0.8])
+    monkeypatch.setattr(allocation, "COARSE", 4)
+    model, ratio, _, _ = allocation.tp_cut(base, x, space, 0.5, 0.8, steps=4, round_to=8)
+    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert ratio > 0 and all(w % 8 == 0 for w in widths)
+    assert widths != [m.out_channels for m in base.modules() if isinstance(m, nn.Conv2d)]
+    assert allocation.tp_round_to(SimpleNamespace(round_to=[16, 32])) == 16
+    assert allocation.tp_round_to(SimpleNamespace(round_to=[1, 8])) is None
 
 
 class Drifting:
