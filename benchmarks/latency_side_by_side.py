@@ -8,8 +8,9 @@ them all, interleaved with the dense network, in each runtime the methods held t
 in. Which rows: those of ``--nets`` whose method names the runtime after ``@``.
 
     git show 71faa3d:docs/data/latency_efficiency.json > runs/le-before.json
+    git show 2996c47:docs/data/latency_efficiency.json > runs/le-after.json
     .venv/bin/python benchmarks/latency_side_by_side.py runs/le-before.json \\
-        docs/data/latency_efficiency.json --labels eager-table runtime-table
+        runs/le-after.json --labels eager-table runtime-table
 
 Prints, for each row file, network and runtime, where ``allocate``'s first search landed
 (its measured share of dense over the budget, from the rows' checks) and how many searches
@@ -32,11 +33,12 @@ SETUPS = {"ort": "onnxruntime", "jit-cl": "torchscript"}
 
 
 def rows_of(path: str) -> list[dict]:
-    """Rows from a JSON file (``{"rows": [...]}``) or JSON lines."""
+    """The measured rows of a JSON file (``{"rows": [...]}``) or JSON lines (a budget a
+    method could not reach has no cut to time)."""
     text = Path(path).read_text()
-    if path.endswith(".json"):
-        return json.loads(text)["rows"]
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = json.loads(text)["rows"] if path.endswith(".json") else [
+        json.loads(line) for line in text.splitlines() if line.strip()]
+    return [r for r in rows if r.get("part") != "unreachable"]
 
 
 def searches(label: str, rows: list[dict], nets: list[str]) -> None:
