@@ -357,8 +357,9 @@ def evolutionary(ctx: SearchContext) -> Result:
       individual is that uniform one, so with the GA's elitism the result never scores
       below uniform on the held-out split. (Under a latency budget ``allocate`` keeps that
       promise as measured too: the winner, the runner-up and uniform are each held to the
-      budget as measured and rescored, see :func:`finalists`.) Ratios are continuous (``cap`` is the grid's
-      largest ratio; ``spread``, default 1, lets a unit keep half to twice the uniform share).
+      budget as measured and rescored, see :func:`finalists`.) Ratios are continuous
+      (``cap`` is the grid's largest ratio; ``spread``, default 1, lets a unit keep half to
+      twice the uniform share).
     - ``"grid"``: integer genes pick each unit's ratio from the grid (SBX crossover and
       polynomial mutation, rounded), the budget an inequality constraint (feasible beats
       infeasible, then quality; Deb 2000). The first population holds every uniform
