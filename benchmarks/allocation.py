@@ -29,6 +29,7 @@ are appended to --rows as they finish (JSON lines), so a killed run keeps what i
 from __future__ import annotations
 
 import argparse
+import collections
 import copy
 import json
 import random
@@ -341,11 +342,12 @@ def accuracy_rows(args) -> None:
         kind, _, runtime = spec.partition("@")
         if kind == "tp":
             space = latency_space(base, x, batch, args, runtime or "eager")
+            round_to = tp_round_to(args)
             model, ratio, predicted, checks = tp_cut(base, x, space, fraction, max(args.grid),
-                                                     round_to=tp_round_to(args))
+                                                     round_to=round_to)
             return {"model": model, "quality": evaluate(copy.deepcopy(model)), "checks": checks,
-                    "tp_round_to": tp_round_to(args), "predicted": predicted,
-                    "dense": space.dense_cost(), "round_to": tp_round_to(args) or 1,
+                    "tp_round_to": round_to, "predicted": predicted,
+                    "dense": space.dense_cost(), "round_to": round_to or 1,
                     "ratios": {"torch-pruning uniform": ratio},
                     "search_s": time.perf_counter() - start}
         alloc = allocate(base, x, kind=kind, budget={"latency_ratio": fraction},
@@ -630,10 +632,44 @@ def accuracy_report(acc: list[dict], args) -> list[str]:
     lines: list[str] = []
     if now:
         lines += accuracy_table(now, args, "Allocation kinds at the same latency budget")
+        for note in measured_notes(now):  # one paragraph each
+            lines += ["", note]
     if before:
         lines += ["", *accuracy_table(before, args, "Earlier rows (scored right after the cut, "
                                       "each cut timed alone with dense, the rest refitted per "
                                       "grid)")]
+    return lines
+
+
+def measured_notes(acc: list[dict]) -> list[str]:
+    """From the rows that record them: which evolutionary finalist was kept (and how close
+    winner and runner-up scored), and how a cut's share of dense in the benchmark's timing
+    compares with the share ``allocate``'s check accepted, per runtime (cuts whose budget
+    was held in the runtime they are timed in)."""
+    lines = []
+    searches = [r["finalists"] for r in acc if r.get("finalists")]
+    if searches:
+        kept = collections.Counter(next(f["finalist"] for f in fs if f["kept"])
+                                   for fs in searches)
+        close = sum(1 for fs in searches
+                    if len(fs) > 1 and None not in (fs[0]["quality"], fs[1]["quality"])
+                    and abs(fs[0]["quality"] - fs[1]["quality"]) <= 0.06)
+        lines.append(f"Evolutionary finalists kept over {len(searches)} searches: "
+                     + ", ".join(f"{name} {kept.get(name, 0)}"
+                                 for name in ("winner", "runner-up", "uniform"))
+                     + f"; winner and runner-up held-out scores within 0.06 in {close}.")
+    ratios: dict[str, list[float]] = {}
+    for r in acc:
+        chosen = next((c for c in r.get("checks") or [] if c["chosen"]), None)
+        held_in = r["kind"].partition("@")[2] or "eager"
+        if chosen and chosen.get("measured_dense_ms") and held_in == r.get("timed_in", "eager"):
+            accepted = chosen["measured_ms"] / chosen["measured_dense_ms"]
+            timed_share = r["measured_ms"] / r["measured_dense_ms"]
+            ratios.setdefault(r.get("timed_in", "eager"), []).append(timed_share / accepted)
+    for runtime, rs in sorted(ratios.items()):
+        lines.append(f"Share of dense in the benchmark's timing over the share `allocate`'s "
+                     f"check accepted, {runtime}: {min(rs):.2f}-{max(rs):.2f} "
+                     f"(median {statistics.median(rs):.2f}, {len(rs)} cuts).")
     return lines
 
 

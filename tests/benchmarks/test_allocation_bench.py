@@ -92,6 +92,10 @@ def test_tp_cut_is_held_to_its_share_as_allocate_holds_prunekit_kinds(tmp_path, 
     assert timers[1].factor > 1.1  # the drift was large against the 2% tolerance
     assert cuts[1][1] == pytest.approx(cuts[0][1], abs=0.01)
     assert cuts[1][2]["latency_ms"] == pytest.approx(cuts[0][2]["latency_ms"], rel=0.02)
+    # each cut kept was measured whole, and its share is the steady machine's
+    shares = [next(c["measured_ms"] / c["measured_dense_ms"] for c in cut[3] if c["chosen"])
+              for cut in cuts]
+    assert shares[1] == pytest.approx(shares[0], rel=0.01)
 
 
 def row(kind: str, seed: int, test: float, **extra) -> dict:
@@ -175,3 +179,25 @@ def test_side_by_side_reads_row_files_and_skips_unreachable_budgets(tmp_path, mo
         assert side.rows_of(str(tmp_path / name)) == [measured]
     side.searches("x", side.rows_of(str(tmp_path / "rows.json")), ["resnet18"])
     assert "first search at 1.10-1.10 of the budget | 2.0 searches" in capsys.readouterr().out
+
+
+def test_measured_notes_count_finalists_and_compare_shares_where_the_budget_was_held():
+    def finalist(name, quality, kept):
+        return {"finalist": name, "quality": quality, "kept": kept}
+
+    def check(ms, dense):
+        return [{"chosen": True, "measured_ms": ms, "measured_dense_ms": dense}]
+
+    evo = [row("evolutionary", 0, 0.7, finalists=[finalist("winner", 0.50, True),
+                                                   finalist("runner-up", 0.48, False)],
+               checks=check(1.0, 2.0)),
+           row("evolutionary", 1, 0.7, finalists=[finalist("winner", 0.40, False),
+                                                   finalist("runner-up", 0.60, True)],
+               checks=check(1.0, 2.0))]
+    # held in eager PyTorch, timed in onnxruntime: not a share its check accepted there
+    elsewhere = row("uniform", 0, 0.7, timed_in="onnxruntime", checks=check(1.0, 2.0))
+    notes = allocation.measured_notes([*evo, elsewhere])
+    assert notes[0] == ("Evolutionary finalists kept over 2 searches: winner 1, runner-up 1, "
+                        "uniform 0; winner and runner-up held-out scores within 0.06 in 1.")
+    # the rows' benchmark share is 1.0 / 2.0, the same as the accepted one
+    assert notes[1].endswith("eager: 1.00-1.00 (median 1.00, 2 cuts).") and len(notes) == 2

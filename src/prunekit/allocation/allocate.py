@@ -359,21 +359,18 @@ def fit_share_to_measured(search: Callable[[float], Cut], build: Callable[[Cut],
     return cut, checks
 
 
-def _best_finalist(ctx: SearchContext, fit: Callable, first: list[dict[str, Any]],
-                   winner: tuple, under: Callable[[float], SearchContext]) -> tuple:
+def _best_finalist(fit: Callable, rescaled: Callable[[float, list], tuple], winner: tuple,
+                   shapes: list[dict[str, Any]]) -> tuple:
     """The evolutionary winner, already held to the measured budget (``winner``: the cut and
-    its checks), against the search's other :func:`~.search.finalists` (the runner-up shape,
-    uniform), each held to the budget as ``fit`` measures it: the one with the best held-out
-    quality among those that meet it is kept. The history ends with every finalist's
-    measured ms and quality."""
+    its checks), against the search's other :func:`~.search.finalists` (``shapes``: the
+    runner-up, uniform), each rescaled (``rescaled(limit, [{"winner": shape}])``) and held
+    to the budget as ``fit`` measures it: the one with the best held-out quality among those
+    that meet it is kept. The history ends with every finalist's measured ms and quality."""
     held = [(*winner, "winner")]
-    for shape in finalists(first, ctx.space.round_to_choices):
-        def rescaled(limit: float, shape: dict = shape) -> tuple:
-            run = under(limit)
-            found = refit(run, [{"winner": shape}])
-            return run, found[0], found[1], [*first, *found[2]]
+    for shape in shapes:
         try:
-            held.append((*fit(rescaled), "runner-up" if any(shape["shape"]) else "uniform"))
+            held.append((*fit(lambda limit, s=shape: rescaled(limit, [{"winner": s}])),
+                         "runner-up" if any(shape["shape"]) else "uniform"))
         except ConfigError:  # no cut of this shape meets the budget as predicted
             continue
     rows = []
@@ -405,15 +402,24 @@ def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float
     key, (_, bound) = next((k, v) for k, v in spec.limits(ctx.dense).items()
                            if v[0] == "latency_ms")
     share = spec.to_dict()[key] if key == "latency_ratio" else None
-    others_budget = {k: v for k, v in spec.to_dict().items() if k != key}
+    others = {k: v for k, v in spec.to_dict().items() if k != key}
     first: list[dict[str, Any]] = []  # the first search's history
 
+    def under(limit: float) -> SearchContext:
+        return ctx if limit == bound else ctx.under(
+            Budget.parse({**others, "latency_ms": limit}))
+
+    def rescaled(limit: float, history: list[dict[str, Any]]) -> tuple | None:
+        """The winning shape in ``history`` rescaled to ``limit`` (None without one)."""
+        run = under(limit)
+        found = refit(run, history)
+        return None if found is None else (run, found[0], found[1], [*first, *found[2]])
+
     def search(limit: float) -> tuple:
-        run = ctx if limit == bound else ctx.under(
-            Budget.parse({**others_budget, "latency_ms": limit}))
-        found = refit(run, first) if first else None  # the evolutionary shape: rescaled
-        if found is not None:
-            return run, found[0], found[1], [*first, *found[2]]
+        # after the first search, the evolutionary shape is rescaled, not searched again
+        if first and (cut := rescaled(limit, first)) is not None:
+            return cut
+        run = under(limit)
         found = strategy(run)
         if not first:
             first.extend(found[2])
@@ -432,13 +438,11 @@ def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float
             search, lambda cut: space.build(cut[1], cut[2]), table.network_ms, space.model,
             share=share, limit=bound, attempts=attempts, tolerance=tolerance, predict=predict)
 
-    (run, ratios, rt, history), checks = fit(search)
-    if attempts > 0 and finalists(first, space.round_to_choices):
-        (run, ratios, rt, history), checks = _best_finalist(
-            ctx, fit, first, ((run, ratios, rt, history), checks),
-            lambda limit: ctx if limit == bound else ctx.under(
-                Budget.parse({**others_budget, "latency_ms": limit})))
-    return run, ratios, rt, history, checks
+    cut, checks = fit(search)
+    shapes = finalists(first, space.round_to_choices) if attempts > 0 else []
+    if shapes:
+        cut, checks = _best_finalist(fit, rescaled, (cut, checks), shapes)
+    return (*cut, checks)
 
 
 def score_after_training(
