@@ -60,7 +60,9 @@ TABLE_NETS = {  # name -> (builder, input shape, table grid)
 RANDOM_CHOICES = [0.0, 0.25, 0.5, 0.75]
 DEEP_CHOICES = [0.75, 0.85, 0.9]  # deep cuts, 0.85 between the table's widths
 SEARCH_GRID = [0.2, 0.35, 0.5, 0.65, 0.8]
-SEEDED_KINDS = ("evolutionary",)
+SEEDED_KINDS = ("evolutionary", "evolutionary-final")
+# evolutionary-final: the same search, its finalists picked after --final-steps training steps
+FINAL = "evolutionary-final"
 COARSE = 16  # Torch-Pruning's ratio: coarse scan steps before the bisection
 
 
@@ -334,6 +336,12 @@ def accuracy_rows(args) -> None:
     # with --search-steps, every candidate first trains that many steps (batches of 64)
     evaluate = held_out if not args.search_steps else score_after_training(
         held_out, TensorBatches(splits["train"], batch_size=64, seed=0), steps=args.search_steps)
+    # kind evolutionary-final: its finalists are picked after --final-steps steps
+    final = None if not args.final_steps else score_after_training(
+        held_out, TensorBatches(splits["train"], batch_size=64, seed=0), steps=args.final_steps)
+    if any(k.partition("@")[0] == FINAL for k in args.kinds) and final is None:
+        raise SystemExit(f"kind {FINAL} picks the finalists after --final-steps N training "
+                         "steps: pass --final-steps")
 
     def search(spec: str, fraction: float, batch: int, seed: int) -> dict:
         """The pruned copy (before fine-tuning) and what its search reports; ``kind@runtime``
@@ -350,8 +358,10 @@ def accuracy_rows(args) -> None:
                     "dense": space.dense_cost(), "round_to": round_to or 1,
                     "ratios": {"torch-pruning uniform": ratio},
                     "search_s": time.perf_counter() - start}
-        alloc = allocate(base, x, kind=kind, budget={"latency_ratio": fraction},
-                         evaluate=evaluate, grid=args.grid, round_to=tuple(args.round_to),
+        alloc = allocate(base, x, kind=kind.removesuffix("-final"),
+                         budget={"latency_ratio": fraction}, evaluate=evaluate,
+                         final_evaluate=final if kind == FINAL else None,
+                         grid=args.grid, round_to=tuple(args.round_to),
                          batch_size=batch, threads=args.threads, clock=args.clock,
                          cache_dir=args.cache,
                          cache_key=f"fmnist-holdout-{args.train}-{args.holdout}"
@@ -429,6 +439,7 @@ def setup_fields(args) -> dict:
     return {"grid_max": max(args.grid), "grid": sorted(args.grid),
             "finetune_epochs": args.finetune_epochs, "train": args.train,
             "search_finetune": args.search_finetune, "search_steps": args.search_steps,
+            "final_steps": args.final_steps,
             "genes": args.genes, "holdout": args.holdout,
             "calib": args.calib, "test_n": args.test, "epochs": args.epochs,
             "threads": args.threads, "clock": args.clock, "rounds": args.rounds,
@@ -586,7 +597,7 @@ def latency_rows(args) -> None:
 NAMES = {"resnet20": "ResNet-20", "vgg-small": "VGG-small", "mobilenet_v2": "MobileNetV2"}
 KIND_NAMES = {"tp": "Torch-Pruning"}
 KIND_ORDER = ["uniform", "global", "lamp", "sensitivity", "greedy", "hierarchical", "evolutionary",
-              "tp"]
+              FINAL, "tp"]
 
 
 def spread(values: list[float], scale: float = 1.0, digits: int = 4) -> str:
@@ -601,11 +612,14 @@ def spread(values: list[float], scale: float = 1.0, digits: int = 4) -> str:
 def kind_label(r: dict) -> str:
     """The kind as the report names it; a search scored after a short fine-tuning says so."""
     kind, _, runtime = r["kind"].partition("@")
-    label = KIND_NAMES.get(kind, kind)
-    if kind == "evolutionary" and r.get("genes", "grid") == "grid":
+    searched = kind.removesuffix("-final")
+    label = KIND_NAMES.get(searched, searched)
+    if searched == "evolutionary" and r.get("genes", "grid") == "grid":
         label += " (grid genes)"
-    if r.get("search_steps") and kind in NEEDS_EVALUATE:
+    if r.get("search_steps") and searched in NEEDS_EVALUATE:
         label += f", scored after {r['search_steps']} training steps"
+    if kind == FINAL:
+        label += f", finalists picked after {r['final_steps']} steps"
     if r.get("search_finetune"):
         label += f", scored after one epoch on {r['search_finetune']} images"
     return label + (f", budget held in {runtime}" if runtime else "")
@@ -621,7 +635,7 @@ def config_of(r: dict) -> tuple:
     grid = f"{r.get('grid_max', 0.8)}" + (f" ({len(r['grid'])} values)" if "grid" in r else "")
     return (r["model"], r["batch"], r["fraction"], r["train"], r["epochs"],
             r["finetune_epochs"], grid, r.get("clock", "wall"), r.get("search_steps") or 0,
-            "rounds" in r, r.get("timed_in", "eager"))
+            "rounds" in r, r.get("timed_in", "eager"), r.get("final_steps") or 0)
 
 
 def accuracy_report(acc: list[dict], args) -> list[str]:
@@ -647,17 +661,22 @@ def measured_notes(acc: list[dict]) -> list[str]:
     compares with the share ``allocate``'s check accepted, per runtime (cuts whose budget
     was held in the runtime they are timed in)."""
     lines = []
-    searches = [r["finalists"] for r in acc if r.get("finalists")]
-    if searches:
+    for kind, how in (("evolutionary", "by the search's score"),
+                      (FINAL, "by the held-out score after --final-steps training steps")):
+        searches = [r["finalists"] for r in acc
+                    if r.get("finalists") and r["kind"].partition("@")[0] == kind]
+        if not searches:
+            continue
         kept = collections.Counter(next(f["finalist"] for f in fs if f["kept"])
                                    for fs in searches)
         close = sum(1 for fs in searches
                     if len(fs) > 1 and None not in (fs[0]["quality"], fs[1]["quality"])
                     and abs(fs[0]["quality"] - fs[1]["quality"]) <= 0.06)
-        lines.append(f"Evolutionary finalists kept over {len(searches)} searches: "
+        lines.append(f"Evolutionary finalists kept over {len(searches)} searches, picked "
+                     f"{how}: "
                      + ", ".join(f"{name} {kept.get(name, 0)}"
                                  for name in ("winner", "runner-up", "uniform"))
-                     + f"; winner and runner-up held-out scores within 0.06 in {close}.")
+                     + f"; winner and runner-up scores within 0.06 in {close}.")
     ratios: dict[str, list[float]] = {}
     for r in acc:
         chosen = next((c for c in r.get("checks") or [] if c["chosen"]), None)
@@ -700,7 +719,7 @@ def accuracy_table(acc: list[dict], args, title: str) -> list[str]:
              "held-out acc. the search saw | test acc. after cut + BN | test acc. after "
              "fine-tuning | Δ vs uniform, points | search s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for key in sorted(cells, key=lambda k: (k[0], k[5], k[1], -k[2], k[6])):
+    for key in sorted(cells, key=lambda k: (k[0], k[5], k[1], -k[2], k[6], k[11])):
         kinds = cells[key]
         def base(rows: list[dict]) -> str:
             return rows[0]["kind"].partition("@")[0]
@@ -718,7 +737,8 @@ def accuracy_table(acc: list[dict], args, title: str) -> list[str]:
             uniform = {r["seed"]: r["test"] for r in kinds.get(same, [])}
             delta = [r["test"] - uniform[r["seed"]] for r in rs if r["seed"] in uniform]
             lines.append(
-                f"| {NAMES.get(key[0], key[0])}{timed_label(key[10])} | {key[1]} | "
+                f"| {NAMES.get(key[0], key[0])}{timed_label(key[10])}"
+                f"{f' (block with --final-steps {key[11]})' if key[11] else ''} | {key[1]} | "
                 f"{key[2]:.3g} | {key[6]} | {key[5]} | "
                 f"{kind} | {','.join(str(r['seed']) for r in rs)} | "
                 f"{statistics.mean(r['predicted_ms'] for r in rs):.3f} "
@@ -921,6 +941,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--search-steps", type=int, default=0,
                     help="score each searched candidate after this many training steps "
                          "(prunekit.allocation.score_after_training, batches of 64)")
+    ap.add_argument("--final-steps", type=int, default=0,
+                    help=f"kind {FINAL}: the evolutionary search whose finalists (winner, "
+                         "runner-up, uniform) are picked by the held-out score after this many "
+                         "training steps (allocate(final_evaluate=...), batches of 64)")
     ap.add_argument("--shapes", type=int, default=12, help="cuts of part proxy")
     ap.add_argument("--round-to", nargs="+", type=int, default=[1, 8],
                     help="the round_to choices every kind may use")

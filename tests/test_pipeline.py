@@ -489,14 +489,20 @@ def test_evolutionary_allocation_scored_after_training_steps(tmp_path, monkeypat
                        prune={"granularity": "channel", "sparsity": None},
                        finetune={"epochs": 0},
                        allocate={"kind": "evolutionary", "budget": {"macs_ratio": 0.6},
-                                 "population": 4, "generations": 2, "finetune_steps": 2})
+                                 "population": 4, "generations": 2, "finetune_steps": 2,
+                                 "final_steps": 3})
     dense, pruned = result.metrics["dense"], result.metrics["pruned"]
     assert pruned["macs"] <= 0.6 * dense["macs"]
     saved = json.loads((tmp_path / "allocation.json").read_text())
     assert saved["kind"] == "evolutionary" and saved["history"][0]["genes"] == "shape"
     # every scored candidate was trained two steps first
     scored = [e for e in saved["history"][0]["evaluations"] if e["quality"] is not None]
-    assert trained and set(trained) == {2} and len(trained) >= len(scored) >= 1
+    searched = [n for n in trained if n == 2]
+    assert trained and set(trained) == {2, 3} and len(searched) >= len(scored) >= 1
+    # then each finalist three steps, after the search, for the score that picks the cut
+    finalists = saved["history"][-1]["finalists"]
+    assert trained[-len(finalists):] == [3] * len(finalists) == [n for n in trained if n == 3]
+    assert sum(f["kept"] for f in finalists) == 1 and finalists[0]["finalist"] == "winner"
 
 
 def test_allocated_masks_meet_a_sparsity_budget(tmp_path, monkeypatch):

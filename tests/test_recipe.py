@@ -121,6 +121,7 @@ def test_unknown_choice_lists_the_valid_ones(data, expected):
     ("allocate", "expected"),
     [({"genes": "bits"}, "allocate.genes"), ({"spread": 0}, "allocate.spread"),
      ({"finetune_steps": -1}, "allocate.finetune_steps"),
+     ({"final_steps": 20, "genes": "grid"}, "allocate.final_steps"),
      ({"runtime": "tensorrt"}, "allocate.runtime")],
 )
 def test_bad_allocation_search_options_name_the_key(allocate, expected):

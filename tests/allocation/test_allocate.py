@@ -98,6 +98,63 @@ def test_evolutionary_shapes_reproduce_the_evaluated_network(setup):
     assert all(0 <= r <= GRID[-1] for r in alloc.ratios.values())
 
 
+def test_a_longer_final_score_picks_among_the_evolutionary_finalists(setup):
+    """The search ranks candidates by its cheap score, here one that likes a wide first layer;
+    ``final_evaluate``, standing for a longer fine-tuning, prefers even cuts. It scores only
+    the finalists (winner, runner-up, uniform at each round_to), each rescaled to the budget,
+    once each, and the one it scores best is the cut returned."""
+    pytest.importorskip("pymoo", reason="pip install pymoo")
+    model, x, _ = setup
+    final_calls = []
+
+    def evaluate(net: nn.Module) -> float:  # the more of conv1 kept, the better
+        return net.conv1.out_channels / 16 - net.fc1.out_features / 24
+
+    def evenness(net: nn.Module) -> float:  # how alike the widths' kept shares are
+        final_calls.append(net)
+        shares = [net.conv1.out_channels / 16, net.conv2.out_channels / 32,
+                  net.fc1.out_features / 24]
+        return -(max(shares) - min(shares))
+
+    options = dict(kind="evolutionary", budget={"macs_ratio": 0.5}, evaluate=evaluate,
+                   grid=GRID, population=6, generations=3, seed=0, round_to=(1, 4),
+                   cache_dir=None)
+    plain = allocate(model, x, **options)
+    assert "finalists" not in plain.history[-1]  # a MACs budget keeps the search's winner
+    alloc = allocate(model, x, final_evaluate=evenness, **options)
+    record = alloc.history[-1]
+    assert record["scored_by"] == "evenness"
+    rows = record["finalists"]
+    names = [r["finalist"] for r in rows]
+    assert names[0] == "winner" and names.count("uniform") == 2  # one per round_to choice
+    assert len(final_calls) == len(rows)  # each finalist scored once, by the final score
+    kept = next(r for r in rows if r["kept"])
+    assert kept["quality"] == max(r["quality"] for r in rows) and kept["finalist"] == "uniform"
+    assert alloc.round_to == kept["round_to"]
+    pruned = Net()
+    pruned.load_state_dict(model.state_dict())
+    apply_allocation(pruned, alloc, x)
+    assert evenness(pruned) == kept["quality"]  # the cut returned is the one kept
+    assert count_macs(pruned, x).dense <= 0.5 * alloc.dense["macs"]
+    # the search itself is the same: its winner is the one the plain run returned
+    assert rows[0]["round_to"] == plain.round_to and any(
+        next(h["winner"] for h in plain.history if h.get("winner"))["shape"])
+    assert alloc.quality == evaluate(pruned)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"kind": "greedy"}, "kind='greedy', genes='shape' has none"),
+    ({"kind": "evolutionary", "genes": "grid"}, "genes='grid' has none"),
+    ({"kind": "evolutionary", "final_evaluate": 0.5}, "must be a function"),
+])
+def test_a_final_score_without_finalists_is_refused(setup, kwargs, message):
+    model, x, evaluate = setup
+    kwargs = {"final_evaluate": evaluate, **kwargs}
+    with pytest.raises(ConfigError, match=message):
+        allocate(model, x, budget={"macs_ratio": 0.5}, evaluate=evaluate, cache_dir=None,
+                 **kwargs)
+
+
 def test_score_after_training_trains_each_candidate_on_the_same_batches(setup):
     model, x, evaluate = setup
     torch.manual_seed(1)

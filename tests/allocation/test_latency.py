@@ -638,3 +638,38 @@ def test_a_winner_the_table_mispredicts_loses_to_uniform_once_both_are_measured(
     assert alloc.quality == pytest.approx(kept["quality"])
     # the cut returned is the uniform one: every unit cut alike (up to rounding)
     assert max(alloc.ratios.values()) - min(alloc.ratios.values()) < 0.1
+
+
+@pytest.mark.parametrize("measure", [0, 1])
+def test_a_final_score_picks_among_finalists_each_held_to_the_measured_budget(tmp_path,
+                                                                               measure):
+    """The search's cheap score likes a wide c1; ``final_evaluate`` (a longer fine-tuning in
+    use) likes even cuts. Each finalist is held to the latency budget as measured (with
+    ``measure=0`` too: timed once, not searched again), scored once by the final score, and
+    the uniform one is kept."""
+    from prunekit.allocation import allocate
+
+    torch.manual_seed(0)
+    model, x = SmallNet().eval(), torch.randn(1, 3, 16, 16)
+    timer = FakeTimer()
+    final_calls = []
+
+    def evaluate(m):
+        return m.c1.out_channels / 24 - m.pw.out_channels / 32
+
+    def evenness(m):
+        final_calls.append(1)
+        return -abs(m.c1.out_channels / 24 - m.pw.out_channels / 32)
+
+    alloc = allocate(model, x, kind="evolutionary", budget={"latency_ratio": 0.6},
+                     grid=[0.2, 0.4, 0.6, 0.8], cache_dir=tmp_path, timer=timer,
+                     population=6, generations=3, evaluate=evaluate, final_evaluate=evenness,
+                     measure=measure)
+    rows = alloc.history[-1]["finalists"]
+    assert rows[0]["finalist"] == "winner" and "uniform" in [r["finalist"] for r in rows]
+    assert all(r["met"] and r["measured_ms"] > 0 for r in rows)
+    assert len(final_calls) == len(rows)
+    kept = next(r for r in rows if r["kept"])
+    assert kept["finalist"] == "uniform" and kept["quality"] > rows[0]["quality"]
+    assert max(alloc.ratios.values()) - min(alloc.ratios.values()) < 0.1
+    assert alloc.latency["met"]

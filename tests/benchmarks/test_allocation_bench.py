@@ -194,10 +194,20 @@ def test_measured_notes_count_finalists_and_compare_shares_where_the_budget_was_
            row("evolutionary", 1, 0.7, finalists=[finalist("winner", 0.40, False),
                                                    finalist("runner-up", 0.60, True)],
                checks=check(1.0, 2.0))]
+    # the same search with its finalists picked by a longer score: counted apart
+    final = row("evolutionary-final", 0, 0.7, finalists=[finalist("winner", 0.50, False),
+                                                         finalist("uniform", 0.52, True)])
     # held in eager PyTorch, timed in onnxruntime: not a share its check accepted there
     elsewhere = row("uniform", 0, 0.7, timed_in="onnxruntime", checks=check(1.0, 2.0))
-    notes = allocation.measured_notes([*evo, elsewhere])
-    assert notes[0] == ("Evolutionary finalists kept over 2 searches: winner 1, runner-up 1, "
-                        "uniform 0; winner and runner-up held-out scores within 0.06 in 1.")
+    notes = allocation.measured_notes([*evo, final, elsewhere])
+    assert notes[0] == ("Evolutionary finalists kept over 2 searches, picked by the search's "
+                        "score: winner 1, runner-up 1, uniform 0; winner and runner-up scores "
+                        "within 0.06 in 1.")
+    assert notes[1].startswith("Evolutionary finalists kept over 1 searches, picked by "
+                               "the held-out score after --final-steps training steps: winner "
+                               "0, runner-up 0, uniform 1")
+    assert allocation.kind_label({**final, "search_steps": 20, "final_steps": 94,
+                                   "genes": "shape"}) == (
+        "evolutionary, scored after 20 training steps, finalists picked after 94 steps")
     # the rows' benchmark share is 1.0 / 2.0, the same as the accepted one
-    assert notes[1].endswith("eager: 1.00-1.00 (median 1.00, 2 cuts).") and len(notes) == 2
+    assert notes[2].endswith("eager: 1.00-1.00 (median 1.00, 2 cuts).") and len(notes) == 3

@@ -99,6 +99,7 @@ def allocate(
     kind: str = "greedy",
     budget: Budget | Mapping[str, float],
     evaluate: Callable[[nn.Module], float] | None = None,
+    final_evaluate: Callable[[nn.Module], float] | None = None,
     granularity: str = "channel",
     criterion: str | None = None,
     ignore: Sequence[str] = (),
@@ -139,6 +140,16 @@ def allocate(
         evaluate: ``evaluate(model) -> quality`` on a held-out split, higher is better
             (``-loss`` for a loss); needed by sensitivity, greedy, hierarchical and
             evolutionary. Never pass the test set.
+        final_evaluate: for ``kind="evolutionary"`` (``genes="shape"``), a costlier, more
+            faithful score that picks among the search's finalists: its winner, its
+            runner-up and the uniform shape at every ``round_to`` choice, each rescaled to
+            the budget (and, for a latency budget, held to it as measured). The genetic
+            search ranks many candidates by ``evaluate``, which must be cheap; this one
+            scores only the three or four finalists, so it can train each for as long as
+            the fine-tuning will (e.g. :func:`score_after_training` with an epoch of
+            steps). The history ends with ``{"finalists": [...]}``: each finalist's score
+            and which was kept. Default: the finalists of a measured latency budget are
+            compared by ``evaluate``, and other budgets keep the search's winner.
         granularity: ``"channel"`` (structured, through ``pk.plan``) or ``"mask"``
             (unstructured, through ``pk.sparsify``; no latency budgets).
         criterion: importance within a unit (default ``l2`` for channels, ``magnitude``
@@ -170,7 +181,8 @@ def allocate(
             budget as measured and uses most of it. That search's winner is then held
             against its runner-up and the uniform shape, each held to the budget the same
             way, and the best held-out score among those that meet it is kept (the history
-            ends with ``{"finalists": [...]}``). 0 trusts the table's prediction.
+            ends with ``{"finalists": [...]}``). 0 trusts the table's prediction (each cut is
+            measured once, and not searched again).
         tolerance: relative excess over a latency limit that a measurement may show (timing
             noise); 0.02 is 2%.
         runtime: where the latency budget holds: ``"eager"`` (PyTorch as it is),
@@ -191,7 +203,8 @@ def allocate(
 
     Raises:
         ConfigError: an unknown kind or granularity, a bad budget or grid, a kind that needs
-            ``evaluate`` without it, a latency budget for masks, or a budget that cannot be met.
+            ``evaluate`` without it, ``final_evaluate`` for a search without finalists, a
+            latency budget for masks, or a budget that cannot be met.
     """
     strategy = STRATEGIES.get(kind)
     spec = Budget.parse(budget)
@@ -199,6 +212,13 @@ def allocate(
     if kind in NEEDS_EVALUATE and evaluate is None:
         raise ConfigError(f"kind={kind!r} measures quality: pass evaluate=fn(model) -> score on a "
                           "held-out split, or use kind='uniform', 'global' or 'lamp'")
+    if final_evaluate is not None and (kind != "evolutionary" or genes != "shape"
+                                       or not callable(final_evaluate)):
+        raise ConfigError(
+            "final_evaluate=fn(model) -> score picks among an evolutionary search's finalists "
+            f"(kind='evolutionary', genes='shape'); kind={kind!r}, genes={genes!r} has none"
+            if callable(final_evaluate) else
+            f"final_evaluate must be a function fn(model) -> score, got {final_evaluate!r}")
     from ..export.runtimes import RUNTIMES
 
     if runtime not in RUNTIMES:
@@ -226,12 +246,14 @@ def allocate(
     space.check_metrics(spec.metrics)
     options |= {"cache_dir": cache, "cache_key": cache_key, "progress": progress}
     ctx = SearchContext(space, spec, grid_, evaluate, seed, options)
+    score = _finalist_score(space, final_evaluate)
     latency: dict[str, Any] = {}
     if "latency_ms" in spec.metrics and space.granularity == "channel":
         latency = {"batch_size": batch_size, "threads": threads, "clock": clock,
                    "runtime": runtime}
         ctx, ratios, rt, history, latency["checks"] = _measured(
-            strategy, ctx, int(measure), float(tolerance))
+            strategy, ctx, int(measure), float(tolerance), score,
+            hold_finalists=measure > 0 or final_evaluate is not None)
         chosen = next(c for c in latency["checks"] if c["chosen"])
         latency.update({k: chosen[k] for k in ("measured_ms", "measured_dense_ms") if k in chosen})
         latency["met"] = chosen["met"]
@@ -244,6 +266,8 @@ def allocate(
                 stacklevel=2)
     else:
         ratios, rt, history = strategy(ctx)
+        if final_evaluate is not None:
+            ratios, rt, history = _finalists_as_predicted(ctx, (ratios, rt, history), score)
     alloc = Allocation(kind, space.granularity, space.ratios_dict(ratios), rt, space.criterion,
                        list(ignore), spec.to_dict(), ctx.dense, space.cost(ratios, rt),
                        ctx.quality(ratios, rt) if evaluate is not None else None, history,
@@ -359,42 +383,76 @@ def fit_share_to_measured(search: Callable[[float], Cut], build: Callable[[Cut],
     return cut, checks
 
 
-def _best_finalist(fit: Callable, rescaled: Callable[[float, list], tuple], winner: tuple,
-                   shapes: list[dict[str, Any]]) -> tuple:
-    """The evolutionary winner, already held to the measured budget (``winner``: the cut and
-    its checks), against the search's other :func:`~.search.finalists` (``shapes``: the
-    runner-up, uniform), each rescaled (``rescaled(limit, [{"winner": shape}])``) and held
-    to the budget as ``fit`` measures it: the one with the best held-out quality among those
-    that meet it is kept. The history ends with every finalist's measured ms and quality."""
-    held = [(*winner, "winner")]
-    for shape in shapes:
-        try:
-            held.append((*fit(lambda limit, s=shape: rescaled(limit, [{"winner": s}])),
-                         "runner-up" if any(shape["shape"]) else "uniform"))
-        except ConfigError:  # no cut of this shape meets the budget as predicted
-            continue
+def _finalist_score(space: Any, final_evaluate: Callable[[nn.Module], float] | None
+                    ) -> Callable[[SearchContext, Sequence[float], int], float]:
+    """``score(ctx, ratios, round_to)``: what picks among the finalists, ``final_evaluate`` of
+    the built cut (once per cut), else the search's own cached ``evaluate``."""
+    if final_evaluate is None:
+        return lambda run, ratios, rt: run.quality(ratios, rt)
+    done: dict[tuple, float] = {}
+
+    def score(run: SearchContext, ratios: Sequence[float], rt: int) -> float:
+        key = (tuple(round(float(r), 6) for r in ratios), rt)
+        if key not in done:
+            done[key] = float(final_evaluate(space.build(list(ratios), rt)))
+        return done[key]
+
+    score.__name__ = getattr(final_evaluate, "__name__", "final_evaluate")
+    return score
+
+
+def _best_finalist(held: list[tuple[tuple, list[dict[str, Any]] | None, str]],
+                   score: Callable[[SearchContext, Sequence[float], int], float]
+                   ) -> tuple[tuple, list[dict[str, Any]] | None]:
+    """The finalist with the best ``score`` among those that meet the budget. ``held`` is
+    ``(cut, checks, name)`` per finalist, the winner first: ``cut`` is ``(ctx, ratios,
+    round_to, history)``, ``checks`` what holding it to the measured budget found (None
+    when the budget is held as predicted). Returns the kept cut, its history ending with
+    ``{"finalists": [...]}`` (each finalist's round_to, score and, when measured, ms and
+    whether it met the budget), and its checks."""
     rows = []
     for (run, ratios, rt, _), checks, name in held:
-        chosen = next(c for c in checks if c["chosen"])
-        rows.append({"finalist": name, "round_to": rt, "met": chosen["met"],
-                     "measured_ms": chosen["measured_ms"],
-                     "quality": run.quality(ratios, rt) if chosen["met"] else None})
+        row: dict[str, Any] = {"finalist": name, "round_to": rt}
+        if checks is not None:
+            chosen = next(c for c in checks if c["chosen"])
+            row |= {"met": chosen["met"], "measured_ms": chosen["measured_ms"]}
+        row["quality"] = score(run, ratios, rt) if row.get("met", True) else None
+        rows.append(row)
     # the best quality that meets the budget; on a tie the earlier finalist (the winner first)
     best = max(range(len(held)), key=lambda i: (rows[i]["quality"] is not None,
                                                 rows[i]["quality"] or 0.0, -i))
     for i, row in enumerate(rows):
         row["kept"] = i == best
     cut, checks, _ = held[best]
-    return (*cut[:3], [*cut[3], {"finalists": rows}]), checks
+    record = {"finalists": rows, "scored_by": getattr(score, "__name__", "evaluate")}
+    return (*cut[:3], [*cut[3], record]), checks
 
 
-def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float) -> tuple:
+def _finalists_as_predicted(ctx: SearchContext, found: tuple, score: Callable) -> tuple:
+    """An evolutionary search's result ``(ratios, round_to, history)`` against its other
+    finalists, each rescaled to ``ctx``'s budget as predicted, picked by ``score``."""
+    ratios, rt, history = found
+    held = [((ctx, ratios, rt, history), None, "winner")]
+    for shape in finalists(history, ctx.space.round_to_choices):
+        try:
+            other = refit(ctx, [{"winner": shape}])
+        except ConfigError:  # no cut of this shape meets the budget
+            continue
+        held.append(((ctx, other[0], other[1], [*history, *other[2]]), None, shape["name"]))
+    (_, *kept), _ = _best_finalist(held, score)
+    return tuple(kept)
+
+
+def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float,
+              score: Callable, *, hold_finalists: bool) -> tuple:
     """``strategy`` run under the budget's latency limit, then held to it as measured
     (:func:`fit_to_measured`; the table predicts parts, and the whole network can cost
     more, or less, than its parts). The searches after the first run under a latency limit
     in ms; the budget's other limits stay. Whole networks are timed with the table's timer,
     in its runtime; for ``latency_ratio`` each cut is judged by its share of the dense
-    network's ms, timed paired (:func:`paired_ms`).
+    network's ms, timed paired (:func:`paired_ms`). With ``hold_finalists``, an evolutionary
+    winner is held against its other :func:`~.search.finalists`, each held to the budget
+    the same way, and the best ``score`` among those that meet it is kept.
 
     Returns the context of the chosen search, its ratios, round_to, history and the checks."""
     space, spec = ctx.space, ctx.budget
@@ -439,9 +497,16 @@ def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float
             share=share, limit=bound, attempts=attempts, tolerance=tolerance, predict=predict)
 
     cut, checks = fit(search)
-    shapes = finalists(first, space.round_to_choices) if attempts > 0 else []
+    shapes = finalists(first, space.round_to_choices) if hold_finalists else []
     if shapes:
-        cut, checks = _best_finalist(fit, rescaled, (cut, checks), shapes)
+        held = [(cut, checks, "winner")]
+        for shape in shapes:
+            try:
+                held.append((*fit(lambda limit, s=shape: rescaled(limit, [{"winner": s}])),
+                             shape["name"]))
+            except ConfigError:  # no cut of this shape meets the budget as predicted
+                continue
+        cut, checks = _best_finalist(held, score)
     return (*cut, checks)
 
 

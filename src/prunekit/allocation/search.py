@@ -480,11 +480,13 @@ def refit(ctx: SearchContext, history: list[dict[str, Any]]) -> Result | None:
 
 def finalists(history: list[dict[str, Any]], round_to_choices: Sequence[int]
               ) -> list[dict[str, Any]]:
-    """What an evolutionary search's winner is held against once the budget is measured:
-    the best other shape the search scored and the uniform shape at every ``round_to``
-    choice (each a ``winner`` record :func:`refit` rescales). The genetic search ranked them
-    at the table's prediction; a shape the table mispredicts can lose its place when each is
-    held to the budget as measured. Empty for searches without a winning shape."""
+    """What an evolutionary search's winner is held against once the budget is measured (or
+    scored by a longer score): the best other shape the search scored (``name``
+    ``"runner-up"``) and the uniform shape at every ``round_to`` choice (``"uniform"``), each
+    a ``winner`` record :func:`refit` rescales. The genetic search ranked them at the
+    table's prediction and by its own short score; a shape the table mispredicts, or that
+    the short score overrates, can lose its place. Empty for searches without a winning
+    shape."""
     record = next((h for h in history if h.get("winner")), None)
     if record is None:
         return []
@@ -494,12 +496,13 @@ def finalists(history: list[dict[str, Any]], round_to_choices: Sequence[int]
                      if e["quality"] is not None and "shape" in e), key=lambda e: -e["quality"])
     runner_up = next(((e["shape"], e["round_to"]) for e in scored
                       if (tuple(e["shape"]), e["round_to"]) not in seen), None)
-    uniform = [([0.0] * len(winner["shape"]), rt) for rt in round_to_choices]
+    uniform = [("uniform", [0.0] * len(winner["shape"]), rt) for rt in round_to_choices]
     out = []
-    for shape, rt in ([runner_up] if runner_up else []) + uniform:
+    for name, shape, rt in ([("runner-up", *runner_up)] if runner_up else []) + uniform:
         if (tuple(shape), rt) not in seen:
             seen.add((tuple(shape), rt))
-            out.append({"shape": list(shape), "round_to": rt, "spread": winner["spread"]})
+            out.append({"name": name, "shape": list(shape), "round_to": rt,
+                        "spread": winner["spread"]})
     return out
 
 

@@ -722,7 +722,10 @@ class AllocateConfig(_Section):
     split (``data.val_fraction``), never on the test split; with ``finetune_steps`` each
     candidate is first trained that many steps on the training split (the finetune
     section's learning rate), which ranks deep cuts far better than the score right after
-    the cut (:func:`prunekit.allocation.score_after_training`); ``runtime`` (eager,
+    the cut (:func:`prunekit.allocation.score_after_training`); ``final_steps``
+    (evolutionary, shape genes) trains each of the search's finalists (its winner, its
+    runner-up, the uniform shape) that many steps before the validation score that picks
+    the cut, a longer and more faithful score than the search's own; ``runtime`` (eager,
     torchscript, onnxruntime) is where a latency budget holds: the per-layer table, the dense
     network and each chosen cut are timed in it (``measure``: searches after the first, at
     most, while the cut measured whole misses the budget; default 2).
@@ -741,8 +744,17 @@ class AllocateConfig(_Section):
     spread: Float = Field(1.0, gt=0, le=4)
     block_depth: Int = Field(1, ge=1)
     finetune_steps: Int = Field(0, ge=0)
+    final_steps: Int = Field(0, ge=0)
     measure: Int = Field(2, ge=0)
     runtime: Literal["eager", "torchscript", "onnxruntime"] = "eager"
+
+    @model_validator(mode="after")
+    def _finalists_to_score(self) -> AllocateConfig:
+        if self.final_steps and (self.kind != "evolutionary" or self.genes != "shape"):
+            raise KeyProblem("final_steps", "final_steps scores an evolutionary search's "
+                             "finalists (kind: evolutionary, genes: shape); kind "
+                             f"{self.kind!r} with genes {self.genes!r} has none: drop it")
+        return self
 
     @field_validator("kind")
     @classmethod

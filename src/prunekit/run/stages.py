@@ -607,7 +607,8 @@ def allocate_for(model: nn.Module, job: Job) -> Any:
     ctx.say(f"allocating with {a.kind} under {a.budget}")
     return allocate(
         model, head_of(job.example, 1), kind=a.kind, budget=a.budget,
-        evaluate=_allocation_score(job) if a.needs_evaluate else None,
+        evaluate=_allocation_score(job, "finetune_steps") if a.needs_evaluate else None,
+        final_evaluate=_allocation_score(job, "final_steps") if a.final_steps else None,
         granularity="channel" if p.structured else "mask", criterion=p.criterion,
         ignore=ignore, grid=a.grid or DEFAULT_GRID, round_to=a.round_to,
         batch_size=a.batch_size, threads=a.threads, clock=a.clock, seed=ctx.recipe.seed,
@@ -616,21 +617,22 @@ def allocate_for(model: nn.Module, job: Job) -> Any:
         history_path=ctx.out / "allocation.json", progress=ctx.say)
 
 
-def _allocation_score(job: Job) -> Callable[[nn.Module], float]:
-    """Validation accuracy of a candidate, after ``finetune_steps`` training steps if asked."""
-    ctx, a = job.ctx, job.recipe.allocate
+def _allocation_score(job: Job, key: str) -> Callable[[nn.Module], float]:
+    """Validation accuracy of a candidate, after the training steps ``allocate.<key>`` asks
+    for (``finetune_steps`` for the search's candidates, ``final_steps`` for its finalists)."""
+    ctx, steps = job.ctx, getattr(job.recipe.allocate, key)
 
     def val_accuracy(m: nn.Module) -> float:
         return ctx.accuracy(m, "val")
 
-    if not a.finetune_steps:
+    if not steps:
         return val_accuracy
     p, loader = ctx.prepared, ctx.loader("train", train=True)
     if loader is None:
-        raise ConfigError("allocate.finetune_steps trains each candidate on the training split, "
-                          "and the data has none; set finetune_steps: 0")
+        raise ConfigError(f"allocate.{key} trains each candidate on the training split, "
+                          f"and the data has none; set {key}: 0")
     return score_after_training(val_accuracy, p.batches(loader, ctx.reference),
-                                steps=a.finetune_steps, lr=job.recipe.finetune.lr,
+                                steps=steps, lr=job.recipe.finetune.lr,
                                 loss_fn=p.objective.loss if p.own else None,
                                 seed=job.recipe.seed, wrap=p.net)
 
