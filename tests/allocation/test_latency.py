@@ -576,9 +576,12 @@ def test_an_evolutionary_search_held_to_a_measured_budget_runs_once_and_rescales
     assert len(refits) == 1  # the kept cut: a shape rescaled to the limit its checks chose
     winner = refits[0]["winner"]
     kept = next(f["finalist"] for f in finalists if f["kept"])
+    # the shape rescaled is the kept finalist's: the search's own winner, or one finalists()
+    # named (the uniform one all zeros)
+    assert winner.get("name", "winner") == kept
     if kept == "winner":
         assert winner == next(h["winner"] for h in trusted.history if "winner" in h)
-    elif kept == "uniform":
+    if kept == "uniform":
         assert not any(winner["shape"])
     chosen = next(c for c in checks if c["chosen"])
     ctx = SearchContext(space, Budget.parse({"latency_ms": chosen["limit_ms"]}),
