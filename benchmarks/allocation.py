@@ -138,7 +138,8 @@ def table_rows(args) -> None:
                   "measured_median_ms": round(median, 4),
                   "error_pct": round(100 * (predicted - fastest) / fastest, 2),
                   "error_median_pct": round(100 * (predicted - median) / median, 2),
-                  "threads": args.threads, "clock": args.clock, "runtime": args.timed_in}, args)
+                  "threads": args.threads, "clock": args.clock, "runtime": args.timed_in,
+                  "runs": args.runs, "rounds": args.rounds}, args)
 
 
 # --- part 2: allocation kinds at the same latency budget --------------------------------------
@@ -855,6 +856,15 @@ def tp_version() -> str:
         return "torch-pruning (not installed)"
 
 
+def timing_of(table: list[dict]) -> str:
+    """How the table-error rows timed each network, from what the rows record; rows made
+    before they recorded it used the defaults of their documented command (15 runs, 3
+    rounds)."""
+    made = sorted({(r.get("runs", 15), r.get("rounds", 3)) for r in table})
+    return " and ".join(f"{runs} timed runs x {rounds} interleaved rounds"
+                        for runs, rounds in made) or "no rows"
+
+
 def report(args) -> None:
     rows = [json.loads(line) for line in Path(args.rows).read_text().splitlines() if line.strip()]
     # a rerun replaces the earlier row of the same network, configuration, clock and runtime
@@ -869,7 +879,7 @@ def report(args) -> None:
     shown = [*table, *acc, *unreachable,  # the rows the report shows: reruns replace
              *(r for r in rows if r["part"] not in ("table", "accuracy", "unreachable"))]
     lines = [provenance(shown), "", "One intra-op thread; "
-             f"{args.runs} timed runs x {args.rounds} interleaved rounds per network. Clock "
+             f"{timing_of(table)} per network. Clock "
              "`cpu`: the CPU time of the inference thread, i.e. what an idle core takes even "
              "while other jobs share the machine. Clock `wall`: wall-clock. 'measured' is the "
              "fastest run (table entries too); the median column shows the spread.", ""]

@@ -211,3 +211,11 @@ def test_measured_notes_count_finalists_and_compare_shares_where_the_budget_was_
         "evolutionary, scored after 20 training steps, finalists picked after 94 steps")
     # the rows' benchmark share is 1.0 / 2.0, the same as the accepted one
     assert notes[2].endswith("eager: 1.00-1.00 (median 1.00, 2 cuts).") and len(notes) == 3
+
+
+def test_the_table_rows_timing_is_read_from_the_rows_not_the_invocation():
+    old = {"part": "table"}  # made before rows recorded it: the documented command's defaults
+    new = {"part": "table", "runs": 15, "rounds": 5}
+    assert allocation.timing_of([old, old]) == "15 timed runs x 3 interleaved rounds"
+    assert allocation.timing_of([old, new]) == ("15 timed runs x 3 interleaved rounds and "
+                                                "15 timed runs x 5 interleaved rounds")
