@@ -13,7 +13,7 @@ import itertools
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, TypeVar
 
 from torch import nn
@@ -212,13 +212,13 @@ def allocate(
     if kind in NEEDS_EVALUATE and evaluate is None:
         raise ConfigError(f"kind={kind!r} measures quality: pass evaluate=fn(model) -> score on a "
                           "held-out split, or use kind='uniform', 'global' or 'lamp'")
-    if final_evaluate is not None and (kind != "evolutionary" or genes != "shape"
-                                       or not callable(final_evaluate)):
+    if final_evaluate is not None and not callable(final_evaluate):
+        raise ConfigError(f"final_evaluate must be a function fn(model) -> score, got "
+                          f"{final_evaluate!r}")
+    if final_evaluate is not None and (kind != "evolutionary" or genes != "shape"):
         raise ConfigError(
             "final_evaluate=fn(model) -> score picks among an evolutionary search's finalists "
-            f"(kind='evolutionary', genes='shape'); kind={kind!r}, genes={genes!r} has none"
-            if callable(final_evaluate) else
-            f"final_evaluate must be a function fn(model) -> score, got {final_evaluate!r}")
+            f"(kind='evolutionary', genes='shape'); kind={kind!r}, genes={genes!r} has none")
     from ..export.runtimes import RUNTIMES
 
     if runtime not in RUNTIMES:
@@ -246,13 +246,14 @@ def allocate(
     space.check_metrics(spec.metrics)
     options |= {"cache_dir": cache, "cache_key": cache_key, "progress": progress}
     ctx = SearchContext(space, spec, grid_, evaluate, seed, options)
-    score = _finalist_score(space, final_evaluate)
+    # what picks among the finalists: the search's own (cached) score, or final_evaluate
+    judge = ctx if final_evaluate is None else replace(ctx, evaluate=final_evaluate)
     latency: dict[str, Any] = {}
     if "latency_ms" in spec.metrics and space.granularity == "channel":
         latency = {"batch_size": batch_size, "threads": threads, "clock": clock,
                    "runtime": runtime}
         ctx, ratios, rt, history, latency["checks"] = _measured(
-            strategy, ctx, int(measure), float(tolerance), score,
+            strategy, ctx, int(measure), float(tolerance), judge,
             hold_finalists=measure > 0 or final_evaluate is not None)
         chosen = next(c for c in latency["checks"] if c["chosen"])
         latency.update({k: chosen[k] for k in ("measured_ms", "measured_dense_ms") if k in chosen})
@@ -267,7 +268,7 @@ def allocate(
     else:
         ratios, rt, history = strategy(ctx)
         if final_evaluate is not None:
-            ratios, rt, history = _finalists_as_predicted(ctx, (ratios, rt, history), score)
+            ratios, rt, history = _finalists_as_predicted(ctx, (ratios, rt, history), judge)
     alloc = Allocation(kind, space.granularity, space.ratios_dict(ratios), rt, space.criterion,
                        list(ignore), spec.to_dict(), ctx.dense, space.cost(ratios, rt),
                        ctx.quality(ratios, rt) if evaluate is not None else None, history,
@@ -383,40 +384,22 @@ def fit_share_to_measured(search: Callable[[float], Cut], build: Callable[[Cut],
     return cut, checks
 
 
-def _finalist_score(space: Any, final_evaluate: Callable[[nn.Module], float] | None
-                    ) -> Callable[[SearchContext, Sequence[float], int], float]:
-    """``score(ctx, ratios, round_to)``: what picks among the finalists, ``final_evaluate`` of
-    the built cut (once per cut), else the search's own cached ``evaluate``."""
-    if final_evaluate is None:
-        return lambda run, ratios, rt: run.quality(ratios, rt)
-    done: dict[tuple, float] = {}
-
-    def score(run: SearchContext, ratios: Sequence[float], rt: int) -> float:
-        key = (tuple(round(float(r), 6) for r in ratios), rt)
-        if key not in done:
-            done[key] = float(final_evaluate(space.build(list(ratios), rt)))
-        return done[key]
-
-    score.__name__ = getattr(final_evaluate, "__name__", "final_evaluate")
-    return score
-
-
 def _best_finalist(held: list[tuple[tuple, list[dict[str, Any]] | None, str]],
-                   score: Callable[[SearchContext, Sequence[float], int], float]
-                   ) -> tuple[tuple, list[dict[str, Any]] | None]:
-    """The finalist with the best ``score`` among those that meet the budget. ``held`` is
-    ``(cut, checks, name)`` per finalist, the winner first: ``cut`` is ``(ctx, ratios,
-    round_to, history)``, ``checks`` what holding it to the measured budget found (None
-    when the budget is held as predicted). Returns the kept cut, its history ending with
-    ``{"finalists": [...]}`` (each finalist's round_to, score and, when measured, ms and
-    whether it met the budget), and its checks."""
+                   judge: SearchContext) -> tuple[tuple, list[dict[str, Any]] | None]:
+    """The finalist ``judge`` scores best (:meth:`SearchContext.quality`, its ``evaluate``)
+    among those that meet the budget. ``held`` is ``(cut, checks, name)`` per finalist, the
+    winner first: ``cut`` is ``(ctx, ratios, round_to, history)``, ``checks`` what holding
+    it to the measured budget found (None when the budget is held as predicted). Returns
+    the kept cut, its history ending with ``{"finalists": [...], "scored_by": ...}`` (each
+    finalist's round_to, score and, when measured, ms and whether it met the budget), and
+    its checks."""
     rows = []
-    for (run, ratios, rt, _), checks, name in held:
+    for (_, ratios, rt, _), checks, name in held:
         row: dict[str, Any] = {"finalist": name, "round_to": rt}
         if checks is not None:
             chosen = next(c for c in checks if c["chosen"])
             row |= {"met": chosen["met"], "measured_ms": chosen["measured_ms"]}
-        row["quality"] = score(run, ratios, rt) if row.get("met", True) else None
+        row["quality"] = judge.quality(ratios, rt) if row.get("met", True) else None
         rows.append(row)
     # the best quality that meets the budget; on a tie the earlier finalist (the winner first)
     best = max(range(len(held)), key=lambda i: (rows[i]["quality"] is not None,
@@ -424,27 +407,42 @@ def _best_finalist(held: list[tuple[tuple, list[dict[str, Any]] | None, str]],
     for i, row in enumerate(rows):
         row["kept"] = i == best
     cut, checks, _ = held[best]
-    record = {"finalists": rows, "scored_by": getattr(score, "__name__", "evaluate")}
+    record = {"finalists": rows,
+              "scored_by": getattr(judge.evaluate, "__name__", type(judge.evaluate).__name__)}
     return (*cut[:3], [*cut[3], record]), checks
 
 
-def _finalists_as_predicted(ctx: SearchContext, found: tuple, score: Callable) -> tuple:
-    """An evolutionary search's result ``(ratios, round_to, history)`` against its other
-    finalists, each rescaled to ``ctx``'s budget as predicted, picked by ``score``."""
-    ratios, rt, history = found
-    held = [((ctx, ratios, rt, history), None, "winner")]
-    for shape in finalists(history, ctx.space.round_to_choices):
+def _hold_finalists(shapes: list[dict[str, Any]], hold: Callable[[dict[str, Any]], tuple]
+                    ) -> list[tuple]:
+    """``(cut, checks, name)`` for each of the search's other :func:`~.search.finalists`
+    (``shapes``) that ``hold(shape) -> (cut, checks)`` fits to the budget (a shape no cut
+    of which meets it, as predicted, is left out)."""
+    held = []
+    for shape in shapes:
         try:
-            other = refit(ctx, [{"winner": shape}])
-        except ConfigError:  # no cut of this shape meets the budget
+            held.append((*hold(shape), shape["name"]))
+        except ConfigError:  # no cut of this shape meets the budget as predicted
             continue
-        held.append(((ctx, other[0], other[1], [*history, *other[2]]), None, shape["name"]))
-    (_, *kept), _ = _best_finalist(held, score)
+    return held
+
+
+def _finalists_as_predicted(ctx: SearchContext, found: tuple, judge: SearchContext) -> tuple:
+    """An evolutionary search's result ``(ratios, round_to, history)`` against its other
+    finalists, each rescaled to ``ctx``'s budget as predicted, picked by ``judge``."""
+    ratios, rt, history = found
+
+    def hold(shape: dict[str, Any]) -> tuple:
+        other = refit(ctx, [{"winner": shape}])
+        return (ctx, other[0], other[1], [*history, *other[2]]), None
+
+    held = [((ctx, ratios, rt, history), None, "winner"),
+            *_hold_finalists(finalists(history, ctx.space.round_to_choices), hold)]
+    (_, *kept), _ = _best_finalist(held, judge)
     return tuple(kept)
 
 
 def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float,
-              score: Callable, *, hold_finalists: bool) -> tuple:
+              judge: SearchContext, *, hold_finalists: bool) -> tuple:
     """``strategy`` run under the budget's latency limit, then held to it as measured
     (:func:`fit_to_measured`; the table predicts parts, and the whole network can cost
     more, or less, than its parts). The searches after the first run under a latency limit
@@ -452,7 +450,7 @@ def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float
     in its runtime; for ``latency_ratio`` each cut is judged by its share of the dense
     network's ms, timed paired (:func:`paired_ms`). With ``hold_finalists``, an evolutionary
     winner is held against its other :func:`~.search.finalists`, each held to the budget
-    the same way, and the best ``score`` among those that meet it is kept.
+    the same way, and the one ``judge`` scores best among those that meet it is kept.
 
     Returns the context of the chosen search, its ratios, round_to, history and the checks."""
     space, spec = ctx.space, ctx.budget
@@ -499,14 +497,9 @@ def _measured(strategy: Any, ctx: SearchContext, attempts: int, tolerance: float
     cut, checks = fit(search)
     shapes = finalists(first, space.round_to_choices) if hold_finalists else []
     if shapes:
-        held = [(cut, checks, "winner")]
-        for shape in shapes:
-            try:
-                held.append((*fit(lambda limit, s=shape: rescaled(limit, [{"winner": s}])),
-                             shape["name"]))
-            except ConfigError:  # no cut of this shape meets the budget as predicted
-                continue
-        cut, checks = _best_finalist(held, score)
+        others = _hold_finalists(shapes, lambda shape: fit(
+            lambda limit: rescaled(limit, [{"winner": shape}])))
+        cut, checks = _best_finalist([(cut, checks, "winner"), *others], judge)
     return (*cut, checks)
 
 
