@@ -334,12 +334,15 @@ def accuracy_rows(args) -> None:
                   momentum=0.9, weight_decay=5e-4, seed=0, quiet=True)
         return accuracy(recalibrated(model), holdout)
 
-    # with --search-steps, every candidate first trains that many steps (batches of 64)
-    evaluate = held_out if not args.search_steps else score_after_training(
-        held_out, TensorBatches(splits["train"], batch_size=64, seed=0), steps=args.search_steps)
+    def trained_first(steps: int) -> Callable[[nn.Module], float]:
+        """``held_out`` after ``steps`` training steps (batches of 64); itself for 0."""
+        return held_out if not steps else score_after_training(
+            held_out, TensorBatches(splits["train"], batch_size=64, seed=0), steps=steps)
+
+    # with --search-steps, every candidate first trains that many steps
+    evaluate = trained_first(args.search_steps)
     # kind evolutionary-final: its finalists are picked after --final-steps steps
-    final = None if not args.final_steps else score_after_training(
-        held_out, TensorBatches(splits["train"], batch_size=64, seed=0), steps=args.final_steps)
+    final = trained_first(args.final_steps) if args.final_steps else None
     if any(k.partition("@")[0] == FINAL for k in args.kinds) and final is None:
         raise SystemExit(f"kind {FINAL} picks the finalists after --final-steps N training "
                          "steps: pass --final-steps")
