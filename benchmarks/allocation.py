@@ -650,7 +650,7 @@ def accuracy_report(acc: list[dict], args) -> list[str]:
     lines: list[str] = []
     if now:
         lines += accuracy_table(now, args, "Allocation kinds at the same latency budget")
-        for note in measured_notes(now):  # one paragraph each
+        for note in [*measured_notes(now), uniform_shaped(now)]:  # one paragraph each
             lines += ["", note]
     if before:
         lines += ["", *accuracy_table(before, args, "Earlier rows (scored right after the cut, "
@@ -694,6 +694,21 @@ def measured_notes(acc: list[dict]) -> list[str]:
                      f"check accepted, {runtime}: {min(rs):.2f}-{max(rs):.2f} "
                      f"(median {statistics.median(rs):.2f}, {len(rs)} cuts).")
     return lines
+
+
+def uniform_shaped(acc: list[dict]) -> str:
+    """How many evolutionary cuts (searched, seeds, both pick rules) cut every group alike,
+    i.e. are the uniform shape at some round_to, per network and batch."""
+    counts: dict[tuple, list[int]] = {}
+    for r in acc:
+        if r["kind"].partition("@")[0] in SEEDED_KINDS and r.get("ratios"):
+            alike = max(r["ratios"].values()) - min(r["ratios"].values()) < 0.005
+            count = counts.setdefault((NAMES.get(r["model"], r["model"]), r["batch"]), [0, 0])
+            count[0] += alike
+            count[1] += 1
+    return ("Evolutionary cuts that cut every group alike (the uniform shape): "
+            + "; ".join(f"{net}, batch {batch}: {n} of {total}"
+                        for (net, batch), (n, total) in sorted(counts.items())) + ".")
 
 
 def accuracy_table(acc: list[dict], args, title: str) -> list[str]:

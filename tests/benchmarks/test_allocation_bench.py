@@ -219,3 +219,12 @@ def test_the_table_rows_timing_is_read_from_the_rows_not_the_invocation():
     assert allocation.timing_of([old, old]) == "15 timed runs x 3 interleaved rounds"
     assert allocation.timing_of([old, new]) == ("15 timed runs x 3 interleaved rounds and "
                                                 "15 timed runs x 5 interleaved rounds")
+
+
+def test_uniform_shaped_counts_evolutionary_cuts_that_cut_every_group_alike():
+    alike = row("evolutionary", 0, 0.7, ratios={"a": 0.5, "b": 0.5})
+    uneven = row("evolutionary-final", 1, 0.7, ratios={"a": 0.2, "b": 0.6})
+    other = row("uniform", 0, 0.7, ratios={"a": 0.5, "b": 0.5})  # not a search: not counted
+    assert allocation.uniform_shaped([alike, uneven, other]) == (
+        "Evolutionary cuts that cut every group alike (the uniform shape): "
+        "ResNet-20, batch 1: 1 of 2.")
